@@ -1,0 +1,47 @@
+"""hf_optim: make Transformers models smaller and faster for inference, inside the Transformers workflow.
+
+Importing ``hf_optim`` is light (no torch import). The public API is loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "OptimConfig": "hf_optim.config",
+    "ConfigError": "hf_optim.errors",
+    "DataError": "hf_optim.errors",
+    "HfOptimError": "hf_optim.errors",
+    "RecipeError": "hf_optim.errors",
+    "StageError": "hf_optim.errors",
+    "register": "hf_optim.registry",
+    "Recipe": "hf_optim.recipe",
+    "Stage": "hf_optim.recipe",
+    "StageConfig": "hf_optim.recipe",
+    "run": "hf_optim.runner",
+    "load_task": "hf_optim.data",
+    "load_text": "hf_optim.data",
+    "builtin_model": "hf_optim.data",
+    "TaskSpec": "hf_optim.data",
+    "FinetuneConfig": "hf_optim.finetune",
+    "EvalConfig": "hf_optim.evaluation",
+    "evaluate_model": "hf_optim.evaluation",
+    "compute_metric": "hf_optim.evaluation",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hf_optim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

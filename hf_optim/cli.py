@@ -1,0 +1,155 @@
+"""``hf-optim`` command line: run recipes, evaluate models, manage the embedded data.
+
+Every user error (bad recipe, missing file, wrong task ...) prints one ``error:`` line and exits with 2;
+an unexpected failure exits with 1 and points to the run log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import HfOptimError
+
+EXIT_USAGE = 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .recipe import Recipe
+    from .runner import run
+
+    recipe = Recipe.from_yaml(args.recipe)
+    output = args.output
+    if output is None and not recipe.output_dir:
+        output = Path("runs") / recipe.name
+    result = run(recipe, output, force=args.force, progress=not args.no_progress)
+    print(f"run complete: {result.output_dir}")
+    print(f"report: {result.output_dir / 'report.json'}")
+    print(f"log: {result.log_file}")
+    for st in result.report["stages"]:
+        m = st.get("metrics") or {}
+        metric = m.get("metric")
+        summary = f"{metric}={m[metric]:.4f}" if metric and metric in m else ""
+        print(f"  {st['name']:<20} {st['kind']:<10} {st['status']:<8} {summary}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.config import EvalConfig
+    from .evaluation.stage import evaluate_model
+
+    if not Path(args.model_dir).is_dir():
+        raise HfOptimError(f"model directory {args.model_dir!r} does not exist")
+    task = args.task
+    if args.dataset:
+        task = {"name": args.task, "dataset": args.dataset, "text_column": args.text_column,
+                "label_column": args.label_column}
+    config = EvalConfig(model=args.model_dir, task=task, split=args.split, max_samples=args.max_samples,
+                        latency_samples=args.latency_samples, throughput_samples=args.throughput_samples,
+                        measure_memory=not args.no_memory)
+    metrics = evaluate_model(args.model_dir, config, progress=not args.no_progress)
+    text = json.dumps(metrics, indent=2)
+    if args.output:
+        Path(args.output).write_text(text)
+    print(text)
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .data import BUILTIN_MODELS, BUILTIN_TASKS, BUILTIN_TEXTS, cache_dir, fetch
+
+    if args.action == "fetch":
+        for name, path in fetch(force=args.force, models=not args.no_models).items():
+            print(f"{name:<16} {path}")
+        return 0
+    print(f"cache: {cache_dir()}")
+    for title, table in (("tasks", BUILTIN_TASKS), ("texts", BUILTIN_TEXTS), ("models", BUILTIN_MODELS)):
+        print(f"{title}:")
+        for k, v in table.items():
+            print(f"  {k:<16} {v}")
+    return 0
+
+
+def _cmd_recipe(args: argparse.Namespace) -> int:
+    from .recipe import Recipe
+
+    recipe = Recipe.from_yaml(args.recipe)
+    if args.action == "check":
+        print(f"{args.recipe}: valid, {len(recipe.stages)} stages, fingerprint {recipe.fingerprint()}")
+    else:
+        print(recipe.to_yaml(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hf-optim", description="Make Transformers models smaller and faster.")
+    p.add_argument("--version", action="version", version=f"hf-optim {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    r = sub.add_parser("run", help="run a recipe (resumable)", description="Run a recipe stage by stage. "
+                       "Stages whose output exists with the same fingerprint are skipped.")
+    r.add_argument("recipe", help="recipe YAML file")
+    r.add_argument("--output", "-o", help="output directory (default: the recipe's output_dir or runs/<name>)")
+    r.add_argument("--force", action="store_true", help="re-run every stage")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(fn=_cmd_run)
+
+    e = sub.add_parser("eval", help="evaluate a model directory on a task",
+                       description="Task metric, batch-1 latency, batch-32 throughput, size and peak memory.")
+    e.add_argument("model_dir", help="directory that from_pretrained loads")
+    e.add_argument("--task", required=True, help="built-in task (movie-sentiment, bbc-topic) or a name for --dataset")
+    e.add_argument("--dataset", help="your data: csv/json/parquet file, folder or Hub dataset name")
+    e.add_argument("--text-column", default="text")
+    e.add_argument("--label-column", default="label")
+    e.add_argument("--split", default="test", choices=["test", "validation", "train"])
+    e.add_argument("--max-samples", type=int)
+    e.add_argument("--latency-samples", type=int, default=200)
+    e.add_argument("--throughput-samples", type=int, default=512)
+    e.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
+    e.add_argument("--output", "-o", help="also write the JSON to this file")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(fn=_cmd_eval)
+
+    d = sub.add_parser("data", help="embedded data and models", description="List or fetch (download, verify, "
+                       "cache) the embedded real data and models.")
+    d.add_argument("action", choices=["fetch", "list"])
+    d.add_argument("--force", action="store_true", help="re-download even if cached")
+    d.add_argument("--no-models", action="store_true", help="fetch data only (skip the model conversion)")
+    d.set_defaults(fn=_cmd_data)
+
+    rc = sub.add_parser("recipe", help="check or print a recipe", description="Validate a recipe file "
+                        "(check) or print it normalized (show).")
+    rc.add_argument("action", choices=["check", "show"])
+    rc.add_argument("recipe")
+    rc.set_defaults(fn=_cmd_recipe)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("hf_optim").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.fn(args)
+    except HfOptimError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; completed stages are kept, the interrupted one was discarded", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - last resort: one line, the details are in the log
+        if args.verbose or os.environ.get("HF_OPTIM_DEBUG"):
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e} (rerun with -v for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

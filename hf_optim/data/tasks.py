@@ -1,0 +1,175 @@
+"""Tasks: which data, which columns, which metric. Built-in names or a user's own dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from ..config import OptimConfig
+from ..errors import ConfigError, DataError
+
+SPLITS = ("train", "validation", "test")
+_FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclasses.dataclass
+class TaskSpec(OptimConfig):
+    """What a stage trains or evaluates on.
+
+    Args:
+        name (`str`): a built-in task (``movie-sentiment``, ``bbc-topic``) or a label for your own data.
+        dataset (`str`, *optional*): your data: a local ``.csv``/``.tsv``/``.json``/``.jsonl``/``.parquet``
+            file, a folder holding ``train``/``validation``/``test`` files, or a Hub dataset name. Leave
+            unset for a built-in task.
+        text_column (`str`, *optional*, defaults to ``"text"``): input text column.
+        text_pair_column (`str`, *optional*): second text column for sentence-pair tasks.
+        label_column (`str`, *optional*, defaults to ``"label"``): integer or string label column.
+        metric (`str`, *optional*, defaults to ``"accuracy"``): ``accuracy``, ``f1`` (macro),
+            ``precision``, ``recall`` or ``matthews_correlation``.
+        seed (`int`, *optional*, defaults to 42): seed for splitting data that lacks validation/test splits.
+        test_size (`int`, *optional*, defaults to 1000): rows held out for test (and for validation) when
+            the data has only one split.
+    """
+
+    kind = "task"
+    version = 1
+
+    name: str
+    dataset: Optional[str] = None
+    text_column: str = "text"
+    text_pair_column: Optional[str] = None
+    label_column: str = "label"
+    metric: Literal["accuracy", "f1", "precision", "recall", "matthews_correlation"] = "accuracy"
+    seed: int = 42
+    test_size: int = 1000
+
+    def validate(self) -> None:
+        if self.dataset is None and self.name not in BUILTIN_TASKS:
+            self._fail("name", f"not a built-in task (built-in: {', '.join(sorted(BUILTIN_TASKS))}); "
+                               "for your own data also set `dataset:` to a file, folder or Hub dataset name")
+        if self.test_size < 1:
+            self._fail("test_size", "must be >= 1")
+
+    @classmethod
+    def coerce(cls, value: Any) -> "TaskSpec":
+        """Accept a task name, a dict (recipe form) or a TaskSpec."""
+        if isinstance(value, TaskSpec):
+            return value
+        if isinstance(value, str):
+            return cls(name=value)
+        if isinstance(value, dict):
+            return cls.from_dict({"name": value.get("dataset", "custom"), **value}, strict=True)
+        raise ConfigError(f"task must be a name or a mapping, got {value!r}")
+
+
+BUILTIN_TASKS = {
+    "movie-sentiment": "binary sentiment of 10,568 movie review sentences (accuracy)",
+    "bbc-topic": "5-way topic of 2,225 BBC News articles (accuracy)",
+}
+
+
+def load_task(task: str | TaskSpec | dict):
+    """Load a task's data as a ``datasets.DatasetDict`` with ``train``, ``validation`` and ``test`` splits.
+
+    Args:
+        task (`str`, `dict` or `TaskSpec`): a built-in task name (``"movie-sentiment"``, ``"bbc-topic"``) or
+            the description of your own data (see :class:`TaskSpec`).
+
+    The returned splits always have the columns ``text`` (and ``text_pair`` when set) and ``label`` (a
+    ``ClassLabel``, so label names travel into the model's ``id2label``).
+    """
+    spec = TaskSpec.coerce(task)
+    if spec.dataset is None:
+        from . import corpora
+
+        if spec.name == "movie-sentiment":
+            return corpora.movie_sentiment()
+        return corpora.bbc_topic()
+    return _load_user_dataset(spec)
+
+
+def _load_user_dataset(spec: TaskSpec):
+    import datasets
+
+    raw = _read_dataset(spec.dataset)
+    columns = raw[next(iter(raw))].column_names
+    needed = [spec.text_column, spec.label_column] + ([spec.text_pair_column] if spec.text_pair_column else [])
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise DataError(f"dataset {spec.dataset!r} has no column(s) {', '.join(missing)} (columns: "
+                        f"{', '.join(columns)}); set text_column / label_column in the task")
+    raw = _ensure_splits(raw, spec)
+    rename = {spec.text_column: "text", spec.label_column: "label"}
+    if spec.text_pair_column:
+        rename[spec.text_pair_column] = "text_pair"
+    out = {}
+    for split in SPLITS:
+        ds = raw[split].select_columns(list(rename)).rename_columns({k: v for k, v in rename.items() if k != v})
+        out[split] = ds
+    out = datasets.DatasetDict(out)
+    if isinstance(out["train"].features["label"], datasets.ClassLabel):
+        return out
+    values = sorted({v for s in SPLITS for v in out[s]["label"]})
+    if all(isinstance(v, str) for v in values):
+        label = datasets.ClassLabel(names=values)  # string labels: ids follow sorted names
+    elif values == list(range(len(values))):
+        label = datasets.ClassLabel(num_classes=len(values))
+    else:
+        raise DataError(f"labels in {spec.dataset!r} must be strings or integers 0..N-1, found {values[:10]}")
+    features = out["train"].features.copy()
+    features["label"] = label
+    return out.map(lambda b: {"label": [label.str2int(v) if isinstance(v, str) else v for v in b["label"]]},
+                   batched=True, features=features, desc="encode labels")
+
+
+def _read_dataset(source: str):
+    import datasets
+
+    path = Path(os.path.expanduser(source))
+    if path.is_file():
+        builder = _FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(f"cannot read {path}: use one of {', '.join(sorted(_FILE_BUILDERS))}")
+        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+        return datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
+    if path.is_dir():
+        files = {}
+        for split in SPLITS:
+            for ext in _FILE_BUILDERS:
+                if (path / f"{split}{ext}").is_file():
+                    files[split] = str(path / f"{split}{ext}")
+                    builder = _FILE_BUILDERS[ext]
+        if "train" not in files:
+            raise DataError(f"{path} holds no train.csv/.json/.jsonl/.parquet file")
+        return datasets.load_dataset(builder, data_files=files)
+    if source.startswith((".", "/", "~")) or source.endswith(tuple(_FILE_BUILDERS)):
+        raise DataError(f"dataset file {source!r} does not exist; check the path (relative to the recipe file)")
+    try:
+        return datasets.load_dataset(source)
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; all mean "could not load"
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = " (HF_HUB_OFFLINE=1 is set; unset it or use a local file)" if offline else ""
+        raise DataError(f"could not load Hub dataset {source!r}{hint}: {type(e).__name__}: {e}") from None
+
+
+def _ensure_splits(raw, spec: TaskSpec):
+    import datasets
+
+    raw = dict(raw)
+    if "validation" not in raw and "dev" in raw:
+        raw["validation"] = raw.pop("dev")
+    if "test" not in raw:
+        n = len(raw["train"])
+        if n < 3:
+            raise DataError(f"dataset {spec.dataset!r} has only {n} rows")
+        size = min(spec.test_size, max(1, n // 5))
+        split = raw["train"].train_test_split(test_size=size, seed=spec.seed)
+        raw["train"], raw["test"] = split["train"], split["test"]
+    if "validation" not in raw:
+        n = len(raw["train"])
+        size = min(spec.test_size, max(1, n // 5))
+        split = raw["train"].train_test_split(test_size=size, seed=spec.seed)
+        raw["train"], raw["validation"] = split["train"], split["test"]
+    return datasets.DatasetDict(raw)

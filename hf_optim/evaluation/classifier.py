@@ -1,0 +1,57 @@
+"""A uniform ``predict_logits(texts)`` over the model formats hf_optim evaluates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import DataError
+
+
+class TorchClassifier:
+    """A ``from_pretrained`` sequence-classification model and its tokenizer, in eval mode."""
+
+    def __init__(self, model, tokenizer, max_length: int = 128):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def predict_logits(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> np.ndarray:
+        import torch
+
+        enc = self.tokenizer(list(texts), list(text_pairs) if text_pairs else None, truncation=True,
+                             max_length=self.max_length, padding=True, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            out = self.model(**{k: v.to(device) for k, v in enc.items()})
+        return out.logits.float().cpu().numpy()
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self.predict_logits(texts)
+
+
+def load_classifier(model_dir: str | Path, max_length: int = 128) -> TorchClassifier:
+    """Load a text classifier from a directory ``from_pretrained`` reads.
+
+    Raises:
+        DataError: the directory is missing or is not a sequence-classification checkpoint.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise DataError(f"{path} is not a model directory (no config.json); pass a folder written by "
+                        "save_pretrained or by a recipe stage")
+    config = AutoConfig.from_pretrained(path)
+    archs = getattr(config, "architectures", None) or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise DataError(f"{path} holds a {', '.join(archs) or config.model_type} model, not a sequence "
+                        "classifier; fine-tune it first (a `finetune` stage)")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise DataError(f"could not load the model in {path}: {e}") from None
+    return TorchClassifier(model, tokenizer, max_length=max_length)

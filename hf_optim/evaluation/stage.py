@@ -1,0 +1,87 @@
+"""``evaluate`` stage handler and the ``evaluate_model`` Python API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.tasks import TaskSpec
+from ..registry import register
+from .config import EvalConfig
+
+logger = logging.getLogger("hf_optim")
+
+
+def _sorted_batches(n: int, lengths: list[int], batch_size: int):
+    # Length-sorted batches pad less; results are put back in the original order.
+    order = np.argsort(lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, progress: bool = True, **kwargs) -> dict:
+    """Evaluate a classifier directory: task metric plus latency, throughput, size and peak memory.
+
+    Args:
+        model_dir (`str` or `Path`): a directory ``AutoModelForSequenceClassification.from_pretrained`` loads.
+        config (`EvalConfig`, *optional*): what to measure; or pass its fields as keyword arguments.
+
+    Returns:
+        `dict`: JSON-ready metrics (see README, "Report").
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..data import load_task
+    from .bench import dir_size_mb, latency_ms, peak_memory_mb, throughput
+    from .classifier import load_classifier
+    from .metrics import compute_metric
+
+    config = config or EvalConfig(model=str(model_dir), **kwargs)
+    spec = TaskSpec.coerce(config.task)
+    split = load_task(spec)[config.split]
+    if config.max_samples:
+        split = split.select(range(min(config.max_samples, len(split))))
+    texts = split["text"]
+    pairs = split["text_pair"] if "text_pair" in split.column_names else None
+    labels = np.asarray(split["label"])
+    clf = load_classifier(model_dir, max_length=config.max_length)
+    prev_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        preds = np.empty(len(texts), dtype=np.int64)
+        for idx in tqdm(_sorted_batches(len(texts), [len(t) for t in texts], config.batch_size),
+                        desc=f"evaluate {spec.name}/{config.split}", disable=not progress):
+            logits = clf.predict_logits([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None)
+            preds[idx] = logits.argmax(-1)
+        value = compute_metric(spec.metric, preds, labels)
+        out: dict[str, Any] = {
+            "model": str(model_dir), "task": spec.name, "split": config.split, "examples": len(texts),
+            "metric": spec.metric, spec.metric: round(value, 6),
+            "params": int(sum(p.numel() for p in clf.model.parameters())),
+            "size": dir_size_mb(model_dir),
+        }
+        if config.latency_samples:
+            out["latency_ms"] = latency_ms(clf, texts[:config.latency_samples])
+        if config.throughput_samples:
+            out["throughput"] = throughput(clf, texts[:config.throughput_samples], config.throughput_batch_size)
+    finally:
+        torch.set_num_threads(prev_threads)
+    if config.measure_memory:
+        out["memory"] = peak_memory_mb(model_dir, texts, config.throughput_batch_size, config.max_length)
+    out["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": config.threads or prev_threads,
+                      "torch": torch.__version__}
+    return out
+
+
+@register(EvalConfig)
+def run_evaluate(config: EvalConfig, ctx) -> dict[str, Any]:
+    metrics = evaluate_model(ctx.inputs["model"], config, progress=ctx.progress)
+    metrics["model_stage"] = config.model
+    (ctx.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

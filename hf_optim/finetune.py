@@ -1,0 +1,144 @@
+"""``finetune`` stage: a plain ``Trainer`` run of a model on a classification task."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+from typing import Any, Optional, Union
+
+from .data.tasks import TaskSpec
+from .recipe import StageConfig
+from .registry import register
+
+logger = logging.getLogger("hf_optim")
+
+
+@dataclasses.dataclass
+class FinetuneConfig(StageConfig):
+    """Fine-tune ``model`` on ``task`` with ``transformers.Trainer``.
+
+    Args:
+        model (`str`): ``builtin:<name>``, an earlier stage, or a model directory.
+        task (`str` or `dict`, *optional*, defaults to ``"movie-sentiment"``): see :class:`TaskSpec`.
+        epochs (`float`, *optional*, defaults to 2.0): training epochs.
+        learning_rate (`float`, *optional*, defaults to 1e-4): peak AdamW learning rate (linear decay).
+        batch_size (`int`, *optional*, defaults to 32): training batch size.
+        max_length (`int`, *optional*, defaults to 128): tokens per example (longer ones are truncated).
+        weight_decay (`float`, *optional*, defaults to 0.01): AdamW weight decay.
+        warmup_ratio (`float`, *optional*, defaults to 0.06): fraction of steps with linear warm-up.
+        max_train_samples (`int`, *optional*): use only the first N training examples (quick runs).
+        max_eval_samples (`int`, *optional*): evaluate on the first N validation examples.
+    """
+
+    kind = "finetune"
+    version = 1
+
+    model: str
+    task: Union[str, dict] = "movie-sentiment"
+    epochs: float = 2.0
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    max_length: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+
+    def validate(self) -> None:
+        TaskSpec.coerce(self.task)
+        if self.epochs <= 0:
+            self._fail("epochs", "must be > 0")
+        if not 0 < self.learning_rate < 1:
+            self._fail("learning_rate", "must be in (0, 1), e.g. 5e-5")
+        for f in ("batch_size", "max_length"):
+            if getattr(self, f) < 1:
+                self._fail(f, "must be >= 1")
+        if not 0 <= self.warmup_ratio < 1:
+            self._fail("warmup_ratio", "must be in [0, 1)")
+        for f in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, f) is not None and getattr(self, f) < 1:
+                self._fail(f, "must be >= 1 or unset")
+
+
+def training_arguments(output_dir: str, **kwargs: Any):
+    """``TrainingArguments`` built from the arguments this transformers release accepts.
+
+    Arguments removed in transformers 5 (``warmup_ratio``, ``overwrite_output_dir`` ...) are never passed;
+    anything else unknown is dropped with a debug log so one script runs on 4.57 and 5.x.
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    base = {"report_to": [], "save_strategy": "no", "eval_strategy": "no", "dataloader_num_workers": 0,
+            "use_cpu": not torch.cuda.is_available()}
+    base.update(kwargs)
+    dropped = sorted(set(base) - known)
+    if dropped:
+        logger.debug("TrainingArguments: this transformers release has no %s", dropped)
+    return TrainingArguments(output_dir=output_dir, **{k: v for k, v in base.items() if k in known})
+
+
+def tokenize_splits(dataset, tokenizer, max_length: int):
+    """Tokenize every split of a task ``DatasetDict`` (``text`` [+ ``text_pair``] -> input ids)."""
+
+    def enc(batch):
+        pair = batch.get("text_pair")
+        return tokenizer(batch["text"], pair, truncation=True, max_length=max_length)
+
+    keep = {"label"}
+    return dataset.map(enc, batched=True, remove_columns=[c for c in dataset["train"].column_names if c not in keep],
+                       desc="tokenize")
+
+
+@register(FinetuneConfig)
+def run_finetune(config: FinetuneConfig, ctx) -> dict[str, Any]:
+    import numpy as np
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, set_seed)
+
+    from .data import load_task
+    from .evaluation.metrics import compute_metric
+
+    spec = TaskSpec.coerce(config.task)
+    set_seed(ctx.seed)
+    data = load_task(spec)
+    if config.max_train_samples:
+        data["train"] = data["train"].select(range(min(config.max_train_samples, len(data["train"]))))
+    if config.max_eval_samples:
+        data["validation"] = data["validation"].select(range(min(config.max_eval_samples, len(data["validation"]))))
+    names = data["train"].features["label"].names
+    src = ctx.inputs["model"]
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        src, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        ignore_mismatched_sizes=True,
+    )
+    encoded = tokenize_splits(data, tokenizer, config.max_length)
+    steps = int(np.ceil(len(encoded["train"]) / config.batch_size) * config.epochs)
+    scratch = tempfile.mkdtemp(prefix="trainer-", dir=ctx.output_dir.parent)
+    try:
+        args = training_arguments(
+            scratch, per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=64,
+            learning_rate=config.learning_rate, num_train_epochs=config.epochs, weight_decay=config.weight_decay,
+            warmup_steps=int(config.warmup_ratio * steps), logging_steps=max(1, steps // 20), seed=ctx.seed,
+            disable_tqdm=not ctx.progress,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=encoded["train"], processing_class=tokenizer,
+                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=[ctx.log_callback()])
+        result = trainer.train()
+        pred = trainer.predict(encoded["validation"])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    value = compute_metric(spec.metric, pred.predictions.argmax(-1), pred.label_ids)
+    trainer.model.save_pretrained(ctx.output_dir)
+    tokenizer.save_pretrained(ctx.output_dir)
+    return {
+        "train_loss": float(result.training_loss),
+        "train_seconds": float(result.metrics.get("train_runtime", 0.0)),
+        "train_examples": len(encoded["train"]),
+        "steps": int(result.global_step),
+        f"validation_{spec.metric}": value,
+    }

@@ -1,0 +1,248 @@
+"""Recipes: ordered stages of configs, read from and written to YAML.
+
+A recipe file looks like::
+
+    name: movie-sentiment
+    seed: 42
+    task: movie-sentiment          # default for every stage that has a `task` field
+    stages:
+      - name: teacher
+        kind: finetune
+        model: builtin:minilm-l6   # builtin:<name>, an earlier stage's name, or a path
+        epochs: 2
+      - name: eval-teacher
+        kind: evaluate
+        model: teacher
+
+Each stage reads the artifact directories named by its input fields (``model`` ...) and writes one directory.
+A stage's fingerprint hashes its config and the fingerprints of the stages it reads, so editing a stage
+invalidates it and everything downstream, and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from .config import OptimConfig, _CONFIG_KINDS
+from .errors import ConfigError, RecipeError
+
+__all__ = ["StageConfig", "Stage", "Recipe", "stage_kinds", "BUILTIN_PREFIX"]
+
+BUILTIN_PREFIX = "builtin:"
+STAGE_FORMAT = 1  # bump when the artifact layout changes, so old outputs are not reused
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_RESERVED = {"logs", "report.json", "recipe.yaml"}
+_TOP_LEVEL = {"name", "description", "seed", "task", "output_dir", "stages"}
+# Modules that define stage configs (light: no torch import). Handlers live in separate modules.
+_CONFIG_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.config")
+
+
+class StageConfig(OptimConfig):
+    """Base of configs that can be a recipe stage.
+
+    ``inputs`` names the fields that refer to an artifact directory: an earlier stage's name,
+    ``builtin:<model>`` or a path. ``has_task`` stages inherit the recipe's top-level ``task``.
+    """
+
+    inputs: ClassVar[tuple[str, ...]] = ("model",)
+
+
+def _load_config_modules() -> None:
+    for mod in _CONFIG_MODULES:
+        importlib.import_module(mod)
+
+
+def stage_kinds() -> dict[str, type[StageConfig]]:
+    """``{kind: config class}`` of every stage kind."""
+    _load_config_modules()
+    return {k: c for k, c in sorted(_CONFIG_KINDS.items()) if issubclass(c, StageConfig)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    config: StageConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.config.to_dict()
+        d.pop("version")
+        return {"name": self.name, **d}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """An ordered, validated list of stages.
+
+    Args:
+        name (`str`): recipe name (used for the default output directory).
+        stages (`list[Stage]`): the stages, in order.
+        seed (`int`, *optional*, defaults to 42): seed passed to every stage.
+        description (`str`, *optional*): one paragraph shown in the report.
+        base_dir (`Path`, *optional*): where relative paths in the recipe are resolved (the recipe's folder).
+        output_dir (`str`, *optional*): default output directory (relative to ``base_dir``).
+    """
+
+    name: str
+    stages: tuple[Stage, ...]
+    seed: int = 42
+    description: str = ""
+    base_dir: Path = Path(".")
+    output_dir: str | None = None
+
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Recipe":
+        """Read and validate a recipe file. Errors name the file, the stage and the field."""
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        try:
+            return cls.from_dict(data, base_dir=path.resolve().parent)
+        except RecipeError as e:
+            raise RecipeError(f"{path}: {e}", field=e.field) from None
+
+    @classmethod
+    def from_dict(cls, data: Any, base_dir: str | Path = ".") -> "Recipe":
+        if not isinstance(data, dict):
+            raise RecipeError("a recipe must be a mapping with `name` and `stages`")
+        unknown = sorted(set(data) - _TOP_LEVEL)
+        if unknown:
+            raise RecipeError(f"unknown top-level field(s) {', '.join(unknown)}; allowed: "
+                              f"{', '.join(sorted(_TOP_LEVEL))}", field=unknown[0])
+        name = data.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise RecipeError(f"`name` must be a simple name (letters, digits, - _ .), got {name!r}", field="name")
+        seed = data.get("seed", 42)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise RecipeError(f"`seed` must be an integer, got {seed!r}", field="seed")
+        raw_stages = data.get("stages")
+        if not isinstance(raw_stages, list) or not raw_stages:
+            raise RecipeError("`stages` must be a non-empty list of stages", field="stages")
+        kinds = stage_kinds()
+        default_task = data.get("task")
+        stages: list[Stage] = []
+        for i, raw in enumerate(raw_stages):
+            stages.append(_parse_stage(i, raw, kinds, default_task))
+        recipe = cls(name=name, stages=tuple(stages), seed=seed, description=str(data.get("description", "")),
+                     base_dir=Path(base_dir).resolve(), output_dir=data.get("output_dir"))
+        recipe._check_references()
+        return recipe
+
+    def _check_references(self) -> None:
+        from .data import BUILTIN_MODELS
+
+        seen: list[str] = []
+        for stage in self.stages:
+            if stage.name in seen:
+                raise RecipeError(f"stage {stage.name!r}: the name is used twice; stage names must be unique",
+                                  field="name")
+            for field in type(stage.config).inputs:
+                ref = getattr(stage.config, field)
+                if ref is None or ref in seen:
+                    continue
+                if ref.startswith(BUILTIN_PREFIX):
+                    if ref[len(BUILTIN_PREFIX):] not in BUILTIN_MODELS:
+                        raise RecipeError(
+                            f"stage {stage.name!r}: {field} = {ref!r} is not a builtin model; available: "
+                            + ", ".join(BUILTIN_PREFIX + m for m in sorted(BUILTIN_MODELS)), field=field)
+                    continue
+                if ref in {s.name for s in self.stages}:
+                    raise RecipeError(f"stage {stage.name!r}: {field} = {ref!r} refers to a later stage; "
+                                      "a stage can only read stages above it", field=field)
+                if not self.resolve_path(ref).exists():
+                    raise RecipeError(
+                        f"stage {stage.name!r}: {field} = {ref!r} is not an earlier stage "
+                        f"({', '.join(seen) or 'none'}), a builtin model (builtin:...) or an existing path "
+                        f"(looked for {self.resolve_path(ref)})", field=field)
+            seen.append(stage.name)
+
+    def resolve_path(self, ref: str) -> Path:
+        p = Path(ref).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    # -- serialization -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.description:
+            out["description"] = self.description
+        out["seed"] = self.seed
+        if self.output_dir:
+            out["output_dir"] = self.output_dir
+        out["stages"] = [s.to_dict() for s in self.stages]
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    # -- fingerprints ---------------------------------------------------------------------------------
+    def stage_fingerprints(self) -> dict[str, str]:
+        """``{stage name: fingerprint}``; each covers the stage's config and everything it reads."""
+        fps: dict[str, str] = {}
+        for stage in self.stages:
+            upstream = {}
+            for field in type(stage.config).inputs:
+                ref = getattr(stage.config, field)
+                if ref is None:
+                    continue
+                if ref in fps:
+                    upstream[field] = fps[ref]
+                elif ref.startswith(BUILTIN_PREFIX):
+                    upstream[field] = ref
+                else:
+                    upstream[field] = _path_identity(self.resolve_path(ref))
+            payload = {"format": STAGE_FORMAT, "seed": self.seed, "stage": stage.to_dict(), "upstream": upstream}
+            fps[stage.name] = _digest(payload)
+        return fps
+
+    def fingerprint(self) -> str:
+        """Stable hash of the whole recipe (independent of key order, comments and file location)."""
+        return _digest({"format": STAGE_FORMAT, "stages": self.stage_fingerprints()})
+
+
+def _parse_stage(index: int, raw: Any, kinds: dict[str, type[StageConfig]], default_task: Any) -> Stage:
+    where = f"stage #{index + 1}"
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where} must be a mapping with `name` and `kind`, got {raw!r}")
+    raw = dict(raw)
+    name = raw.pop("name", None)
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name in _RESERVED:
+        raise RecipeError(f"{where}: `name` must be a simple name (letters, digits, - _ .) and not one of "
+                          f"{', '.join(sorted(_RESERVED))}; got {name!r}", field="name")
+    where = f"stage {name!r}"
+    kind = raw.pop("kind", None)
+    if kind not in kinds:
+        raise RecipeError(f"{where}: unknown kind {kind!r}; allowed kinds: {', '.join(kinds)}", field="kind")
+    cls = kinds[kind]
+    if "task" in cls.field_names() and "task" not in raw and default_task is not None:
+        raw["task"] = default_task
+    try:
+        config = cls.from_dict({"kind": kind, **raw}, strict=True)
+    except ConfigError as e:
+        raise RecipeError(f"{where} (kind {kind}): {e}", field=e.field) from None
+    except TypeError as e:  # a required field is missing
+        raise RecipeError(f"{where} (kind {kind}): {e}; fields: {', '.join(cls.field_names())}") from None
+    return Stage(name=name, config=config)
+
+
+def _path_identity(path: Path) -> dict[str, Any]:
+    """Cheap identity of an input path: resolved location plus size/mtime of its files (not their bytes)."""
+    path = path.resolve()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())[:200]
+    return {"path": str(path), "files": [[str(f.relative_to(path.parent)), f.stat().st_size, f.stat().st_mtime_ns]
+                                         for f in files]}
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

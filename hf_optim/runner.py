@@ -1,0 +1,252 @@
+"""Run a recipe stage by stage: resumable, atomic stage outputs, one log file per run.
+
+Output layout (``output_dir``)::
+
+    recipe.yaml            the recipe as run (normalized)
+    report.json            every stage's status, timing and metrics
+    logs/run-<time>.log    the log of each run
+    <stage>/               one artifact directory per stage, with hf_optim_stage.json (its fingerprint)
+
+A stage writes into ``.tmp-<stage>-*`` and the directory is renamed to ``<stage>`` only after the handler
+returned and the marker was written, so a crash, a kill or Ctrl-C never leaves a directory that a later run
+mistakes for complete. A stage whose directory exists with the same fingerprint is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import HfOptimError, StageError
+from .recipe import BUILTIN_PREFIX, Recipe, Stage
+from .registry import get_handler
+
+__all__ = ["run", "RunResult", "StageContext", "MARKER"]
+
+logger = logging.getLogger("hf_optim")
+# Tracebacks go to the run log only; the console gets one line (see cli.py).
+_trace = logging.getLogger("hf_optim_trace")
+_trace.propagate = False
+MARKER = "hf_optim_stage.json"
+# Modules whose import registers the stage handlers (kept out of `import hf_optim`: they pull in torch).
+_HANDLER_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.stage")
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What a handler gets besides its config.
+
+    Attributes:
+        name: the stage's name. inputs: ``{field: Path}`` of the artifact directories it reads.
+        output_dir: the (temporary) directory to write the artifact into. run_dir: the run's output dir.
+        seed: the recipe's seed. progress: show progress bars.
+    """
+
+    name: str
+    inputs: dict[str, Path]
+    output_dir: Path
+    run_dir: Path
+    seed: int
+    progress: bool = True
+
+    def log_callback(self):
+        """A ``TrainerCallback`` that copies Trainer's logs (loss, lr ...) into the run log."""
+        from transformers import TrainerCallback
+
+        stage = self.name
+
+        class _Log(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs:
+                    logger.info("[%s] step %d: %s", stage, state.global_step,
+                                ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items()))
+
+        return _Log()
+
+
+@dataclasses.dataclass
+class RunResult:
+    output_dir: Path
+    report: dict[str, Any]
+    log_file: Path
+
+    def stage_dir(self, name: str) -> Path:
+        return self.output_dir / name
+
+
+def _import_handlers() -> None:
+    import importlib
+
+    for mod in _HANDLER_MODULES:
+        importlib.import_module(mod)
+
+
+def _resolve_inputs(recipe: Recipe, stage: Stage, out: Path) -> dict[str, Path]:
+    from .data import builtin_model
+
+    names = {s.name for s in recipe.stages}
+    inputs = {}
+    for field in type(stage.config).inputs:
+        ref = getattr(stage.config, field)
+        if ref is None:
+            continue
+        if ref in names:
+            inputs[field] = out / ref
+        elif ref.startswith(BUILTIN_PREFIX):
+            inputs[field] = builtin_model(ref[len(BUILTIN_PREFIX):])
+        else:
+            inputs[field] = recipe.resolve_path(ref)
+    return inputs
+
+
+def _read_marker(path: Path) -> dict | None:
+    try:
+        return json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts are ordinary files
+    os.replace(tmp, path)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``; an old ``final`` is moved aside first and deleted after."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _setup_log(out: Path) -> tuple[Path, logging.Handler]:
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"run-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("hf_optim", "hf_optim_trace", "transformers"):
+        logging.getLogger(name).addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return path, handler
+
+
+def run(recipe: Recipe | str | Path, output_dir: str | Path | None = None, force: bool = False,
+        progress: bool = True) -> RunResult:
+    """Run ``recipe`` into ``output_dir``, skipping stages that are already complete.
+
+    Args:
+        recipe (`Recipe` or path): the recipe or its YAML file.
+        output_dir (`str` or `Path`, *optional*): where artifacts go; defaults to the recipe's
+            ``output_dir`` (relative to the recipe file) and must be given when the recipe has none.
+        force (`bool`, *optional*, defaults to `False`): re-run every stage even if complete.
+        progress (`bool`, *optional*, defaults to `True`): show progress bars.
+
+    Returns:
+        `RunResult` with the output directory, the report (also written to ``report.json``) and the log file.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = Recipe.from_yaml(recipe)
+    if output_dir is None:
+        if not recipe.output_dir:
+            raise HfOptimError("no output directory: pass output_dir (CLI: --output DIR) or set `output_dir` in the recipe")
+        output_dir = recipe.resolve_path(recipe.output_dir)
+    out = Path(output_dir).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _import_handlers()
+    lock = open(out / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise HfOptimError(f"another hf-optim run is using {out}; wait for it or choose another --output") from None
+    log_file, handler = _setup_log(out)
+    try:
+        return _run_locked(recipe, out, force, progress, log_file)
+    finally:
+        for name in ("hf_optim", "hf_optim_trace", "transformers"):
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file: Path) -> RunResult:
+    # Leftovers of a crashed or killed run are never complete: remove them.
+    for stale in list(out.glob(".tmp-*")) + list(out.glob(".old-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    (out / "recipe.yaml").write_text(recipe.to_yaml())
+    fingerprints = recipe.stage_fingerprints()
+    report: dict[str, Any] = {
+        "recipe": recipe.name, "description": recipe.description, "fingerprint": recipe.fingerprint(),
+        "hf_optim": __version__, "started": _dt.datetime.now().isoformat(timespec="seconds"), "stages": [],
+    }
+    logger.info("run %s (%d stages) -> %s", recipe.name, len(recipe.stages), out)
+    total = len(recipe.stages)
+    for i, stage in enumerate(recipe.stages, 1):
+        fp = fingerprints[stage.name]
+        final = out / stage.name
+        marker = _read_marker(final)
+        if not force and marker and marker.get("fingerprint") == fp:
+            logger.info("[%d/%d] %s (%s): complete, skipped", i, total, stage.name, stage.config.kind)
+            report["stages"].append({**marker, "status": "skipped"})
+            continue
+        logger.info("[%d/%d] %s (%s): running", i, total, stage.name, stage.config.kind)
+        entry = _run_stage(recipe, stage, fp, out, progress)
+        logger.info("[%d/%d] %s: done in %.1f s", i, total, stage.name, entry["seconds"])
+        report["stages"].append({**entry, "status": "ran"})
+    report["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+    _atomic_json(out / "report.json", report)
+    return RunResult(output_dir=out, report=report, log_file=log_file)
+
+
+def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".tmp-{stage.name}-"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
+    ctx = StageContext(name=stage.name, inputs=_resolve_inputs(recipe, stage, out), output_dir=tmp, run_dir=out,
+                       seed=recipe.seed, progress=progress)
+    start = time.perf_counter()
+    try:
+        for field, path in ctx.inputs.items():
+            if not path.exists():
+                raise StageError(f"stage {stage.name!r}: input {field} = {path} does not exist")
+        metrics = get_handler(stage.config)(stage.config, ctx) or {}
+        entry = {"name": stage.name, "kind": stage.config.kind, "fingerprint": fp,
+                 "config": stage.config.to_dict(), "seconds": round(time.perf_counter() - start, 2),
+                 "metrics": metrics, "finished": _dt.datetime.now().isoformat(timespec="seconds")}
+        _atomic_json(tmp / MARKER, entry)  # written last: its presence means "complete"
+        _replace_dir(tmp, out / stage.name)
+        return entry
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (KeyboardInterrupt, HfOptimError)):
+            logger.error("stage %s stopped: %s", stage.name, e)
+            raise
+        logger.error("stage %s failed: %s: %s", stage.name, type(e).__name__, e)
+        _trace.error("stage %s failed", stage.name, exc_info=True)
+        raise StageError(f"stage {stage.name!r} ({stage.config.kind}) failed: {type(e).__name__}: {e} "
+                         f"(nothing was written; details in the log)") from e
