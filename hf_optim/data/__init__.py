@@ -7,7 +7,7 @@ from .models import BUILTIN_MODELS, builtin_model
 from .sources import cache_dir, fetch_movie_sentences
 from .tasks import BUILTIN_TASKS, TaskSpec, load_task
 
-BUILTIN_TEXTS = {"bbc-news": "2,225 BBC News articles for language-model evaluation (~1.1M tokens)"}
+BUILTIN_TEXTS = {"bbc-news": "2,127 distinct BBC News articles for language-model evaluation (~1.1M tokens)"}
 
 __all__ = ["load_task", "load_text", "builtin_model", "TaskSpec", "BUILTIN_TASKS", "BUILTIN_MODELS",
            "BUILTIN_TEXTS", "cache_dir", "fetch"]

@@ -8,9 +8,11 @@
     the remaining 8,568 ``train``. Columns: ``id`` (line id in the file), ``text``, ``label``, ``score``.
 
 ``bbc-topic`` / ``bbc-news``
-    2,225 BBC News articles (2004-2005) in 5 topics (business, entertainment, politics, sport, tech).
-    Splits: ``numpy.random.default_rng(42)`` permutation of the articles sorted by (topic, file name); the
-    first 10 % (222) are ``test``, the next 10 % (222) ``validation``, the rest (1,781) ``train``.
+    2,225 BBC News articles (2004-2005) in 5 topics (business, entertainment, politics, sport, tech), of
+    which 98 repeat an earlier article word for word; the repeats are dropped (2,127 remain) so no test
+    article is also a training article. Splits: ``numpy.random.default_rng(42)`` permutation of the
+    articles in (topic, file name) order; the first 212 (10 %) are ``test``, the next 212 ``validation``,
+    the remaining 1,703 ``train``.
     ``bbc-topic`` has ``text`` (title and body) and ``label``; ``bbc-news`` (for language modelling) has
     ``text`` and ``topic`` with the same splits, so LM evaluation never reads a training article.
 """
@@ -114,6 +116,8 @@ def _bbc(with_labels: bool):
     import datasets
 
     texts, topics = _bbc_articles()
+    unique = dict(zip(texts, topics))  # keeps the first occurrence of each repeated article, in order
+    texts, topics = list(unique), list(unique.values())
     n = len(texts)
     n_eval = n // 10
     splits = _split_indices(n, n_eval, n_eval)

@@ -66,7 +66,7 @@ class TaskSpec(OptimConfig):
 
 BUILTIN_TASKS = {
     "movie-sentiment": "binary sentiment of 10,568 movie review sentences (accuracy)",
-    "bbc-topic": "5-way topic of 2,225 BBC News articles (accuracy)",
+    "bbc-topic": "5-way topic of 2,127 distinct BBC News articles (accuracy)",
 }
 
 

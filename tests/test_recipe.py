@@ -1,0 +1,107 @@
+"""Recipe parsing, validation errors (stage, field, allowed values) and fingerprints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_optim.errors import RecipeError
+from hf_optim.recipe import Recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path, data) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _base(**stage_changes):
+    teacher = {"name": "teacher", "kind": "finetune", "model": "builtin:minilm-l6", "epochs": 1}
+    teacher.update(stage_changes)
+    return {"name": "r", "task": "movie-sentiment",
+            "stages": [teacher, {"name": "eval", "kind": "evaluate", "model": "teacher"}]}
+
+
+def test_shipped_recipes_are_valid():
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        recipe = Recipe.from_yaml(path)
+        assert recipe.stages, path
+        assert Recipe.from_dict(yaml.safe_load(recipe.to_yaml()), base_dir=path.parent) == recipe
+
+
+def test_default_task_applies_to_stages(tmp_path):
+    recipe = Recipe.from_yaml(_write(tmp_path, _base()))
+    assert [s.name for s in recipe.stages] == ["teacher", "eval"]
+    assert recipe.stages[0].config.task == "movie-sentiment"
+    assert recipe.stages[0].config.epochs == 1.0
+
+
+@pytest.mark.parametrize(
+    "data, pattern",
+    [
+        ({"name": "r", "stages": [{"name": "a", "kind": "frobnicate", "model": "x"}]},
+         r"stage 'a': unknown kind 'frobnicate'; allowed kinds: .*evaluate.*finetune"),
+        (_base(epocs=3), r"stage 'teacher' \(kind finetune\): finetune: unknown field\(s\) epocs; allowed fields: .*epochs"),
+        (_base(epochs="three"), r"stage 'teacher' \(kind finetune\): finetune.epochs = 'three' is not valid: expected float"),
+        (_base(batch_size=0), r"stage 'teacher'.*batch_size = 0: must be >= 1"),
+        (_base(model="missing/model-dir"), r"stage 'teacher': model = 'missing/model-dir' is not an earlier stage.*existing path"),
+        (_base(model="builtin:bert-huge"), r"builtin:bert-huge' is not a builtin model; available: builtin:minilm-l6"),
+        (_base(model="eval"), r"refers to a later stage"),
+        ({"name": "r", "stages": []}, r"`stages` must be a non-empty list"),
+        ({"name": "r", "stagse": []}, r"unknown top-level field\(s\) stagse"),
+        ({"name": "bad name!", "stages": [{}]}, r"`name` must be a simple name"),
+        ({"name": "r", "seed": "x", "stages": [{}]}, r"`seed` must be an integer"),
+        ({"name": "r", "stages": [{"kind": "evaluate", "model": "x"}]}, r"stage #1: `name` must be"),
+        ({"name": "r", "stages": [{"name": "a", "kind": "evaluate"}]}, r"stage 'a' \(kind evaluate\): evaluate: missing required field\(s\) model"),
+        ({"name": "r", "stages": [{"name": "a", "kind": "evaluate", "model": "builtin:minilm-l6"},
+                                  {"name": "a", "kind": "evaluate", "model": "builtin:minilm-l6"}]}, r"stage 'a': the name is used twice"),
+        ({"name": "r", "stages": [{"name": "a", "kind": "evaluate", "model": "builtin:minilm-l6", "task": "imdb"}]},
+         r"stage 'a'.*not a built-in task.*movie-sentiment"),
+        ({"name": "r", "stages": [{"name": "a", "kind": "evaluate", "model": "builtin:minilm-l6", "split": "dev"}]},
+         r"evaluate.split = 'dev' is not valid: expected 'test' \| 'validation' \| 'train'"),
+    ],
+)
+def test_validation_errors_name_stage_field_and_allowed(tmp_path, data, pattern):
+    path = _write(tmp_path, data)
+    with pytest.raises(RecipeError, match=pattern) as e:
+        Recipe.from_yaml(path)
+    assert str(path) in str(e.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        Recipe.from_yaml(tmp_path / "nope.yaml")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        Recipe.from_yaml(_write(tmp_path, "name: [unclosed"))
+    with pytest.raises(RecipeError, match="must be a mapping"):
+        Recipe.from_yaml(_write(tmp_path, "- just\n- a list\n"))
+
+
+def test_relative_model_path_resolves_against_recipe_dir(tmp_path):
+    (tmp_path / "my-model").mkdir()
+    data = {"name": "r", "stages": [{"name": "e", "kind": "evaluate", "model": "my-model"}]}
+    recipe = Recipe.from_yaml(_write(tmp_path, data))
+    assert recipe.resolve_path("my-model") == (tmp_path / "my-model").resolve()
+
+
+def test_fingerprint_is_stable_and_tracks_changes(tmp_path):
+    a = Recipe.from_dict(_base())
+    # key order and formatting do not matter
+    reordered = _base()
+    reordered["stages"][0] = dict(reversed(list(reordered["stages"][0].items())))
+    assert Recipe.from_dict(reordered).fingerprint() == a.fingerprint()
+    # explicit default == implicit default
+    assert Recipe.from_dict(_base(batch_size=32)).stage_fingerprints() == a.stage_fingerprints()
+    b = Recipe.from_dict(_base(epochs=2))
+    fa, fb = a.stage_fingerprints(), b.stage_fingerprints()
+    assert fa["teacher"] != fb["teacher"]
+    assert fa["eval"] != fb["eval"]  # downstream of a change is invalidated too
+    c = _base()
+    c["stages"][1]["max_samples"] = 5
+    fc = Recipe.from_dict(c).stage_fingerprints()
+    assert fc["teacher"] == fa["teacher"] and fc["eval"] != fa["eval"]  # upstream untouched
+    assert len(a.fingerprint()) == 16

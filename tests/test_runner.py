@@ -1,0 +1,150 @@
+"""Runner: stage order, atomic outputs, resume by fingerprint, crash and Ctrl-C mid-stage."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from hf_optim.errors import HfOptimError, StageError
+from hf_optim.recipe import Recipe, StageConfig
+from hf_optim.registry import register
+from hf_optim.runner import MARKER, run
+
+CALLS: list[tuple[str, str]] = []
+
+
+@dataclasses.dataclass
+class WriteConfig(StageConfig):
+    """Test stage: copies its input's value.txt (if any), appends its own text, optionally fails midway."""
+
+    kind = "test-write"
+    model: str = "none"
+    text: str = "x"
+    fail: str = "no"  # "no" | "error" | "interrupt"
+
+    inputs = ("model",)
+
+
+@register(WriteConfig)
+def _write_stage(config, ctx):
+    CALLS.append((ctx.name, config.text))
+    src = ctx.inputs.get("model")
+    before = (src / "value.txt").read_text() if src and (src / "value.txt").is_file() else ""
+    (ctx.output_dir / "value.txt").write_text(before + config.text)
+    (ctx.output_dir / "half-written.bin").write_bytes(b"\0" * 10)
+    if config.fail == "error":
+        raise RuntimeError("simulated crash")
+    if config.fail == "interrupt":
+        raise KeyboardInterrupt
+    return {"length": len(before + config.text)}
+
+
+def _recipe(tmp_path, b_text="b", b_fail="no", c_text="c"):
+    (tmp_path / "none").mkdir(exist_ok=True)
+    return Recipe.from_dict({"name": "t", "stages": [
+        {"name": "a", "kind": "test-write", "model": "none", "text": "a"},
+        {"name": "b", "kind": "test-write", "model": "a", "text": b_text, "fail": b_fail},
+        {"name": "c", "kind": "test-write", "model": "b", "text": c_text},
+    ]}, base_dir=tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _clear_calls():
+    CALLS.clear()
+
+
+def _value(out, stage):
+    return (out / stage / "value.txt").read_text()
+
+
+def test_stages_run_in_order_and_pass_artifacts(tmp_path):
+    out = tmp_path / "out"
+    result = run(_recipe(tmp_path), out, progress=False)
+    assert [c[0] for c in CALLS] == ["a", "b", "c"]
+    assert _value(out, "c") == "abc"
+    report = json.loads((out / "report.json").read_text())
+    assert [s["status"] for s in report["stages"]] == ["ran"] * 3
+    assert report["stages"][2]["metrics"] == {"length": 3}
+    assert report == json.loads(json.dumps(result.report, default=str))
+    assert result.log_file.is_file() and "[3/3] c" in result.log_file.read_text()
+    assert (out / "recipe.yaml").is_file()
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_rerun_skips_complete_stages(tmp_path):
+    out = tmp_path / "out"
+    run(_recipe(tmp_path), out, progress=False)
+    CALLS.clear()
+    result = run(_recipe(tmp_path), out, progress=False)
+    assert CALLS == []
+    assert [s["status"] for s in result.report["stages"]] == ["skipped"] * 3
+    assert result.report["stages"][2]["metrics"] == {"length": 3}
+
+
+def test_changed_stage_reruns_it_and_downstream_only(tmp_path):
+    out = tmp_path / "out"
+    run(_recipe(tmp_path), out, progress=False)
+    CALLS.clear()
+    run(_recipe(tmp_path, b_text="B"), out, progress=False)
+    assert [c[0] for c in CALLS] == ["b", "c"]
+    assert _value(out, "c") == "aBc"
+    CALLS.clear()
+    run(_recipe(tmp_path, b_text="B"), out, progress=False, force=True)
+    assert [c[0] for c in CALLS] == ["a", "b", "c"]
+
+
+def test_crash_mid_stage_leaves_nothing_complete_and_resumes(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(StageError, match=r"stage 'b' \(test-write\) failed: RuntimeError: simulated crash"):
+        run(_recipe(tmp_path, b_fail="error"), out, progress=False)
+    assert (out / "a" / MARKER).is_file()
+    assert not (out / "b").exists() and not (out / "c").exists()
+    assert not list(out.glob(".tmp-*"))  # the half-written output was discarded
+    assert not (out / "report.json").exists()
+    log = next((out / "logs").glob("run-*.log")).read_text()
+    assert "Traceback" in log and "simulated crash" in log  # details go to the log file
+    CALLS.clear()
+    run(_recipe(tmp_path), out, progress=False)
+    assert [c[0] for c in CALLS] == ["b", "c"]  # a was kept
+    assert _value(out, "c") == "abc"
+
+
+def test_interrupt_mid_stage_discards_partial_output(tmp_path):
+    out = tmp_path / "out"
+    run(_recipe(tmp_path), out, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run(_recipe(tmp_path, b_text="B", b_fail="interrupt"), out, progress=False)
+    # the previous complete b is still there, untouched; the new partial one is gone
+    assert _value(out, "b") == "ab"
+    assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
+
+
+def test_killed_run_leftovers_are_never_taken_as_complete(tmp_path):
+    out = tmp_path / "out"
+    run(_recipe(tmp_path), out, progress=False)
+    # a SIGKILL mid-stage leaves a temp dir behind, even one that holds a marker
+    stale = out / ".tmp-c-deadbeef"
+    stale.mkdir()
+    (stale / MARKER).write_text("{}")
+    # and a stage dir without a marker (e.g. copied by hand) is not complete either
+    os.remove(out / "c" / MARKER)
+    CALLS.clear()
+    run(_recipe(tmp_path), out, progress=False)
+    assert [c[0] for c in CALLS] == ["c"]
+    assert not stale.exists()
+
+
+def test_output_dir_is_required_and_locked(tmp_path):
+    with pytest.raises(HfOptimError, match="no output directory"):
+        run(_recipe(tmp_path), None)
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(HfOptimError, match="another hf-optim run is using"):
+            run(_recipe(tmp_path), out, progress=False)
