@@ -30,6 +30,10 @@ _LAZY = {
     "EvalConfig": "hf_optim.evaluation",
     "evaluate_model": "hf_optim.evaluation",
     "compute_metric": "hf_optim.evaluation",
+    "DistillConfig": "hf_optim.distill",
+    "StudentConfig": "hf_optim.distill",
+    "DistillationTrainer": "hf_optim.distill",
+    "make_student": "hf_optim.distill",
 }
 
 __all__ = ["__version__", *_LAZY]
