@@ -135,8 +135,10 @@ class Recipe:
         stages: list[Stage] = []
         for i, raw in enumerate(raw_stages):
             stages.append(_parse_stage(i, raw, kinds, default_task))
+        base_dir = Path(base_dir).resolve()
+        stages = [_resolve_dataset_path(s, base_dir) for s in stages]
         recipe = cls(name=name, stages=tuple(stages), seed=seed, description=str(data.get("description", "")),
-                     base_dir=Path(base_dir).resolve(), output_dir=data.get("output_dir"))
+                     base_dir=base_dir, output_dir=data.get("output_dir"))
         recipe._check_references()
         return recipe
 
@@ -202,6 +204,9 @@ class Recipe:
                     upstream[field] = ref
                 else:
                     upstream[field] = _path_identity(self.resolve_path(ref))
+            task = getattr(stage.config, "task", None)
+            if isinstance(task, dict) and task.get("dataset") and Path(task["dataset"]).exists():
+                upstream["dataset"] = _path_identity(Path(task["dataset"]))  # edited data -> re-run
             payload = {"format": STAGE_FORMAT, "seed": self.seed, "stage": stage.to_dict(), "upstream": upstream}
             fps[stage.name] = _digest(payload)
         return fps
@@ -234,6 +239,18 @@ def _parse_stage(index: int, raw: Any, kinds: dict[str, type[StageConfig]], defa
     except TypeError as e:  # a required field is missing
         raise RecipeError(f"{where} (kind {kind}): {e}; fields: {', '.join(cls.field_names())}") from None
     return Stage(name=name, config=config)
+
+
+def _resolve_dataset_path(stage: Stage, base_dir: Path) -> Stage:
+    """A task's local ``dataset`` path is relative to the recipe file, like model paths."""
+    task = getattr(stage.config, "task", None)
+    if not isinstance(task, dict) or not isinstance(task.get("dataset"), str):
+        return stage
+    path = Path(task["dataset"]).expanduser()
+    if path.is_absolute() or not (base_dir / path).exists():
+        return stage  # absolute, or a Hub dataset name
+    task = {**task, "dataset": str(base_dir / path)}
+    return Stage(name=stage.name, config=stage.config.replace(task=task))
 
 
 def _path_identity(path: Path) -> dict[str, Any]:
