@@ -34,9 +34,21 @@ _LAZY = {
     "StudentConfig": "hf_optim.distill",
     "DistillationTrainer": "hf_optim.distill",
     "make_student": "hf_optim.distill",
+    "QuantizeConfig": "hf_optim.quantize",
+    "quantize_model_": "hf_optim.quantize",
+    "plan_precision": "hf_optim.quantize",
+    "HfOptimConfig": "hf_optim.integrations.transformers",
 }
 
 __all__ = ["__version__", *_LAZY]
+
+
+# `from_pretrained` must understand `quant_method: "hf_optim"` once hf_optim is imported, without making this
+# import pay for transformers/torch: the integration registers itself when transformers' quantizer registry
+# is first imported (or now, if it already is). See hf_optim/integrations/__init__.py.
+from .integrations import install_import_hook as _install_import_hook  # noqa: E402
+
+_install_import_hook()
 
 
 def __getattr__(name: str) -> Any:

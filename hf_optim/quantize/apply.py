@@ -1,0 +1,217 @@
+"""Quantize a model in memory: choose the Linear layers, calibrate, swap modules, describe the result.
+
+Entry points (trailing ``_`` = in place): :func:`quantize_model_`, :func:`calibrate`, :func:`prepare_qat_`,
+:func:`convert_qat_`. After any of them ``model.save_pretrained(dir)`` writes a checkpoint that plain
+``from_pretrained(dir)`` restores (after ``import hf_optim``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+from .config import DEFAULT_EXCLUDE, LINEAR_SCHEMES
+from .modules import FakeQuantLinear, Int8StaticLinear, QuantLinear, module_for_scheme
+
+__all__ = ["target_linears", "quantize_model_", "calibrate", "prepare_qat_", "convert_qat_", "describe_"]
+
+logger = logging.getLogger("hf_optim")
+_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+def target_linears(model: nn.Module, include: Iterable[str] | None = None,
+                   exclude: Iterable[str] | None = None) -> list[tuple[str, nn.Linear]]:
+    """``(name, module)`` of the float ``nn.Linear`` layers matched by ``include`` and not by ``exclude``."""
+    inc = [re.compile(p) for p in (include or ())]
+    exc = [re.compile(p) for p in (DEFAULT_EXCLUDE if exclude is None else exclude)]
+    out = []
+    for name, mod in model.named_modules():
+        if type(mod) is not nn.Linear:
+            continue
+        if inc and not any(p.search(name) for p in inc):
+            continue
+        if any(p.search(name) for p in exc):
+            continue
+        out.append((name, mod))
+    return out
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def describe_(model: nn.Module, scheme: str, **provenance: Any):
+    """Write ``model.config.quantization_config`` (an ``HfOptimConfig``) for the modules ``model`` now holds.
+
+    An existing hf_optim config (pruned shapes, head counts) is kept and extended.
+    """
+    from ..integrations.transformers import HfOptimConfig
+
+    old = getattr(getattr(model, "config", None), "quantization_config", None)
+    if isinstance(old, dict) and old.get("quant_method") == "hf_optim":
+        old = HfOptimConfig.from_dict(old)
+    shapes = dict(old.linear_shapes) if isinstance(old, HfOptimConfig) else {}
+    attrs = dict(old.module_attrs) if isinstance(old, HfOptimConfig) else {}
+    modules = {n: m.spec() for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    for n in modules:  # the quantized module's own spec carries its shape
+        shapes.pop(n, None)
+    dtype = _DTYPES.get(scheme) or (old.dtype if isinstance(old, HfOptimConfig) else None)
+    cfg = HfOptimConfig(scheme=scheme, modules=modules, linear_shapes=shapes, module_attrs=attrs, dtype=dtype,
+                        provenance={k: v for k, v in provenance.items() if v is not None})
+    if hasattr(model, "config"):
+        model.config.quantization_config = cfg
+    return cfg
+
+
+@torch.no_grad()
+def quantize_model_(model: nn.Module, scheme: str = "int8_dynamic", group_size: int | None = None,
+                    include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
+                    ranges: Mapping[str, tuple[float, float]] | None = None) -> nn.Module:
+    """Quantize ``model`` in place and describe it in ``model.config.quantization_config``.
+
+    Args:
+        model (`nn.Module`): a float model (usually a ``PreTrainedModel``) in eval mode.
+        scheme (`str`, *optional*, defaults to ``"int8_dynamic"``): see :class:`~hf_optim.quantize.QuantizeConfig`.
+        group_size (`int`, *optional*): weight-only group size (int4 default 32, int8 default per channel).
+        include (`list[str]`, *optional*) / exclude (`list[str]`, *optional*): module-name regexes.
+        ranges (`dict`, *optional*): ``int8_static`` only: ``{name: (min, max)}`` from :func:`calibrate`.
+
+    Returns:
+        The same ``model``.
+    """
+    if scheme in _DTYPES:
+        nn.Module.to(model, getattr(torch, _DTYPES[scheme]))
+        describe_(model, scheme)
+        return model
+    if scheme not in LINEAR_SCHEMES or scheme == "int8_qat":
+        raise ValueError(f"scheme {scheme!r} is not applied by quantize_model_ (use one of "
+                         f"{', '.join(s for s in LINEAR_SCHEMES if s != 'int8_qat')}, fp16, bf16; "
+                         "QAT: prepare_qat_ + training + convert_qat_)")
+    if scheme == "int8_static" and ranges is None:
+        raise ValueError("int8_static needs activation ranges: ranges=calibrate(model, batches)")
+    if scheme == "int4_weight_only" and group_size is None:
+        group_size = 32
+    cls = module_for_scheme(scheme)
+    skipped = []
+    for name, lin in target_linears(model, include, exclude):
+        if group_size and lin.in_features % group_size:
+            skipped.append(name)
+            continue
+        if scheme == "int8_static":
+            if name not in ranges:
+                raise ValueError(f"no calibrated range for {name}; calibrate with the same include/exclude")
+            lo, hi = ranges[name]
+            new = cls.from_linear(lin, input_min=lo, input_max=hi)
+        else:
+            new = cls.from_linear(lin, group_size=group_size)
+        _swap(model, name, new)
+    if skipped:
+        logger.info("kept %d Linear layer(s) in float: group_size %s does not divide their input size (%s)",
+                    len(skipped), group_size, ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    describe_(model, scheme, group_size=group_size)
+    return model
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], observer: str = "minmax",
+              percentile: float = 99.99, include: Iterable[str] | None = None,
+              exclude: Iterable[str] | None = None) -> dict[str, tuple[float, float]]:
+    """Run ``batches`` through ``model`` and return each target Linear's input range ``{name: (min, max)}``.
+
+    Only running statistics are kept (two floats per module per batch), so memory does not grow with the
+    calibration set. ``observer``: ``minmax`` (overall extremes), ``moving_average`` (mean of per-batch
+    extremes) or ``percentile`` (mean of per-batch ``100-p`` / ``p`` percentiles of a sample of values).
+    """
+    if observer not in ("minmax", "moving_average", "percentile"):
+        raise ValueError(f"observer {observer!r}: use minmax, moving_average or percentile")
+    stats: dict[str, list[tuple[float, float]]] = {}
+    gen = torch.Generator().manual_seed(0)
+
+    def hook_for(name):
+        def hook(mod, args):
+            x = args[0].detach().float().reshape(-1)
+            if observer == "percentile":
+                if x.numel() > 1 << 20:
+                    x = x[torch.randint(0, x.numel(), (1 << 20,), generator=gen)]
+                q = torch.quantile(x, torch.tensor([(100 - percentile) / 100, percentile / 100]))
+                stats.setdefault(name, []).append((float(q[0]), float(q[1])))
+            else:
+                stats.setdefault(name, []).append((float(x.min()), float(x.max())))
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in target_linears(model, include, exclude)]
+    was_training = model.training
+    model.eval()
+    try:
+        n = 0
+        for batch in batches:
+            model(**batch)
+            n += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("calibration got no batches")
+    out = {}
+    for name, values in stats.items():
+        los, his = zip(*values)
+        if observer == "minmax":
+            out[name] = (min(los), max(his))
+        else:
+            out[name] = (sum(los) / len(los), sum(his) / len(his))
+    return out
+
+
+def prepare_qat_(model: nn.Module, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
+                 momentum: float = 0.01) -> nn.Module:
+    """Swap target Linear layers for :class:`FakeQuantLinear` (same Parameters) so training sees int8 rounding."""
+    for name, lin in target_linears(model, include, exclude):
+        _swap(model, name, FakeQuantLinear(lin, momentum=momentum))
+    return model
+
+
+def set_qat_observers_(model: nn.Module, enabled: bool) -> None:
+    """Freeze (``False``) or resume (``True``) the activation-range tracking of every FakeQuantLinear."""
+    for m in model.modules():
+        if isinstance(m, FakeQuantLinear):
+            m.observe = enabled
+
+
+@torch.no_grad()
+def convert_qat_(model: nn.Module) -> nn.Module:
+    """Replace every :class:`FakeQuantLinear` with the :class:`Int8StaticLinear` it was training for."""
+    names = [n for n, m in model.named_modules() if isinstance(m, FakeQuantLinear)]
+    if not names:
+        raise ValueError("convert_qat_: the model has no fake-quantized layers; call prepare_qat_ before training")
+    for name in names:
+        _swap(model, name, model.get_submodule(name).to_quantized())
+    describe_(model, "int8_qat")
+    return model
+
+
+def qat_callback(freeze_observers_at: int | None = None, convert_at_end: bool = False):
+    """A ``TrainerCallback`` that freezes the activation ranges at step ``freeze_observers_at`` and optionally
+    converts the model to int8 when training ends (the model must have been through :func:`prepare_qat_`)."""
+    from transformers import TrainerCallback
+
+    class QATCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if freeze_observers_at is not None and state.global_step == freeze_observers_at and model is not None:
+                set_qat_observers_(model, False)
+                logger.info("QAT: activation ranges frozen at step %d", state.global_step)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            if convert_at_end and model is not None:
+                convert_qat_(model)
+
+    return QATCallback()
+
+
+def is_static(module: nn.Module) -> bool:
+    return isinstance(module, Int8StaticLinear)

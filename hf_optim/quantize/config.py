@@ -1,0 +1,105 @@
+"""``quantize`` stage config (light: no torch import)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Literal, Optional, Union
+
+from ..data.tasks import TaskSpec
+from ..recipe import StageConfig
+
+SCHEMES = ("int8_dynamic", "int8_static", "int8_qat", "int8_weight_only", "int4_weight_only", "fp16", "bf16")
+# Schemes that replace Linear modules (the others cast the whole model).
+LINEAR_SCHEMES = ("int8_dynamic", "int8_static", "int8_qat", "int8_weight_only", "int4_weight_only")
+DEFAULT_EXCLUDE = (r"(^|\.)classifier(\.|$)", r"(^|\.)score$", r"(^|\.)lm_head$")
+
+
+@dataclasses.dataclass
+class QuantizeConfig(StageConfig):
+    """Quantize ``model`` and save it so that ``from_pretrained`` (after ``import hf_optim``) restores it.
+
+    Args:
+        model (`str`): an earlier stage, ``builtin:<name>`` or a model directory.
+        scheme (`str`, *optional*, defaults to ``"int8_dynamic"``): ``int8_dynamic`` (int8 weights per
+            channel, activations quantized at run time), ``int8_static`` (activation ranges from
+            calibration), ``int8_qat`` (fine-tune with fake quantization, then convert to static int8),
+            ``int8_weight_only`` / ``int4_weight_only`` (group-wise scales; int4 packed two per byte),
+            ``fp16`` or ``bf16`` (cast).
+        group_size (`int`, *optional*): weight-only schemes: input features per scale (must divide each
+            Linear's input size; modules it does not divide are left in float and logged). Unset: one
+            scale per output channel for int8, 32 for int4.
+        include (`list[str]`, *optional*): regexes (``re.search`` on module names); only matching Linear
+            layers are quantized. Empty: every Linear.
+        exclude (`list[str]`, *optional*, defaults to the classifier/score/lm_head heads): regexes of
+            Linear layers to keep in float.
+        task (`str` or `dict`, *optional*, defaults to ``"movie-sentiment"``): data for calibration and QAT.
+        observer (`str`, *optional*, defaults to ``"minmax"``): static int8 activation ranges: ``minmax``
+            (overall min/max), ``moving_average`` (mean of per-batch min/max) or ``percentile``.
+        percentile (`float`, *optional*, defaults to 99.99): the ``percentile`` observer's upper percentile
+            (the lower one is ``100 - percentile``).
+        calibration_split (`str`, *optional*, defaults to ``"train"``): split the calibration texts come from.
+        calibration_samples (`int`, *optional*, defaults to 256): texts used to calibrate (bounds memory:
+            only per-module running statistics are kept).
+        batch_size (`int`, *optional*, defaults to 32): calibration / QAT batch size.
+        max_length (`int`, *optional*, defaults to 128): tokens per text.
+        qat_epochs (`float`, *optional*, defaults to 1.0): QAT fine-tuning epochs.
+        qat_learning_rate (`float`, *optional*, defaults to 2e-5): QAT learning rate.
+        qat_max_train_samples (`int`, *optional*): QAT on the first N training examples only.
+        qat_freeze_observers (`float`, *optional*, defaults to 0.5): fraction of QAT steps after which the
+            activation ranges are frozen (the remaining steps adapt the weights to fixed ranges).
+    """
+
+    kind = "quantize"
+    version = 1
+
+    model: str
+    scheme: Literal["int8_dynamic", "int8_static", "int8_qat", "int8_weight_only", "int4_weight_only",
+                    "fp16", "bf16"] = "int8_dynamic"
+    group_size: Optional[int] = None
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    task: Union[str, dict] = "movie-sentiment"
+    observer: Literal["minmax", "moving_average", "percentile"] = "minmax"
+    percentile: float = 99.99
+    calibration_split: Literal["train", "validation"] = "train"
+    calibration_samples: int = 256
+    batch_size: int = 32
+    max_length: int = 128
+    qat_epochs: float = 1.0
+    qat_learning_rate: float = 2e-5
+    qat_max_train_samples: Optional[int] = None
+    qat_freeze_observers: float = 0.5
+
+    def validate(self) -> None:
+        TaskSpec.coerce(self.task)
+        if self.group_size is not None:
+            if self.scheme not in ("int8_weight_only", "int4_weight_only"):
+                self._fail("group_size", f"only applies to weight-only schemes, not {self.scheme!r}; remove it")
+            if self.group_size < 2 or self.group_size & (self.group_size - 1):
+                self._fail("group_size", "must be a power of two >= 2 (e.g. 32, 64, 128) or unset")
+        for f in ("include", "exclude"):
+            for pattern in getattr(self, f):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    self._fail(f, f"{pattern!r} is not a valid regular expression ({e})")
+        if not 50 < self.percentile <= 100:
+            self._fail("percentile", "must be in (50, 100], e.g. 99.99")
+        for f in ("calibration_samples", "batch_size", "max_length"):
+            if getattr(self, f) < 1:
+                self._fail(f, "must be >= 1")
+        if self.qat_epochs <= 0:
+            self._fail("qat_epochs", "must be > 0")
+        if not 0 < self.qat_learning_rate < 1:
+            self._fail("qat_learning_rate", "must be in (0, 1), e.g. 2e-5")
+        if self.qat_max_train_samples is not None and self.qat_max_train_samples < 1:
+            self._fail("qat_max_train_samples", "must be >= 1 or unset")
+        if not 0 <= self.qat_freeze_observers <= 1:
+            self._fail("qat_freeze_observers", "must be in [0, 1]")
+
+    @property
+    def effective_group_size(self) -> Optional[int]:
+        if self.scheme == "int4_weight_only" and self.group_size is None:
+            return 32
+        return self.group_size
