@@ -28,14 +28,14 @@ def test_finetune_learns_and_saves_loadable_classifier(tmp_path, tiny_bert_dir):
         "task": {"name": "toy", "dataset": "toy.csv", "text_column": "sentence", "label_column": "sentiment",
                  "test_size": 40},
         "stages": [
-            {"name": "ft", "kind": "finetune", "model": str(tiny_bert_dir), "epochs": 3, "learning_rate": 3e-3,
+            {"name": "ft", "kind": "finetune", "model": str(tiny_bert_dir), "epochs": 6, "learning_rate": 3e-3,
              "batch_size": 16, "warmup_ratio": 0.0},
             {"name": "ev", "kind": "evaluate", "model": "ft", "latency_samples": 5, "throughput_samples": 16,
              "measure_memory": False},
         ]}, base_dir=tmp_path)
     result = run(recipe, tmp_path / "out", progress=False)
     ft, ev = (s["metrics"] for s in result.report["stages"])
-    assert ft["train_examples"] == 128 and ft["steps"] == 24  # 200 - 40 test - 32 validation
+    assert ft["train_examples"] == 128 and ft["steps"] == 48  # 200 - 40 test - 32 validation
     assert ft["validation_accuracy"] >= 0.9
     assert ev["accuracy"] >= 0.9 and ev["examples"] == 40
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "ft")
