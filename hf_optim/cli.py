@@ -86,6 +86,26 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .quantize.planner import Budgets, plan_precision
+
+    if not Path(args.model_dir).is_dir():
+        raise HfOptimError(f"model directory {args.model_dir!r} does not exist")
+    budgets = Budgets(max_size_mb=args.max_size_mb, max_latency_ms=args.max_latency_ms,
+                      min_speedup=args.min_speedup, max_metric_drop=args.max_metric_drop)
+    plan = plan_precision(args.model_dir, task=args.task, candidates=args.candidates.split(","), budgets=budgets,
+                          prefer=args.prefer, split=args.split, max_samples=args.max_samples,
+                          latency_samples=args.latency_samples, throughput_samples=args.throughput_samples,
+                          measure_memory=not args.no_memory, work_dir=args.keep_dir, keep=bool(args.keep_dir),
+                          progress=not args.no_progress)
+    if args.output:
+        Path(args.output).write_text(json.dumps(plan.to_dict(), indent=2))
+    print(plan.table())
+    print(f"pareto: {', '.join(plan.pareto)}")
+    print(("choice: " if plan.choice else "no choice: ") + plan.decision["reason"])
+    return 0 if plan.choice else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hf-optim", description="Make Transformers models smaller and faster.")
     p.add_argument("--version", action="version", version=f"hf-optim {__version__}")
@@ -129,6 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("action", choices=["check", "show"])
     rc.add_argument("recipe")
     rc.set_defaults(fn=_cmd_recipe)
+    pl = sub.add_parser("plan", help="measure precisions (fp32/bf16/int8/int4) and pick one under budgets",
+                        description="Quantize the model every candidate way, measure metric, latency, throughput, "
+                        "size and memory side by side, print the table and Pareto set, and pick the best candidate "
+                        "within the budgets (exit 3 when none fits).")
+    pl.add_argument("model_dir", help="a float sequence-classifier directory")
+    pl.add_argument("--task", default="movie-sentiment")
+    pl.add_argument("--candidates", default="fp32,bf16,int8_dynamic,int8_static,int8_weight_only,int4_weight_only",
+                    help="comma-separated: fp32, fp16, bf16, int8_dynamic, int8_static, int8_qat, "
+                    "int8_weight_only, int4_weight_only")
+    pl.add_argument("--max-size-mb", type=float)
+    pl.add_argument("--max-latency-ms", type=float, help="batch-1 p50 latency budget")
+    pl.add_argument("--min-speedup", type=float, help="batch-32 throughput vs fp32")
+    pl.add_argument("--max-metric-drop", type=float, help="in metric units (0.005 = 0.5 accuracy points)")
+    pl.add_argument("--prefer", default="throughput", choices=["throughput", "latency", "size", "metric"])
+    pl.add_argument("--split", default="test", choices=["test", "validation", "train"])
+    pl.add_argument("--max-samples", type=int)
+    pl.add_argument("--latency-samples", type=int, default=100)
+    pl.add_argument("--throughput-samples", type=int, default=256)
+    pl.add_argument("--no-memory", action="store_true")
+    pl.add_argument("--keep-dir", help="keep the quantized candidates in this directory")
+    pl.add_argument("--output", "-o", help="also write the plan as JSON")
+    pl.add_argument("--no-progress", action="store_true")
+    pl.set_defaults(fn=_cmd_plan)
     return p
 
 

@@ -124,7 +124,7 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
     from .apply import calibrate, quantize_model_, target_linears
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
-    config = config or QuantizeConfig(model=str(model_dir), **kwargs)
+    config = config or QuantizeConfig(**{"model": str(model_dir), **kwargs})
     spec = TaskSpec.coerce(config.task)
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

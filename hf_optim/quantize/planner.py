@@ -1,0 +1,222 @@
+"""Precision planner: measure every candidate precision on *this* model, task and machine, then choose.
+
+Replaces the rule-of-thumb table ("INT8: 2-4x faster, <1 % drop") with numbers: each candidate is
+quantized, evaluated side by side (task metric, batch-1 latency, batch-32 throughput, size, peak memory),
+the Pareto set is computed, and the best candidate that satisfies the budgets is picked — or the plan says
+that none does and which one comes closest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence, Union
+
+from ..config import OptimConfig
+from .config import SCHEMES
+
+__all__ = ["Budgets", "PrecisionPlan", "plan_precision", "choose_plan", "pareto_front", "CANDIDATES"]
+
+logger = logging.getLogger("hf_optim")
+
+CANDIDATES = ("fp32",) + SCHEMES
+DEFAULT_CANDIDATES = ("fp32", "bf16", "int8_dynamic", "int8_static", "int8_weight_only", "int4_weight_only")
+PREFER = ("throughput", "latency", "size", "metric")
+
+
+@dataclasses.dataclass
+class Budgets(OptimConfig):
+    """Limits a precision must satisfy (unset = no limit).
+
+    Args:
+        max_size_mb (`float`, *optional*): weights on disk, MiB.
+        max_latency_ms (`float`, *optional*): batch-1 p50 latency, ms.
+        min_speedup (`float`, *optional*): batch-32 throughput relative to fp32 (e.g. 2.0).
+        max_metric_drop (`float`, *optional*): allowed drop of the task metric vs fp32, in metric units
+            (0.005 = half an accuracy point).
+    """
+
+    kind = "precision-budgets"
+    version = 1
+
+    max_size_mb: Optional[float] = None
+    max_latency_ms: Optional[float] = None
+    min_speedup: Optional[float] = None
+    max_metric_drop: Optional[float] = None
+
+    def validate(self) -> None:
+        for f in ("max_size_mb", "max_latency_ms", "min_speedup"):
+            v = getattr(self, f)
+            if v is not None and v <= 0:
+                self._fail(f, "must be > 0 or unset")
+        if self.max_metric_drop is not None and self.max_metric_drop < 0:
+            self._fail("max_metric_drop", "must be >= 0 (in metric units: 0.005 = 0.5 accuracy points)")
+
+    def violations(self, row: dict[str, Any]) -> dict[str, float]:
+        """``{budget: relative excess}`` for each budget ``row`` breaks (empty when it satisfies all)."""
+        out = {}
+        checks = (("max_size_mb", row.get("size_mb"), 1), ("max_latency_ms", row.get("latency_p50_ms"), 1),
+                  ("min_speedup", row.get("speedup"), -1), ("max_metric_drop", row.get("metric_drop"), 1))
+        for name, value, sign in checks:
+            limit = getattr(self, name)
+            if limit is None:
+                continue
+            if value is None:
+                out[name] = float("inf")
+                continue
+            excess = (value - limit) * sign
+            if excess > 1e-12:
+                out[name] = excess / max(abs(limit), 1e-3)
+        return out
+
+
+def pareto_front(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Names of the rows no other row beats on metric, throughput and size at once."""
+    def key(r):
+        return (r.get("metric_value") or 0.0, r.get("throughput") or 0.0, -(r.get("size_mb") or 0.0))
+
+    front = []
+    for r in rows:
+        kr = key(r)
+        dominated = any(all(a >= b for a, b in zip(key(o), kr)) and key(o) != kr for o in rows if o is not r)
+        if not dominated:
+            front.append(r["candidate"])
+    return front
+
+
+def choose_plan(rows: Sequence[dict[str, Any]], budgets: Budgets | None = None,
+                prefer: str = "throughput") -> dict[str, Any]:
+    """Pick the best row that satisfies ``budgets`` (by ``prefer``), or the closest one when none does.
+
+    Returns ``{"choice", "satisfied", "reason", "violations"}``.
+    """
+    if prefer not in PREFER:
+        raise ValueError(f"prefer={prefer!r}: use one of {', '.join(PREFER)}")
+    budgets = budgets or Budgets()
+    viol = {r["candidate"]: budgets.violations(r) for r in rows}
+    ok = [r for r in rows if not viol[r["candidate"]]]
+    rank = {"throughput": lambda r: -(r.get("throughput") or 0.0), "latency": lambda r: r.get("latency_p50_ms") or 1e18,
+            "size": lambda r: r.get("size_mb") or 1e18, "metric": lambda r: -(r.get("metric_value") or 0.0)}[prefer]
+    if ok:
+        best = min(ok, key=lambda r: (rank(r), -(r.get("metric_value") or 0.0)))
+        return {"choice": best["candidate"], "satisfied": True, "violations": viol,
+                "reason": f"{best['candidate']} satisfies every budget and is the best by {prefer} "
+                          f"among {len(ok)} that do ({', '.join(r['candidate'] for r in ok)})"}
+    closest = min(rows, key=lambda r: (sum(viol[r["candidate"]].values()), rank(r)))
+    broken = ", ".join(f"{k} by {v:.1%}" for k, v in viol[closest["candidate"]].items())
+    return {"choice": None, "closest": closest["candidate"], "satisfied": False, "violations": viol,
+            "reason": f"no candidate satisfies the budgets; closest is {closest['candidate']} (misses {broken})"}
+
+
+@dataclasses.dataclass
+class PrecisionPlan:
+    """The measured table, its Pareto set and the decision. ``to_dict()`` is JSON-ready."""
+
+    rows: list[dict[str, Any]]
+    pareto: list[str]
+    decision: dict[str, Any]
+    budgets: dict[str, Any]
+    metric: str
+
+    @property
+    def choice(self) -> str | None:
+        return self.decision.get("choice")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def table(self) -> str:
+        """A Markdown table of the measurements (Pareto members marked with ``*``)."""
+        head = (f"| candidate | {self.metric} | drop (pts) | p50 ms | samples/s (b32) | speedup | size MiB | "
+                "peak MiB |\n|---|---|---|---|---|---|---|---|")
+        lines = [head]
+        for r in self.rows:
+            mark = "*" if r["candidate"] in self.pareto else ""
+            lines.append(f"| {r['candidate']}{mark} | {_f(r.get('metric_value'), 4)} | "
+                         f"{_f(None if r.get('metric_drop') is None else 100 * r['metric_drop'], 2)} | "
+                         f"{_f(r.get('latency_p50_ms'), 2)} | {_f(r.get('throughput'), 1)} | {_f(r.get('speedup'), 2)} | "
+                         f"{_f(r.get('size_mb'), 2)} | {_f(r.get('peak_mb'), 0)} |")
+        return "\n".join(lines)
+
+
+def _f(v, digits):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-sentiment",
+                   candidates: Sequence[str] = DEFAULT_CANDIDATES, budgets: Budgets | dict | None = None,
+                   prefer: Literal["throughput", "latency", "size", "metric"] = "throughput",
+                   split: str = "test", max_samples: int | None = None, latency_samples: int = 100,
+                   throughput_samples: int = 256, measure_memory: bool = True, calibration_samples: int = 256,
+                   work_dir: Union[str, Path, None] = None, keep: bool = False, progress: bool = False,
+                   threads: int | None = None) -> PrecisionPlan:
+    """Measure ``candidates`` for the classifier in ``model_dir`` and choose one under ``budgets``.
+
+    Args:
+        model_dir (`str` or `Path`): a float sequence classifier directory.
+        task (`str` or `dict`, *optional*): the evaluation (and calibration) task.
+        candidates (`list[str]`, *optional*): ``fp32`` plus any :class:`~hf_optim.quantize.QuantizeConfig`
+            scheme (``int8_qat`` trains and is slow; it is not a default).
+        budgets (`Budgets` or `dict`, *optional*): limits; see :class:`Budgets`.
+        prefer (`str`, *optional*, defaults to ``"throughput"``): how to rank the candidates that fit.
+        work_dir (`str`, *optional*): where quantized candidates are written (a temp dir by default,
+            deleted afterwards unless ``keep``).
+
+    Returns:
+        :class:`PrecisionPlan`.
+    """
+    from ..evaluation.config import EvalConfig
+    from ..evaluation.stage import evaluate_model
+    from .config import QuantizeConfig
+    from .stage import quantize_dir
+
+    unknown = [c for c in candidates if c not in CANDIDATES]
+    if unknown or not candidates:
+        raise ValueError(f"unknown candidate(s) {unknown}; choose from {', '.join(CANDIDATES)}")
+    if isinstance(budgets, dict):
+        budgets = Budgets.from_dict(budgets, strict=True)
+    budgets = budgets or Budgets()
+    candidates = ["fp32"] + [c for c in candidates if c != "fp32"]  # the baseline is always measured
+    own_tmp = work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="hf_optim-plan-") if own_tmp else work_dir)
+    rows: list[dict[str, Any]] = []
+    try:
+        for cand in candidates:
+            if cand == "fp32":
+                cand_dir, qmetrics = Path(model_dir), {}
+            else:
+                cand_dir = work / cand
+                if cand_dir.exists():
+                    shutil.rmtree(cand_dir)
+                qmetrics = quantize_dir(model_dir, cand_dir, QuantizeConfig(
+                    model=str(model_dir), scheme=cand, task=task, calibration_samples=calibration_samples))
+            ev = evaluate_model(cand_dir, EvalConfig(
+                model=str(cand_dir), task=task, split=split, max_samples=max_samples, latency_samples=latency_samples,
+                throughput_samples=throughput_samples, measure_memory=measure_memory, threads=threads),
+                progress=progress)
+            metric = ev["metric"]
+            rows.append({
+                "candidate": cand, "metric_value": ev[metric],
+                "latency_p50_ms": (ev.get("latency_ms") or {}).get("p50"),
+                "throughput": (ev.get("throughput") or {}).get("samples_per_s"),
+                "size_mb": ev["size"]["weights_mb"], "peak_mb": (ev.get("memory") or {}).get("model_peak_mb"),
+                "logits_sqnr_db": qmetrics.get("logits_sqnr_db"), "path": str(cand_dir),
+            })
+            logger.info("plan: %s", rows[-1])
+    finally:
+        if own_tmp and not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    base = rows[0]
+    for r in rows:
+        r["metric_drop"] = round(base["metric_value"] - r["metric_value"], 6)
+        r["speedup"] = round(r["throughput"] / base["throughput"], 3) if r["throughput"] and base["throughput"] else None
+    return PrecisionPlan(rows=rows, pareto=pareto_front(rows), decision=choose_plan(rows, budgets, prefer),
+                         budgets=budgets.to_dict(), metric=metric)
+
+
+def plan_to_json(plan: PrecisionPlan) -> str:
+    return json.dumps(plan.to_dict(), indent=2)
