@@ -18,6 +18,9 @@ _installed = False
 
 
 def _register_transformers() -> None:
+    module = sys.modules.get(__name__ + ".transformers")
+    if module is not None and not hasattr(module, "register"):
+        return  # it is being imported right now and registers itself when it finishes
     from .transformers import register
 
     register()
