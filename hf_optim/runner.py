@@ -220,8 +220,28 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file
         logger.info("[%d/%d] %s: done in %.1f s", i, total, stage.name, entry["seconds"])
         report["stages"].append({**entry, "status": "ran"})
     report["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+    report["artifacts"] = _artifact_table(report["stages"])
     _atomic_json(out / "report.json", report)
     return RunResult(output_dir=out, report=report, log_file=log_file)
+
+
+def _artifact_table(stages: list[dict]) -> list[dict]:
+    """One row per evaluated artifact: which stage produced it and its measured metric, speed and size."""
+    rows = []
+    for st in stages:
+        m = st.get("metrics") or {}
+        if "model_stage" not in m or "metric" not in m:
+            continue
+        rows.append({
+            "artifact": m["model_stage"], "evaluated_by": st["name"], "task": m.get("task"), "split": m.get("split"),
+            "metric": m["metric"], "value": m.get(m["metric"]),
+            "latency_ms_p50": (m.get("latency_ms") or {}).get("p50"),
+            "latency_ms_p95": (m.get("latency_ms") or {}).get("p95"),
+            "throughput_samples_per_s": (m.get("throughput") or {}).get("samples_per_s"),
+            "size_mb": (m.get("size") or {}).get("weights_mb"),
+            "peak_memory_mb": (m.get("memory") or {}).get("model_peak_mb"),
+        })
+    return rows
 
 
 def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool) -> dict[str, Any]:

@@ -40,6 +40,9 @@ def test_finetune_learns_and_saves_loadable_classifier(tmp_path, tiny_bert_dir):
     assert ev["accuracy"] >= 0.9 and ev["examples"] == 40
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out" / "ft")
     assert model.config.id2label == {0: "neg", 1: "pos"}
+    (row,) = result.report["artifacts"]
+    assert row["artifact"] == "ft" and row["value"] == ev["accuracy"] and row["latency_ms_p50"] > 0
+    assert row["size_mb"] == ev["size"]["weights_mb"]
     metrics = json.loads((tmp_path / "out" / "ev" / "metrics.json").read_text())
     assert metrics["accuracy"] == ev["accuracy"] and metrics["model_stage"] == "ft"
     log = result.log_file.read_text()
