@@ -93,3 +93,12 @@ def test_shipped_recipe_has_student_and_distill_after_the_teacher():
     recipe = Recipe.from_yaml(Path(__file__).parents[2] / "recipes" / "movie-sentiment.yaml")
     kinds = [s.config.kind for s in recipe.stages]
     assert kinds.index("finetune") < kinds.index("student") < kinds.index("distill")
+
+
+def test_config_module_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, hf_optim.distill, hf_optim.distill.config; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'")
+    subprocess.run([sys.executable, "-c", code], check=True)
