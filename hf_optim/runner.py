@@ -216,13 +216,26 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file
             report["stages"].append({**marker, "status": "skipped"})
             continue
         logger.info("[%d/%d] %s (%s): running", i, total, stage.name, stage.config.kind)
-        entry = _run_stage(recipe, stage, fp, out, progress)
+        try:
+            entry = _run_stage(recipe, stage, fp, out, progress)
+        except BaseException as e:
+            # the report shows how far the run got; it is not a completion marker (hf_optim_stage.json is)
+            report["stages"].append({"name": stage.name, "kind": stage.config.kind, "fingerprint": fp,
+                                     "status": "failed", "error": f"{type(e).__name__}: {e}"})
+            _write_report(out, report, status="failed")
+            raise
         logger.info("[%d/%d] %s: done in %.1f s", i, total, stage.name, entry["seconds"])
         report["stages"].append({**entry, "status": "ran"})
-    report["finished"] = _dt.datetime.now().isoformat(timespec="seconds")
+        _write_report(out, report, status="running")
+    _write_report(out, report, status="complete")
+    return RunResult(output_dir=out, report=report, log_file=log_file)
+
+
+def _write_report(out: Path, report: dict[str, Any], status: str) -> None:
+    report["status"] = status
+    report["updated"] = _dt.datetime.now().isoformat(timespec="seconds")
     report["artifacts"] = _artifact_table(report["stages"])
     _atomic_json(out / "report.json", report)
-    return RunResult(output_dir=out, report=report, log_file=log_file)
 
 
 def _artifact_table(stages: list[dict]) -> list[dict]:

@@ -66,7 +66,7 @@ def test_stages_run_in_order_and_pass_artifacts(tmp_path):
     assert [c[0] for c in CALLS] == ["a", "b", "c"]
     assert _value(out, "c") == "abc"
     report = json.loads((out / "report.json").read_text())
-    assert [s["status"] for s in report["stages"]] == ["ran"] * 3
+    assert [s["status"] for s in report["stages"]] == ["ran"] * 3 and report["status"] == "complete"
     assert report["stages"][2]["metrics"] == {"length": 3}
     assert report == json.loads(json.dumps(result.report, default=str))
     assert result.log_file.is_file() and "[3/3] c" in result.log_file.read_text()
@@ -103,7 +103,10 @@ def test_crash_mid_stage_leaves_nothing_complete_and_resumes(tmp_path):
     assert (out / "a" / MARKER).is_file()
     assert not (out / "b").exists() and not (out / "c").exists()
     assert not list(out.glob(".tmp-*"))  # the half-written output was discarded
-    assert not (out / "report.json").exists()
+    partial = json.loads((out / "report.json").read_text())  # shows how far it got, marked failed
+    assert partial["status"] == "failed"
+    assert [(s["name"], s["status"]) for s in partial["stages"]] == [("a", "ran"), ("b", "failed")]
+    assert "simulated crash" in partial["stages"][1]["error"]
     log = next((out / "logs").glob("run-*.log")).read_text()
     assert "Traceback" in log and "simulated crash" in log  # details go to the log file
     CALLS.clear()
