@@ -208,6 +208,30 @@ def check_loaded_(model: nn.Module) -> None:
             mod.check_loaded(name)
 
 
+def _quant_keys(model: nn.Module) -> list[str]:
+    """State-dict keys that only a complete hf_optim checkpoint provides (quantized values, scales, bias)."""
+    keys = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantLinear):
+            keys += [f"{name}.{k}" for k, _ in mod.named_buffers(recurse=False)]
+            keys += [f"{name}.{k}" for k, _ in mod.named_parameters(recurse=False)]
+    return keys
+
+
+def _missing(expected: list[str], present) -> list[str]:
+    present = set(present)
+    # A base model loaded from a head model's checkpoint sees keys with one extra leading component.
+    stripped = {k.split(".", 1)[1] for k in present if "." in k}
+    return [k for k in expected if k not in present and k not in stripped]
+
+
+def _raise_missing(missing: list[str]) -> None:
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise ValueError(f"hf_optim: tensor {', '.join(missing[:3])}{more} is missing from the checkpoint; "
+                         "the checkpoint does not match its quantization_config (was it edited or truncated?)")
+
+
 class HfOptimQuantizer(HfQuantizer):
     """Rebuilds hf_optim's modules before the weights load, and quantizes at load time on request."""
 
@@ -223,9 +247,29 @@ class HfOptimQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, **kwargs: Any):
         cfg = self.quantization_config
+        self._checkpoint_files = kwargs.get("checkpoint_files")  # transformers 5 passes them, 4.57 does not
         if cfg.modules is not None or cfg.linear_shapes or cfg.module_attrs:
             restore_structure_(model, cfg)
         return model
+
+    def update_missing_keys(self, model, missing_keys: list[str], prefix: str) -> list[str]:
+        # transformers 4.57: a missing quantized tensor would be left as uninitialised memory; refuse instead.
+        expected = set(_quant_keys(model))
+        _raise_missing([k for k in missing_keys if k in expected or f"{prefix}.{k}" in expected
+                        or k.split(".", 1)[-1] in expected])
+        return missing_keys
+
+    def _check_checkpoint_keys(self, model) -> None:
+        files = [f for f in (getattr(self, "_checkpoint_files", None) or []) if str(f).endswith(".safetensors")]
+        if not files:
+            return
+        from safetensors import safe_open
+
+        present = []
+        for f in files:
+            with safe_open(str(f), framework="pt") as handle:
+                present += list(handle.keys())
+        _raise_missing(_missing(_quant_keys(model), present))
 
     def _process_model_after_weight_loading(self, model, **kwargs: Any):
         cfg = self.quantization_config
@@ -236,6 +280,8 @@ class HfOptimQuantizer(HfQuantizer):
                             exclude=cfg.exclude)
             cfg = model.config.quantization_config  # quantize_model_ wrote the concrete description
             self.quantization_config = cfg
+        else:
+            self._check_checkpoint_keys(model)
         check_loaded_(model)
         if cfg.dtype is not None:
             # nn.Module.to, not PreTrainedModel.to: transformers refuses dtype casts of quantized models.

@@ -194,7 +194,7 @@ def test_tampered_checkpoints_fail_loudly(tiny_bert_dir, tmp_path):
         sd = load_file(broken / "model.safetensors")
         del sd[f"{QUERY}.{key}"]
         save_file(sd, broken / "model.safetensors", metadata={"format": "pt"})
-        with pytest.raises(ValueError, match=f"{key} is missing"):
+        with pytest.raises(ValueError, match=f"{key}.* is missing"):
             AutoModelForSequenceClassification.from_pretrained(broken)
 
 

@@ -228,20 +228,24 @@ def test_planner_choice_respects_budgets():
     assert set(pareto_front(ROWS)) == {"fp32", "int8_dynamic", "int8_static", "int4_weight_only"}
 
 
-def test_plan_precision_end_to_end_on_tiny_model(tiny_bert_dir):
-    from hf_optim.quantize.planner import plan_precision
+def test_plan_cli_measures_and_choice_respects_budgets(tiny_bert_dir, tmp_path, capsys):
+    from hf_optim.cli import main
 
-    budgets = Budgets(max_metric_drop=0.5, max_size_mb=0.2)
-    plan = plan_precision(tiny_bert_dir, candidates=["int8_dynamic", "int4_weight_only"], budgets=budgets,
-                          max_samples=32, latency_samples=4, throughput_samples=32, measure_memory=False,
-                          calibration_samples=16)
-    assert [r["candidate"] for r in plan.rows] == ["fp32", "int8_dynamic", "int4_weight_only"]
-    assert plan.rows[0]["metric_drop"] == 0 and plan.rows[0]["speedup"] == 1.0
-    if plan.choice is not None:
-        row = next(r for r in plan.rows if r["candidate"] == plan.choice)
-        assert row["size_mb"] <= 0.2 and row["metric_drop"] <= 0.5
-    else:
-        assert all(budgets.violations(r) for r in plan.rows)
-    assert plan.rows[2]["size_mb"] < plan.rows[0]["size_mb"]
-    assert "| candidate |" in plan.table()
-    json.dumps(plan.to_dict())
+    out = tmp_path / "plan.json"
+    code = main(["plan", str(tiny_bert_dir), "--candidates", "int8_dynamic,int4_weight_only", "--max-samples", "16",
+                 "--latency-samples", "2", "--throughput-samples", "16", "--no-memory", "--no-progress",
+                 "--max-size-mb", "0.0001", "-o", str(out)])
+    text = capsys.readouterr().out
+    assert code == 3 and "no choice: no candidate satisfies the budgets" in text and "| int4_weight_only" in text
+    plan = json.loads(out.read_text())
+    rows = plan["rows"]
+    assert [r["candidate"] for r in rows] == ["fp32", "int8_dynamic", "int4_weight_only"]
+    assert rows[0]["metric_drop"] == 0 and rows[0]["speedup"] == 1.0
+    assert rows[2]["size_mb"] < rows[1]["size_mb"] < rows[0]["size_mb"]
+    assert plan["decision"]["closest"] == "int4_weight_only"  # the smallest misses the size budget least
+    # on the same measured rows, a budget that one candidate meets picks a candidate that meets it
+    budgets = Budgets(max_size_mb=rows[1]["size_mb"], max_metric_drop=0.5)
+    decision = choose_plan(rows, budgets, prefer="size")
+    assert decision["choice"] == "int4_weight_only"
+    chosen = next(r for r in rows if r["candidate"] == decision["choice"])
+    assert not budgets.violations(chosen)
