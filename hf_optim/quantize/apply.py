@@ -28,9 +28,13 @@ def target_linears(model: nn.Module, include: Iterable[str] | None = None,
     """``(name, module)`` of the float ``nn.Linear`` layers matched by ``include`` and not by ``exclude``."""
     inc = [re.compile(p) for p in (include or ())]
     exc = [re.compile(p) for p in (DEFAULT_EXCLUDE if exclude is None else exclude)]
+    # A weight shared with another module (lm_head tied to the embeddings) stays float: the loader re-ties it.
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
     out = []
     for name, mod in model.named_modules():
-        if type(mod) is not nn.Linear:
+        if type(mod) is not nn.Linear or seen.get(id(mod.weight), 0) > 1:
             continue
         if inc and not any(p.search(name) for p in inc):
             continue

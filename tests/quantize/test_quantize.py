@@ -249,3 +249,20 @@ def test_plan_cli_measures_and_choice_respects_budgets(tiny_bert_dir, tmp_path, 
     assert decision["choice"] == "int4_weight_only"
     chosen = next(r for r in rows if r["candidate"] == decision["choice"])
     assert not budgets.violations(chosen)
+
+
+def test_tied_lm_head_stays_float_even_when_included(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hf_optim.testing import tiny_llama
+
+    model = tiny_llama(tie_word_embeddings=True)
+    quantize_model_(model, "int8_dynamic", exclude=[])
+    assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight is model.model.embed_tokens.weight
+    ids = torch.randint(0, 50, (2, 8))
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.inference_mode():
+        assert torch.equal(before, again(input_ids=ids).logits)
