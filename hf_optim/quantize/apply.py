@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from .config import DEFAULT_EXCLUDE, LINEAR_SCHEMES
+from .config import DEFAULT_EXCLUDE, LINEAR_SCHEMES, QuantizeConfig  # noqa: F401 - used in annotations
 from .modules import FakeQuantLinear, Int8StaticLinear, QuantLinear, module_for_scheme
 
 __all__ = ["target_linears", "quantize_model_", "calibrate", "prepare_qat_", "convert_qat_", "describe_"]
@@ -73,14 +73,15 @@ def describe_(model: nn.Module, scheme: str, **provenance: Any):
 
 
 @torch.no_grad()
-def quantize_model_(model: nn.Module, scheme: str = "int8_dynamic", group_size: int | None = None,
+def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dynamic", group_size: int | None = None,
                     include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
                     ranges: Mapping[str, tuple[float, float]] | None = None) -> nn.Module:
     """Quantize ``model`` in place and describe it in ``model.config.quantization_config``.
 
     Args:
         model (`nn.Module`): a float model (usually a ``PreTrainedModel``) in eval mode.
-        scheme (`str`, *optional*, defaults to ``"int8_dynamic"``): see :class:`~hf_optim.quantize.QuantizeConfig`.
+        scheme (`str` or `QuantizeConfig`, *optional*, defaults to ``"int8_dynamic"``): a scheme name, or a
+            :class:`~hf_optim.quantize.QuantizeConfig` whose scheme, group size and include/exclude are used.
         group_size (`int`, *optional*): weight-only group size (int4 default 32, int8 default per channel).
         include (`list[str]`, *optional*) / exclude (`list[str]`, *optional*): module-name regexes.
         ranges (`dict`, *optional*): ``int8_static`` only: ``{name: (min, max)}`` from :func:`calibrate`.
@@ -88,6 +89,10 @@ def quantize_model_(model: nn.Module, scheme: str = "int8_dynamic", group_size: 
     Returns:
         The same ``model``.
     """
+    if not isinstance(scheme, str):  # a QuantizeConfig
+        cfg = scheme
+        scheme, group_size = cfg.scheme, cfg.effective_group_size
+        include, exclude = cfg.include, cfg.exclude
     if scheme in _DTYPES:
         nn.Module.to(model, getattr(torch, _DTYPES[scheme]))
         describe_(model, scheme)
