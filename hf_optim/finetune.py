@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
-import tempfile
 from typing import Any, Optional, Union
 
 from .data.tasks import TaskSpec
@@ -93,11 +91,33 @@ def tokenize_splits(dataset, tokenizer, max_length: int):
                        desc="tokenize")
 
 
+def train_and_predict(ctx, config, trainer_cls, model, tokenizer, encoded, **trainer_kwargs):
+    """Train ``model`` on ``encoded["train"]`` and predict ``encoded["validation"]``.
+
+    Shared by the ``finetune`` and ``distill`` stages: ``config`` supplies epochs, learning_rate,
+    batch_size, weight_decay and warmup_ratio; Trainer's output_dir is a scratch dir the runner removes.
+    Returns ``(trainer, train_result, validation_predictions)``.
+    """
+    import numpy as np
+    from transformers import DataCollatorWithPadding
+
+    steps = int(np.ceil(len(encoded["train"]) / config.batch_size) * config.epochs)
+    args = training_arguments(
+        str(ctx.scratch_dir("trainer")), per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=64, learning_rate=config.learning_rate, num_train_epochs=config.epochs,
+        weight_decay=config.weight_decay, warmup_steps=int(config.warmup_ratio * steps),
+        logging_steps=max(1, steps // 20), seed=ctx.seed, disable_tqdm=not ctx.progress,
+    )
+    trainer = trainer_cls(model=model, args=args, train_dataset=encoded["train"], processing_class=tokenizer,
+                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=[ctx.log_callback()],
+                          **trainer_kwargs)
+    result = trainer.train()
+    return trainer, result, trainer.predict(encoded["validation"])
+
+
 @register(FinetuneConfig)
 def run_finetune(config: FinetuneConfig, ctx) -> dict[str, Any]:
-    import numpy as np
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, set_seed)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
 
     from .data import load_task
     from .evaluation.metrics import compute_metric
@@ -117,21 +137,7 @@ def run_finetune(config: FinetuneConfig, ctx) -> dict[str, Any]:
         ignore_mismatched_sizes=True,
     )
     encoded = tokenize_splits(data, tokenizer, config.max_length)
-    steps = int(np.ceil(len(encoded["train"]) / config.batch_size) * config.epochs)
-    scratch = tempfile.mkdtemp(prefix="trainer-", dir=ctx.output_dir.parent)
-    try:
-        args = training_arguments(
-            scratch, per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=64,
-            learning_rate=config.learning_rate, num_train_epochs=config.epochs, weight_decay=config.weight_decay,
-            warmup_steps=int(config.warmup_ratio * steps), logging_steps=max(1, steps // 20), seed=ctx.seed,
-            disable_tqdm=not ctx.progress,
-        )
-        trainer = Trainer(model=model, args=args, train_dataset=encoded["train"], processing_class=tokenizer,
-                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=[ctx.log_callback()])
-        result = trainer.train()
-        pred = trainer.predict(encoded["validation"])
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    trainer, result, pred = train_and_predict(ctx, config, Trainer, model=model, tokenizer=tokenizer, encoded=encoded)
     value = compute_metric(spec.metric, pred.predictions.argmax(-1), pred.label_ids)
     trainer.model.save_pretrained(ctx.output_dir)
     tokenizer.save_pretrained(ctx.output_dir)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -59,6 +60,17 @@ class StageContext:
     run_dir: Path
     seed: int
     progress: bool = True
+    _scratch: list = dataclasses.field(default_factory=list, repr=False)
+
+    def scratch_dir(self, label: str = "work") -> Path:
+        """A temporary directory for intermediate files (e.g. Trainer's output_dir).
+
+        It lives in the run directory under a ``.tmp-`` name, outside the artifact, and is deleted when the
+        stage ends, however it ends (a killed run's leftovers are removed by the next run).
+        """
+        path = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=f".tmp-{self.name}-{label}-"))
+        self._scratch.append(path)
+        return path
 
     def log_callback(self):
         """A ``TrainerCallback`` that copies Trainer's logs (loss, lr ...) into the run log."""
@@ -185,14 +197,30 @@ def run(recipe: Recipe | str | Path, output_dir: str | Path | None = None, force
         lock.close()
         raise HfOptimError(f"another hf-optim run is using {out}; wait for it or choose another --output") from None
     log_file, handler = _setup_log(out)
+    previous = _terminate_as_interrupt()
     try:
         return _run_locked(recipe, out, force, progress, log_file)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         for name in ("hf_optim", "hf_optim_trace", "transformers"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM (``kill``, a CI timeout) unwind like Ctrl-C, so the running stage cleans up after itself."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    return signal.signal(signal.SIGTERM, _raise)
 
 
 def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file: Path) -> RunResult:
@@ -271,10 +299,14 @@ def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool)
         entry = {"name": stage.name, "kind": stage.config.kind, "fingerprint": fp,
                  "config": stage.config.to_dict(), "seconds": round(time.perf_counter() - start, 2),
                  "metrics": metrics, "finished": _dt.datetime.now().isoformat(timespec="seconds")}
+        for path in ctx._scratch:
+            shutil.rmtree(path, ignore_errors=True)
         _atomic_json(tmp / MARKER, entry)  # written last: its presence means "complete"
         _replace_dir(tmp, out / stage.name)
         return entry
     except BaseException as e:
+        for path in ctx._scratch:
+            shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, (KeyboardInterrupt, HfOptimError)):
             logger.error("stage %s stopped: %s", stage.name, e)

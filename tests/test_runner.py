@@ -23,7 +23,7 @@ class WriteConfig(StageConfig):
     kind = "test-write"
     model: str = "none"
     text: str = "x"
-    fail: str = "no"  # "no" | "error" | "interrupt"
+    fail: str = "no"  # "no" | "error" | "interrupt" | "sigterm"
 
     inputs = ("model",)
 
@@ -35,6 +35,11 @@ def _write_stage(config, ctx):
     before = (src / "value.txt").read_text() if src and (src / "value.txt").is_file() else ""
     (ctx.output_dir / "value.txt").write_text(before + config.text)
     (ctx.output_dir / "half-written.bin").write_bytes(b"\0" * 10)
+    (ctx.scratch_dir("work") / "scratch.bin").write_bytes(b"\0")
+    if config.fail == "sigterm":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
     if config.fail == "error":
         raise RuntimeError("simulated crash")
     if config.fail == "interrupt":
@@ -123,6 +128,18 @@ def test_interrupt_mid_stage_discards_partial_output(tmp_path):
     # the previous complete b is still there, untouched; the new partial one is gone
     assert _value(out, "b") == "ab"
     assert not list(out.glob(".tmp-*")) and not list(out.glob(".old-*"))
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_restores_handler(tmp_path):
+    import signal
+
+    out = tmp_path / "out"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="terminated by signal"):
+        run(_recipe(tmp_path, b_fail="sigterm"), out, progress=False)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert (out / "a" / MARKER).is_file() and not (out / "b").exists()
+    assert not list(out.glob(".tmp-*"))  # partial output and scratch dirs removed
 
 
 def test_killed_run_leftovers_are_never_taken_as_complete(tmp_path):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +45,11 @@ def run_student(config: StudentConfig, ctx) -> dict[str, Any]:
 
 @register(DistillConfig)
 def run_distill(config: DistillConfig, ctx) -> dict[str, Any]:
-    import numpy as np
-    from transformers import AutoTokenizer, DataCollatorWithPadding, set_seed
+    from transformers import AutoTokenizer, set_seed
 
     from ..data import load_task
     from ..evaluation.metrics import compute_metric
-    from ..finetune import tokenize_splits, training_arguments
+    from ..finetune import tokenize_splits, train_and_predict
     from .trainer import DistillationTrainer
 
     spec = TaskSpec.coerce(config.task)
@@ -67,23 +64,8 @@ def run_distill(config: DistillConfig, ctx) -> dict[str, Any]:
     teacher = load_pretrained(ctx.inputs["teacher"], **extra)
     tokenizer = AutoTokenizer.from_pretrained(ctx.inputs["model"])
     encoded = tokenize_splits(data, tokenizer, config.max_length)
-    steps = int(np.ceil(len(encoded["train"]) / config.batch_size) * config.epochs)
-    scratch = tempfile.mkdtemp(prefix="trainer-", dir=ctx.output_dir.parent)
-    try:
-        args = training_arguments(
-            scratch, per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=64,
-            learning_rate=config.learning_rate, num_train_epochs=config.epochs, weight_decay=config.weight_decay,
-            warmup_steps=int(config.warmup_ratio * steps), logging_steps=max(1, steps // 20), seed=ctx.seed,
-            disable_tqdm=not ctx.progress,
-        )
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, distill_config=config, args=args,
-                                      train_dataset=encoded["train"], processing_class=tokenizer,
-                                      data_collator=DataCollatorWithPadding(tokenizer),
-                                      callbacks=[ctx.log_callback()])
-        result = trainer.train()
-        pred = trainer.predict(encoded["validation"])
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    trainer, result, pred = train_and_predict(ctx, config, DistillationTrainer, model=student, tokenizer=tokenizer,
+                                              encoded=encoded, teacher_model=teacher, distill_config=config)
     value = compute_metric(spec.metric, pred.predictions.argmax(-1), pred.label_ids)
     trainer.model.save_pretrained(ctx.output_dir)
     tokenizer.save_pretrained(ctx.output_dir)
