@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -44,8 +46,9 @@ class DistillationTrainer(Trainer):
     """``Trainer`` that trains ``model`` (the student) to imitate ``teacher_model``.
 
     Args:
-        teacher_model (`torch.nn.Module`): the teacher (same tokenizer and label set / vocabulary as the student).
-            It is frozen, put in eval mode and moved to the student's device.
+        teacher_model (`torch.nn.Module` or `str`): the teacher (same tokenizer and label set / vocabulary as the
+            student), or its directory (loaded with the class its ``config.json`` names). It is frozen, put in eval
+            mode and moved to the student's device.
         distill_config (`DistillConfig`, *optional*): temperature, ``alpha``, intermediate losses, caching (see
             :class:`~hf_optim.distill.DistillConfig`; its training fields are ignored here, ``args`` rules).
         *args, **kwargs: everything ``transformers.Trainer`` accepts.
@@ -62,6 +65,10 @@ class DistillationTrainer(Trainer):
             raise ValueError("DistillationTrainer needs teacher_model=<the teacher nn.Module>")
         if distill_config is not None and not isinstance(distill_config, DistillConfig):
             raise TypeError(f"distill_config must be a DistillConfig, got {type(distill_config).__name__}")
+        if isinstance(teacher_model, (str, os.PathLike)):
+            from .stage import load_pretrained
+
+            teacher_model = load_pretrained(Path(teacher_model))
         super().__init__(*args, **kwargs)
         self.distill_config = distill_config or DistillConfig()
         # Our loss is a per-micro-batch mean; this makes Trainer divide it by the accumulation steps.

@@ -167,6 +167,11 @@ def test_token_classification_ignores_minus_100(tmp_path):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_teacher_can_be_a_directory(tmp_path, tiny_bert_dir):
+    trainer = _trainer(tmp_path, tiny_bert(), str(tiny_bert_dir))
+    assert type(trainer.teacher).__name__ == "BertForSequenceClassification" and not trainer.teacher.training
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="teacher_model"):
         DistillationTrainer(model=tiny_bert(), args=_args(tmp_path))
