@@ -42,7 +42,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RESERVED = {"logs", "report.json", "recipe.yaml"}
 _TOP_LEVEL = {"name", "description", "seed", "task", "output_dir", "stages"}
 # Modules that define stage configs (light: no torch import). Handlers live in separate modules.
-_CONFIG_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.config", "hf_optim.quantize.config", "hf_optim.distill.config")
+_CONFIG_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.config", "hf_optim.quantize.config", "hf_optim.distill.config", "hf_optim.export.config")
 
 
 class StageConfig(OptimConfig):

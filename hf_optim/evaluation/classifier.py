@@ -33,7 +33,8 @@ class TorchClassifier:
 
 
 def load_classifier(model_dir: str | Path, max_length: int = 128) -> TorchClassifier:
-    """Load a text classifier from a directory ``from_pretrained`` reads.
+    """Load a text classifier from a directory ``from_pretrained`` reads, an exported ONNX directory
+    (``*.onnx`` and no torch weights: run by ONNX Runtime) or a ``compile`` stage artifact.
 
     Raises:
         DataError: the directory is missing or is not a sequence-classification checkpoint.
@@ -41,6 +42,18 @@ def load_classifier(model_dir: str | Path, max_length: int = 128) -> TorchClassi
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(model_dir)
+    # exported / compiled artifacts (hf_optim.export) keep the same predict_logits interface
+    if (path / "hf_optim_compile.json").is_file():
+        from ..export.compile import load_compiled
+
+        return load_compiled(path, max_length=max_length)
+    if (path / "config.json").is_file():
+        from ..export.runtime import is_onnx_dir
+
+        if is_onnx_dir(path):
+            from ..export.runtime import OrtClassifier
+
+            return OrtClassifier.from_dir(path, max_length=max_length)
     if not (path / "config.json").is_file():
         raise DataError(f"{path} is not a model directory (no config.json); pass a folder written by "
                         "save_pretrained or by a recipe stage")

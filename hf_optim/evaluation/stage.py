@@ -63,7 +63,8 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
         out: dict[str, Any] = {
             "model": str(model_dir), "task": spec.name, "split": config.split, "examples": len(texts),
             "metric": spec.metric, spec.metric: round(value, 6),
-            "params": int(sum(p.numel() for p in clf.model.parameters())),
+            "params": int(clf.num_parameters() if hasattr(clf, "num_parameters")
+                          else sum(p.numel() for p in clf.model.parameters())),
             "size": dir_size_mb(model_dir),
         }
         if config.latency_samples:

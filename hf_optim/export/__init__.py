@@ -1,0 +1,27 @@
+"""Export to ONNX Runtime (Optimum, or torch.onnx + ORT's own tools) and compiled PyTorch, validated on the
+task metric. Importing this package is light; the work happens in :mod:`.stage` and :mod:`.compile`."""
+
+from .config import CompileConfig, ExportConfig
+
+__all__ = ["ExportConfig", "CompileConfig", "export_model", "compile_model", "load_compiled"]
+
+
+def export_model(*args, **kwargs):
+    """See :func:`hf_optim.export.stage.export_model`."""
+    from .stage import export_model as _impl
+
+    return _impl(*args, **kwargs)
+
+
+def compile_model(*args, **kwargs):
+    """See :func:`hf_optim.export.compile.compile_model`."""
+    from .compile import compile_model as _impl
+
+    return _impl(*args, **kwargs)
+
+
+def load_compiled(*args, **kwargs):
+    """See :func:`hf_optim.export.compile.load_compiled`."""
+    from .compile import load_compiled as _impl
+
+    return _impl(*args, **kwargs)

@@ -1,0 +1,224 @@
+"""``compile`` stage: ``torch.compile``, ``torch.export`` or TorchScript, validated on the task metric.
+
+Artifacts (``from_pretrained`` files + ``hf_optim_compile.json``):
+
+* ``compile``: the source weights; the record lists the warm-up shapes, which :func:`load_compiled` compiles
+  again (a ``torch.compile`` graph cannot be saved). Inputs are padded up to the next warm-up length, so a call
+  never triggers a recompile.
+* ``export``: ``model.pt2`` (``torch.export.save``), dynamic in batch size and sequence length.
+* ``torchscript``: ``model.torchscript.pt`` (trace + freeze + optimize_for_inference, fixed length
+  ``max_length``). Deprecated by PyTorch; offered while torch ships it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..registry import register
+from .config import CompileConfig
+
+logger = logging.getLogger("hf_optim")
+
+__all__ = ["compile_model", "load_compiled", "CompiledClassifier", "RECORD_NAME"]
+
+RECORD_NAME = "hf_optim_compile.json"
+_FILES = {"export": "model.pt2", "torchscript": "model.torchscript.pt"}
+
+
+def _wrapper(model, names: Sequence[str]):
+    import torch
+
+    class _Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            kw = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kw["token_type_ids"] = token_type_ids
+            return self.m(**kw).logits
+
+    return _Logits(model).eval()
+
+
+class CompiledClassifier:
+    """``predict_logits`` over a compiled module; pads inputs to the shapes it was built for."""
+
+    def __init__(self, fn, tokenizer, names: Sequence[str], lengths: Sequence[int], max_length: int, params: int = 0):
+        self.fn, self.tokenizer, self.names = fn, tokenizer, list(names)
+        self.lengths = sorted(lengths)
+        self.max_length = max_length
+        self._params = params
+
+    def num_parameters(self) -> int:
+        return self._params
+
+    def _pad_to(self, longest: int) -> int:
+        return next((n for n in self.lengths if n >= longest), self.max_length)
+
+    def predict_logits(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> np.ndarray:
+        import torch
+
+        pairs = list(text_pairs) if text_pairs else None
+        longest = max(len(x) for x in self.tokenizer(list(texts), pairs, truncation=True,
+                                                     max_length=self.max_length)["input_ids"])
+        enc = self.tokenizer(list(texts), pairs, truncation=True, max_length=self.max_length, padding="max_length",
+                             return_tensors="pt") if self._pad_to(longest) == self.max_length else \
+            self.tokenizer(list(texts), pairs, truncation=True, padding="max_length",
+                           max_length=self._pad_to(longest), return_tensors="pt")
+        args = [enc[n] if n in enc else torch.zeros_like(enc["input_ids"]) for n in self.names]
+        with torch.inference_mode():
+            return self.fn(*args).float().numpy()
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self.predict_logits(texts)
+
+
+def _build(method: str, model, tokenizer, config: CompileConfig, out: Path | None) -> tuple[Any, dict]:
+    """The compiled callable and what to record; saves the artifact file into ``out`` when given."""
+    import torch
+
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in
+                                               tokenizer.model_input_names else [])
+    wrapper = _wrapper(model, names)
+    info: dict[str, Any] = {"names": names}
+
+    def example(bs: int, length: int):
+        return tuple(torch.ones(bs, length, dtype=torch.long) for _ in names)
+
+    if method == "compile":
+        fn = torch.compile(wrapper, mode=None if config.mode == "default" else config.mode, dynamic=False)
+        warm = {}
+        with torch.inference_mode():
+            for bs in config.warmup_batch_sizes:
+                for n in config.warmup_lengths:
+                    t = time.perf_counter()
+                    fn(*example(bs, n))
+                    warm[f"{bs}x{n}"] = round(time.perf_counter() - t, 3)
+        info["warmup_seconds"] = warm
+        return fn, info
+    if method == "export":
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        seq = torch.export.Dim("seq", min=2, max=config.max_length)
+        with torch.no_grad():
+            ep = torch.export.export(wrapper, example(2, min(16, config.max_length)),
+                                     dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), strict=False)
+        if out is not None:
+            torch.export.save(ep, str(out / _FILES["export"]))
+        return ep.module(), info
+    # torchscript (deprecated by PyTorch): fixed length, batch size free
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapper, example(2, config.max_length), strict=False, check_trace=False)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+    if out is not None:
+        torch.jit.save(frozen, str(out / _FILES["torchscript"]))
+    return frozen, info
+
+
+def _lengths(config: CompileConfig, method: str) -> list[int]:
+    if method == "torchscript":
+        return [config.max_length]
+    if method == "export":
+        return [n for n in range(8, config.max_length + 8, 8) if n <= config.max_length] or [config.max_length]
+    return sorted(set(config.warmup_lengths))
+
+
+def compile_model(model_dir: str | Path, output_dir: str | Path, config: CompileConfig | None = None,
+                  **kwargs: Any) -> dict[str, Any]:
+    """Compile a sequence classifier, validate it against the source on the task metric, and write it.
+
+    Returns the record written to ``output_dir/hf_optim_compile.json``; raises
+    :class:`~hf_optim.errors.StageError` (writing nothing) when the metric drop exceeds ``max_metric_drop``.
+    """
+    import torch
+
+    from ..evaluation.classifier import load_classifier
+    from .onnx import copy_preprocessors
+    from .validate import check_budget, compare, load_validation, predict_all
+
+    config = config or CompileConfig(model=str(model_dir), **kwargs)
+    src, out = Path(model_dir), Path(output_dir)
+    if config.method == "torchscript":
+        warnings.warn("TorchScript is deprecated by PyTorch; prefer method='export' or 'compile'",
+                      DeprecationWarning, stacklevel=2)
+    data = load_validation(config.task, config.validation_samples)
+    source = load_classifier(src, max_length=config.max_length)
+    source_logits = predict_all(source.predict_logits, data)
+    params = int(sum(p.numel() for p in source.model.parameters()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".compile-work-", dir=out.parent))
+    try:
+        t = time.perf_counter()
+        fn, info = _build(config.method, source.model, source.tokenizer, config, work)
+        build_s = time.perf_counter() - t
+        clf = CompiledClassifier(fn, source.tokenizer, info["names"], _lengths(config, config.method),
+                                 config.max_length, params)
+        validation = compare(source_logits, predict_all(clf.predict_logits, data), data)
+        check_budget(validation, config.max_metric_drop, f"compile ({config.method})")
+        record = {"format": 1, "kind": "compile", "method": config.method, "source": str(src),
+                  "file_name": _FILES.get(config.method), "input_names": info["names"],
+                  "lengths": clf.lengths, "build_seconds": round(build_s, 2),
+                  "warmup_seconds": info.get("warmup_seconds"), "validation": validation,
+                  "config": config.to_dict(), "torch": torch.__version__,
+                  "deprecated": config.method == "torchscript"}
+        out.mkdir(parents=True, exist_ok=True)
+        for p in src.iterdir():
+            if p.is_file() and (p.name == "config.json" or (config.method == "compile" and p.suffix == ".safetensors")):
+                shutil.copy2(p, out / p.name)
+        copy_preprocessors(src, out)
+        if record["file_name"]:
+            shutil.move(str(work / record["file_name"]), out / record["file_name"])
+        (out / RECORD_NAME).write_text(json.dumps(record, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
+def load_compiled(model_dir: str | Path, max_length: int | None = None) -> CompiledClassifier:
+    """Load a ``compile`` stage artifact as a :class:`CompiledClassifier` (``torch.compile`` is redone here)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(model_dir)
+    record = json.loads((path / RECORD_NAME).read_text())
+    config = CompileConfig.from_dict(record["config"])
+    if max_length and max_length != config.max_length:
+        config = config.replace(max_length=max_length, warmup_lengths=tuple(sorted(set(config.warmup_lengths) |
+                                                                                   {max_length})))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    method = record["method"]
+    params = int(record.get("params", 0))
+    if method == "compile":
+        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        fn, _ = _build("compile", model, tokenizer, config, None)
+        params = int(sum(p.numel() for p in model.parameters()))
+    elif method == "export":
+        fn = torch.export.load(str(path / record["file_name"])).module()
+    else:
+        fn = torch.jit.load(str(path / record["file_name"]), map_location="cpu")
+    return CompiledClassifier(fn, tokenizer, record["input_names"], record["lengths"], config.max_length, params)
+
+
+@register(CompileConfig)
+def run_compile(config: CompileConfig, ctx) -> dict[str, Any]:
+    staging = ctx.output_dir / ".staging"
+    record = compile_model(ctx.inputs["model"], staging, config)
+    for p in staging.iterdir():
+        shutil.move(str(p), ctx.output_dir / p.name)
+    staging.rmdir()
+    v = record["validation"]
+    return {"method": record["method"], "validation_metric": v["metric"], f"validation_{v['metric']}": v["candidate"],
+            f"source_validation_{v['metric']}": v["source"], "metric_drop": v["drop"],
+            "max_logit_diff": v["max_logit_diff"], "build_seconds": record["build_seconds"],
+            "deprecated": record["deprecated"]}

@@ -1,0 +1,136 @@
+"""``export`` and ``compile`` stage configs (light: no torch/onnx import)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Optional, Union
+
+from ..data.tasks import TaskSpec
+from ..recipe import StageConfig
+
+__all__ = ["ExportConfig", "CompileConfig"]
+
+
+def _check_validation(cfg) -> None:
+    if cfg.task_type != "causal-lm":
+        TaskSpec.coerce(cfg.task)
+    if cfg.max_metric_drop < 0:
+        cfg._fail("max_metric_drop", "must be >= 0 (in metric units: 0.01 = 1 accuracy point)")
+    if cfg.validation_samples is not None and cfg.validation_samples < 1:
+        cfg._fail("validation_samples", "must be >= 1 or unset (the whole validation split)")
+    if cfg.max_length < 1:
+        cfg._fail("max_length", "must be >= 1")
+
+
+@dataclasses.dataclass
+class ExportConfig(StageConfig):
+    """Export ``model`` to ONNX Runtime, optimize the graph, quantize it, and validate it on the task metric.
+
+    Args:
+        model (`str`): ``builtin:<name>``, an earlier stage, or a model directory.
+        task (`str` or `dict`, *optional*, defaults to ``"movie-sentiment"``): the task whose validation split
+            checks the export (see :class:`~hf_optim.data.TaskSpec`); for causal LMs a text name
+            (``bbc-news``) whose perplexity is compared.
+        task_type (`str`, *optional*, defaults to ``"auto"``): ``sequence-classification``, ``causal-lm`` (exported
+            with past key values) or ``auto`` (read from the checkpoint's ``architectures``).
+        backend (`str`, *optional*, defaults to ``"auto"``): ``optimum`` (Optimum's exporter, optimizer and
+            quantizer), ``torch`` (``torch.onnx`` + ONNX Runtime's own tools; works on transformers 5) or ``auto``
+            (Optimum when installed).
+        optimization (`str`, *optional*, defaults to ``"O2"``): ORT graph optimization level: ``none``, ``O1``
+            (basic), ``O2`` (+ Attention/SkipLayerNorm/Gelu fusion), ``O3`` (+ approximate Gelu).
+        quantization (`str`, *optional*, defaults to ``"dynamic"``): ``none``, ``dynamic`` (int8 weights,
+            activations quantized at run time), ``static`` (int8 QDQ with MinMax calibration and the accuracy
+            guard) or ``int4`` (weight-only ``MatMulNBits`` on large MatMuls).
+        per_channel (`bool`, *optional*, defaults to `False`): per-channel int8 weight scales.
+        calibration_samples (`int`, *optional*, defaults to 128): training examples used to calibrate ``static``.
+        calibration_batch_size (`int`, *optional*, defaults to 16): examples per calibration chunk; ranges are
+            reduced after every chunk, so memory is bounded by one chunk's activations.
+        guard (`bool`, *optional*, defaults to `True`): for ``static``, keep nodes in float (LayerNorm, Gelu,
+            residual Add, then whole layers) until the metric drop is within ``max_metric_drop``.
+        int4_block_size (`int`, *optional*, defaults to 32): block size of ``int4`` weights.
+        int4_min_size (`int`, *optional*, defaults to 65536): only MatMuls with at least this many weights go int4.
+        max_metric_drop (`float`, *optional*, defaults to 0.01): the stage fails (and writes nothing) when the
+            validation metric drops more than this vs the source model (metric units; for causal LMs, the
+            relative perplexity increase).
+        validation_samples (`int`, *optional*, defaults to 500): validation examples (unset: the whole split).
+        max_length (`int`, *optional*, defaults to 128): tokens per example.
+        opset (`int`, *optional*): ONNX opset (default: the exporter's choice).
+    """
+
+    kind = "export"
+    version = 1
+
+    model: str
+    task: Union[str, dict] = "movie-sentiment"
+    task_type: Literal["auto", "sequence-classification", "causal-lm"] = "auto"
+    backend: Literal["auto", "optimum", "torch"] = "auto"
+    optimization: Literal["none", "O1", "O2", "O3"] = "O2"
+    quantization: Literal["none", "dynamic", "static", "int4"] = "dynamic"
+    per_channel: bool = False
+    calibration_samples: int = 128
+    calibration_batch_size: int = 16
+    guard: bool = True
+    int4_block_size: int = 32
+    int4_min_size: int = 65536
+    max_metric_drop: float = 0.01
+    validation_samples: Optional[int] = 500
+    max_length: int = 128
+    opset: Optional[int] = None
+
+    def validate(self) -> None:
+        _check_validation(self)
+        for f in ("calibration_samples", "calibration_batch_size", "int4_min_size"):
+            if getattr(self, f) < 1:
+                self._fail(f, "must be >= 1")
+        if self.int4_block_size < 16 or self.int4_block_size & (self.int4_block_size - 1):
+            self._fail("int4_block_size", "must be a power of two >= 16 (16, 32, 64, 128)")
+        if self.opset is not None and not 11 <= self.opset <= 23:
+            self._fail("opset", "must be between 11 and 23, or unset")
+        if self.task_type == "causal-lm" and self.quantization == "static":
+            self._fail("quantization", "static int8 is offered for classifiers only; use 'dynamic' or 'int4'")
+
+
+@dataclasses.dataclass
+class CompileConfig(StageConfig):
+    """Compile a PyTorch classifier for inference and validate it on the task metric.
+
+    Args:
+        model (`str`): an earlier stage, ``builtin:<name>`` or a model directory.
+        method (`str`, *optional*, defaults to ``"compile"``): ``compile`` (``torch.compile``; the artifact records
+            the warm-up shapes, which are compiled again at load), ``export`` (``torch.export``, saved as
+            ``model.pt2``) or ``torchscript`` (trace + freeze + optimize_for_inference; deprecated by PyTorch,
+            offered while torch ships it).
+        task (`str` or `dict`, *optional*, defaults to ``"movie-sentiment"``): the task that validates the output.
+        task_type (`str`, *optional*, defaults to ``"sequence-classification"``): only classifiers for now.
+        mode (`str`, *optional*, defaults to ``"default"``): ``torch.compile`` mode.
+        warmup_batch_sizes (`list[int]`, *optional*, defaults to ``[1, 32]``): batch sizes compiled ahead.
+        warmup_lengths (`list[int]`, *optional*, defaults to ``[32, 128]``): sequence lengths compiled ahead;
+            inputs are padded up to the next one, so no call recompiles.
+        max_metric_drop (`float`, *optional*, defaults to 0.01): see :class:`ExportConfig`.
+        validation_samples (`int`, *optional*, defaults to 500): validation examples.
+        max_length (`int`, *optional*, defaults to 128): tokens per example.
+    """
+
+    kind = "compile"
+    version = 1
+
+    model: str
+    method: Literal["compile", "export", "torchscript"] = "compile"
+    task: Union[str, dict] = "movie-sentiment"
+    task_type: Literal["sequence-classification"] = "sequence-classification"
+    mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    warmup_batch_sizes: tuple[int, ...] = (1, 32)
+    warmup_lengths: tuple[int, ...] = (32, 128)
+    max_metric_drop: float = 0.01
+    validation_samples: Optional[int] = 500
+    max_length: int = 128
+
+    def validate(self) -> None:
+        _check_validation(self)
+        for f in ("warmup_batch_sizes", "warmup_lengths"):
+            vals = getattr(self, f)
+            if not vals or any(v < 1 for v in vals):
+                self._fail(f, "must be a non-empty list of integers >= 1")
+        if max(self.warmup_lengths) < self.max_length:
+            self._fail("warmup_lengths", f"the largest length must be >= max_length ({self.max_length}); "
+                       f"add {self.max_length}")

@@ -1,0 +1,308 @@
+"""``export`` stage and the :func:`export_model` Python API: ONNX export -> ORT optimization -> quantization,
+validated on the task metric; the artifact is written only when the metric stays within budget."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..registry import register
+from .config import ExportConfig
+
+logger = logging.getLogger("hf_optim")
+
+__all__ = ["export_model", "RECORD_NAME"]
+
+RECORD_NAME = "hf_optim_export.json"
+RECORD_FORMAT = 1
+_BACKEND_NOTES = {
+    "optimum": "Optimum (optimum-onnx): main_export, ORTOptimizer, ORTQuantizer",
+    "torch": "torch.onnx.export + onnxruntime.transformers.optimizer + onnxruntime.quantization "
+             "(fallback: optimum-onnx is not installed)",
+}
+
+
+def _versions() -> dict[str, str]:
+    out = {"hf_optim": __version__}
+    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "optimum", "optimum-onnx"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def export_model(model_dir: str | Path, output_dir: str | Path, config: ExportConfig | None = None,
+                 progress: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Export ``model_dir`` to an ONNX Runtime directory ``output_dir`` and validate it on the task metric.
+
+    Args:
+        model_dir (`str` or `Path`): a ``from_pretrained`` directory (sequence classifier or causal LM).
+        output_dir (`str` or `Path`): where the exported model goes; it must not exist or be empty.
+        config (`ExportConfig`, *optional*): what to do; or pass its fields as keyword arguments.
+
+    Returns:
+        `dict`: the ``hf_optim`` record written to ``output_dir/hf_optim_export.json`` (backend, settings,
+        op counts, validation). Raises :class:`~hf_optim.errors.StageError` and writes nothing when the
+        metric drop exceeds ``max_metric_drop``.
+
+    The directory loads with ``ORTModelForSequenceClassification`` / ``ORTModelForCausalLM.from_pretrained`` and
+    in ``pipeline(...)``, and with ``hf_optim.evaluation.evaluate_model``.
+    """
+    from .onnx import detect_task_type, resolve_backend
+
+    config = config or ExportConfig(model=str(model_dir), **kwargs)
+    src, out = Path(model_dir), Path(output_dir)
+    if out.exists() and any(out.iterdir()):
+        from ..errors import HfOptimError
+
+        raise HfOptimError(f"output directory {out} is not empty; choose a new one")
+    backend = resolve_backend(config.backend)
+    task_type = detect_task_type(src) if config.task_type == "auto" else config.task_type
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # scratch next to the output (same filesystem, never the CWD); removed whatever happens
+    work = Path(tempfile.mkdtemp(prefix=".export-work-", dir=out.parent))
+    t0 = time.perf_counter()
+    try:
+        if task_type == "sequence-classification":
+            final, record = _export_classifier(src, work, config, backend)
+        else:
+            final, record = _export_causal_lm(src, work, config, backend)
+        record.update({
+            "format": RECORD_FORMAT, "kind": "export", "source": str(src), "task_type": task_type,
+            "backend": backend, "backend_note": _BACKEND_NOTES[backend], "file_name": "model.onnx",
+            "config": config.to_dict(), "versions": _versions(),
+            "export_seconds": round(time.perf_counter() - t0, 2),
+        })
+        _assemble(final, work / "export", out, record)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
+def _assemble(final: Path, export_dir: Path, out: Path, record: dict) -> None:
+    from .onnx import copy_preprocessors
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(final, out / "model.onnx")
+    for name in ("config.json", "ort_config.json"):
+        if (export_dir / name).is_file():
+            shutil.copy2(export_dir / name, out / name)
+    copy_preprocessors(export_dir, out)
+    (out / RECORD_NAME).write_text(json.dumps(record, indent=2))
+
+
+def _optimize_and_quantize_common(onnx_path: Path, work: Path, config: ExportConfig, backend: str,
+                                  level: str) -> tuple[Path, dict]:
+    from .onnx import optimize_onnx
+
+    info: dict[str, Any] = {}
+    current = onnx_path
+    if level != "none":
+        current = optimize_onnx(current, current.parent / "model_optimized.onnx", level, backend)
+    info["optimization"] = level
+    return current, info
+
+
+def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str) -> tuple[Path, dict]:
+    from ..evaluation.classifier import load_classifier
+    from .onnx import export_onnx, op_counts
+    from .ort_quant import quantize_dynamic_onnx, quantize_int4_onnx
+    from .runtime import OrtClassifier
+    from .validate import check_budget, compare, load_validation, predict_all
+
+    data = load_validation(config.task, config.validation_samples)
+    source = load_classifier(src, max_length=config.max_length)
+    source_logits = predict_all(source.predict_logits, data)
+    tokenizer = source.tokenizer
+    del source
+
+    onnx_path = export_onnx(src, work / "export", "sequence-classification", backend, config.opset)
+    fp32_ops = op_counts(onnx_path)
+    current, record = _optimize_and_quantize_common(onnx_path, work, config, backend, config.optimization)
+    optimized = current
+
+    def score(path: Path) -> dict:
+        clf = OrtClassifier(path, tokenizer=tokenizer, max_length=config.max_length)
+        return compare(source_logits, predict_all(clf.predict_logits, data), data)
+
+    q = config.quantization
+    record["quantization"] = q
+    if q == "dynamic":
+        current = quantize_dynamic_onnx(optimized, optimized.parent / "model_quantized.onnx", backend,
+                                        config.per_channel)
+    elif q == "int4":
+        current, n = quantize_int4_onnx(optimized, optimized.parent / "model_int4.onnx", config.int4_block_size,
+                                        config.int4_min_size)
+        record["int4_matmuls"] = n
+    elif q == "static":
+        current, record["guard"] = _static_with_guard(optimized, work, config, backend, tokenizer, data, score)
+    validation = record.pop("_validation", None) or score(current)
+    record["validation"] = validation
+    record["ops"] = op_counts(current)
+    record["ops_fp32_export"] = fp32_ops
+    record["size_mb"] = round(current.stat().st_size / 2**20, 3)
+    check_budget(validation, config.max_metric_drop, f"export ({config.optimization}, {q})")
+    return current, record
+
+
+def _calibration_features(config: ExportConfig, tokenizer, input_names: list[str]) -> dict:
+    import numpy as np
+
+    from ..data import load_task
+
+    train = load_task(config.task)["train"]
+    train = train.shuffle(seed=0).select(range(min(config.calibration_samples, len(train))))
+    pairs = list(train["text_pair"]) if "text_pair" in train.column_names else None
+    # one fixed length (the longest example, capped) so chunks stack; the attention mask hides the padding
+    longest = max(len(ids) for ids in tokenizer(list(train["text"]), pairs, truncation=True,
+                                                  max_length=config.max_length)["input_ids"])
+    enc = tokenizer(list(train["text"]), pairs, truncation=True, max_length=longest, padding="max_length",
+                    return_tensors="np")
+    feats = {n: enc[n].astype(np.int64) for n in input_names if n in enc}
+    if "token_type_ids" in input_names and "token_type_ids" not in feats:
+        feats["token_type_ids"] = np.zeros_like(feats["input_ids"])
+    return feats
+
+
+def _static_with_guard(src: Path, work: Path, config: ExportConfig, backend: str, tokenizer, data, score):
+    """Static INT8; while the drop exceeds the budget keep more node groups in float (see ``guard_groups``)."""
+    import onnx
+
+    from .ort_quant import calibrate_onnx, guard_groups, quantize_static_onnx
+
+    names = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
+    feats = _calibration_features(config, tokenizer, names)
+    ranges = calibrate_onnx(src, feats, backend, work / "calibration", config.calibration_batch_size)
+    groups = guard_groups(src, ranges) if config.guard else []
+    excluded: list[str] = []
+    steps = []
+    dst = src.parent / "model_static.onnx"
+    for label, nodes in [("none", [])] + groups:
+        excluded = excluded + nodes
+        quantize_static_onnx(src, dst, backend, ranges, config.per_channel, excluded)
+        result = score(dst)
+        steps.append({"kept_float": label, "excluded_nodes": len(excluded), "candidate": result["candidate"],
+                      "drop": result["drop"]})
+        logger.info("static int8 guard: float %s (%d nodes) -> %s %.4f (drop %.4f)", label, len(excluded),
+                    result["metric"], result["candidate"], result["drop"])
+        if result["drop"] <= config.max_metric_drop or not config.guard:
+            break
+    guard = {"steps": steps, "excluded_nodes": excluded, "calibration_samples": len(feats["input_ids"]),
+             "reached": result["drop"] <= config.max_metric_drop}
+    if not guard["reached"]:
+        logger.warning("static int8: the budget max_metric_drop=%s cannot be reached even with %d nodes in float",
+                       config.max_metric_drop, len(excluded))
+    return dst, guard
+
+
+def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str) -> tuple[Path, dict]:
+    import numpy as np
+
+    from .onnx import export_onnx, op_counts
+    from .ort_quant import quantize_dynamic_onnx, quantize_int4_onnx
+
+    onnx_path = export_onnx(src, work / "export", "causal-lm", backend, config.opset)
+    record: dict[str, Any] = {}
+    current = onnx_path
+    if config.optimization != "none":
+        from .onnx import optimize_onnx
+
+        try:
+            current = optimize_onnx(current, current.parent / "model_optimized.onnx", config.optimization, backend)
+        except Exception as e:  # noqa: BLE001 - not every decoder family has ORT fusions; keep the plain graph
+            logger.warning("ORT optimization %s failed for this decoder (%s); exporting without it",
+                           config.optimization, e)
+            record["optimization_error"] = str(e)[:300]
+    record["optimization"] = config.optimization if current != onnx_path else "none"
+    q = config.quantization
+    record["quantization"] = q
+    if q == "dynamic":
+        current = quantize_dynamic_onnx(current, current.parent / "model_quantized.onnx", backend, config.per_channel)
+    elif q == "int4":
+        current, record["int4_matmuls"] = quantize_int4_onnx(current, current.parent / "model_int4.onnx",
+                                                             config.int4_block_size, config.int4_min_size)
+    record["validation"] = _validate_causal_lm(src, current, config)
+    record["ops"] = op_counts(current)
+    record["size_mb"] = round(current.stat().st_size / 2**20, 3)
+    v = record["validation"]
+    if v["drop"] > config.max_metric_drop:
+        from ..errors import StageError
+
+        raise StageError(f"export (causal LM): perplexity rose {100 * v['drop']:.1f}% ({v['source']:.3f} -> "
+                         f"{v['candidate']:.3f}), more than max_metric_drop={config.max_metric_drop} (relative); "
+                         "nothing was written")
+    del np
+    return current, record
+
+
+def _validate_causal_lm(src: Path, onnx_path: Path, config: ExportConfig, n_texts: int = 8) -> dict:
+    """Perplexity of torch vs the ONNX graph (run with an empty past) on held-out text."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..data import BUILTIN_TEXTS, load_text
+    from .runtime import make_session
+    from .validate import causal_lm_perplexity
+
+    name = config.task if isinstance(config.task, str) and config.task in BUILTIN_TEXTS else "bbc-news"
+    texts = [t for t in load_text(name)["validation"]["text"][:n_texts] if t.strip()]
+    tok = AutoTokenizer.from_pretrained(src)
+    encs = [dict(tok(t, return_tensors="np", truncation=True, max_length=config.max_length)) for t in texts]
+    model = AutoModelForCausalLM.from_pretrained(src).eval()
+    cfg = model.config
+
+    def torch_logits(ids, mask):
+        with torch.inference_mode():
+            return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.float().numpy()
+
+    sess = make_session(onnx_path)
+    inputs = {i.name: i for i in sess.get_inputs()}
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    def ort_logits(ids, mask):
+        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        if "position_ids" in inputs:
+            feeds["position_ids"] = np.arange(ids.shape[1], dtype=np.int64)[None]
+        for name in inputs:
+            if name.startswith("past_key_values"):
+                feeds[name] = np.zeros((ids.shape[0], kv_heads, 0, head_dim), dtype=np.float32)
+        return sess.run(["logits"], feeds)[0]
+
+    ppl_src = causal_lm_perplexity(torch_logits, encs)
+    ppl = causal_lm_perplexity(ort_logits, encs)
+    diff = max(float(np.abs(torch_logits(e["input_ids"], e["attention_mask"]) -
+                            ort_logits(e["input_ids"], e["attention_mask"])).max()) for e in encs[:2])
+    return {"task": name, "split": "validation", "examples": len(encs), "metric": "perplexity",
+            "source": round(ppl_src, 4), "candidate": round(ppl, 4), "drop": round(ppl / ppl_src - 1, 6),
+            "max_logit_diff": round(diff, 6)}
+
+
+@register(ExportConfig)
+def run_export(config: ExportConfig, ctx) -> dict[str, Any]:
+    # the runner's temp dir exists and is empty; export into a child and move the files up
+    staging = ctx.output_dir / ".staging"
+    record = export_model(ctx.inputs["model"], staging, config, progress=ctx.progress)
+    for p in staging.iterdir():
+        shutil.move(str(p), ctx.output_dir / p.name)
+    staging.rmdir()
+    v = record["validation"]
+    metrics = {"backend": record["backend"], "backend_note": record["backend_note"],
+               "optimization": record["optimization"], "quantization": record["quantization"],
+               "validation_metric": v["metric"], f"validation_{v['metric']}": v["candidate"],
+               f"source_validation_{v['metric']}": v["source"], "metric_drop": v["drop"],
+               "max_logit_diff": v["max_logit_diff"], "size_mb": record["size_mb"],
+               "export_seconds": record["export_seconds"]}
+    if "guard" in record:
+        metrics["guard_kept_float"] = [s["kept_float"] for s in record["guard"]["steps"]][1:]
+        metrics["guard_reached"] = record["guard"]["reached"]
+    return metrics

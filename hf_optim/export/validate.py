@@ -1,0 +1,92 @@
+"""Validation of exported and compiled models on the task metric (not a raw tensor tolerance).
+
+Every candidate is compared with its source model on the same validation examples: the metric of both, the
+drop (source - candidate), the prediction agreement and the largest logit difference. A drop above the budget
+fails the stage, which then writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import StageError
+
+__all__ = ["ValidationData", "load_validation", "predict_all", "compare", "check_budget", "causal_lm_perplexity"]
+
+
+@dataclasses.dataclass
+class ValidationData:
+    texts: list
+    pairs: list | None
+    labels: np.ndarray
+    metric: str
+    task: str
+    split: str
+
+
+def load_validation(task, max_samples: int | None = None, split: str = "validation") -> ValidationData:
+    from ..data import load_task
+    from ..data.tasks import TaskSpec
+
+    spec = TaskSpec.coerce(task)
+    ds = load_task(spec)[split]
+    if max_samples:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    pairs = list(ds["text_pair"]) if "text_pair" in ds.column_names else None
+    return ValidationData(list(ds["text"]), pairs, np.asarray(ds["label"]), spec.metric, spec.name, split)
+
+
+def predict_all(predict_logits: Callable, data: ValidationData, batch_size: int = 64) -> np.ndarray:
+    """Logits for every example, in order (batches sorted by length to pad less)."""
+    order = np.argsort([len(t) for t in data.texts], kind="stable")
+    out = None
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        logits = np.asarray(predict_logits([data.texts[j] for j in idx],
+                                           [data.pairs[j] for j in idx] if data.pairs else None), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(order), logits.shape[-1]), dtype=np.float32)
+        out[idx] = logits
+    return out
+
+
+def compare(source_logits: np.ndarray, logits: np.ndarray, data: ValidationData) -> dict[str, Any]:
+    """Metric of source and candidate, their drop, prediction agreement and max-abs logit difference."""
+    from ..evaluation.metrics import compute_metric
+
+    src = compute_metric(data.metric, source_logits.argmax(-1), data.labels)
+    cand = compute_metric(data.metric, logits.argmax(-1), data.labels)
+    return {
+        "task": data.task, "split": data.split, "examples": len(data.labels), "metric": data.metric,
+        "source": round(float(src), 6), "candidate": round(float(cand), 6), "drop": round(float(src - cand), 6),
+        "agreement": round(float((source_logits.argmax(-1) == logits.argmax(-1)).mean()), 6),
+        "max_logit_diff": round(float(np.abs(source_logits - logits).max()), 6),
+    }
+
+
+def check_budget(result: dict, budget: float, what: str) -> None:
+    """Raise :class:`StageError` when ``result["drop"]`` exceeds ``budget``."""
+    if result["drop"] > budget + 1e-9:
+        raise StageError(
+            f"{what}: validation {result['metric']} dropped {result['drop']:.4f} ({result['source']:.4f} -> "
+            f"{result['candidate']:.4f} on {result['examples']} {result['task']}/{result['split']} examples), more "
+            f"than max_metric_drop={budget}; nothing was written. Raise max_metric_drop or choose a milder setting "
+            "(quantization: dynamic/none, optimization: O1).")
+
+
+def causal_lm_perplexity(logits_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], encodings: Sequence[dict]) -> float:
+    """Perplexity over tokenized texts; ``logits_fn(input_ids, attention_mask) -> [1, seq, vocab]``."""
+    nll, count = 0.0, 0
+    for enc in encodings:
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        logits = np.asarray(logits_fn(ids, mask), dtype=np.float64)[0, :-1]
+        target = ids[0, 1:]
+        logits = logits - logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll -= float(logp[np.arange(len(target)), target].sum())
+        count += len(target)
+    return math.exp(nll / max(count, 1))
