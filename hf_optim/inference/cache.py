@@ -46,6 +46,7 @@ class CacheStats:
     evicted_bytes: int = 0   # evicted because of max_bytes
     expired: int = 0         # dropped because older than ttl_s
     rejected: int = 0        # a single value larger than max_bytes: not stored
+    replaced: int = 0        # a put for a key already present (e.g. two threads computed the same input)
     entries: int = 0
     bytes: int = 0
 
@@ -134,9 +135,10 @@ class InferenceCache:
             old = self._data.pop(full, None)
             if old is not None:
                 self._bytes -= old[1]
-            if self.max_bytes and nbytes > self.max_bytes:
+            if self.max_bytes and nbytes > self.max_bytes:  # the old value for this key is stale: gone too
                 self._stats.rejected += 1
                 return False
+            self._stats.replaced += old is not None
             self._data[full] = (value, nbytes, self._clock())
             self._bytes += nbytes
             self._stats.puts += 1

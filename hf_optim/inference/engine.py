@@ -248,6 +248,8 @@ class InferenceEngine:
 
     def __init__(self, model: Any, tokenizer: Any = None, config: InferenceConfig | None = None, *,
                  cache: InferenceCache | bool | None = None, model_id: str | None = None, **overrides: Any):
+        if isinstance(tokenizer, InferenceConfig):
+            raise TypeError("the second argument is the tokenizer; pass the InferenceConfig as config=")
         config = config if config is not None else InferenceConfig()
         if overrides:
             config = config.replace(**overrides)
