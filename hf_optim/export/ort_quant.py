@@ -197,6 +197,10 @@ def guard_groups(path: str | Path, ranges: dict | None = None) -> list[tuple[str
     graph = onnx.load(str(path), load_external_data=False).graph
     nodes = list(graph.node)
     feeds_norm = {i for n in nodes if n.op_type in _NORM_OPS for i in n.input}
+    # look through Q/DQ pairs so an already-quantized graph gives the same groups
+    for _ in range(2):
+        feeds_norm |= {i for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                       and n.output[0] in feeds_norm for i in n.input[:1]}
     groups = [
         ("layernorm", [n.name for n in nodes if n.op_type in _NORM_OPS]),
         ("gelu", [n.name for n in nodes if n.op_type in _GELU_OPS or "act_fn" in n.name or "/activation" in n.name]),

@@ -1,0 +1,160 @@
+"""ONNX export through both backends: numerics, fused + quantized graphs, the hf_optim record, no CWD writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hf_optim.compat import FeatureUnavailable, has_optimum
+from hf_optim.export import ExportConfig, export_model
+from hf_optim.export.onnx import op_counts
+
+from .conftest import BACKENDS, needs_optimum
+
+TEXTS = ["a good and moving film", "bad", "the plot is thin but the actors are great", "boring"]
+FAST = dict(validation_samples=48, calibration_samples=32, calibration_batch_size=8)
+
+
+def _torch_logits(src):
+    from hf_optim.evaluation.classifier import load_classifier
+
+    return load_classifier(src).predict_logits(TEXTS)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp32_export_matches_torch(backend, bert_dir, tmp_path, clean_cwd):
+    from hf_optim.evaluation.classifier import load_classifier
+    from hf_optim.export.runtime import OrtClassifier
+
+    out = tmp_path / "onnx"
+    record = export_model(bert_dir, out, ExportConfig(model=str(bert_dir), backend=backend, optimization="none",
+                                                      quantization="none", **FAST))
+    assert record["backend"] == backend and record["quantization"] == "none"
+    clf = load_classifier(out)
+    assert isinstance(clf, OrtClassifier)
+    assert np.abs(clf.predict_logits(TEXTS) - _torch_logits(bert_dir)).max() < 1e-4
+    assert {"model.onnx", "config.json", "tokenizer_config.json", "hf_optim_export.json"} <= {p.name for p in out.iterdir()}
+    assert len(list(out.glob("*.onnx"))) == 1 and not list(out.glob(".*"))
+    saved = json.loads((out / "hf_optim_export.json").read_text())
+    assert saved["config"] == record["config"] and saved["versions"]["onnxruntime"]
+    v = record["validation"]
+    assert v["drop"] == pytest.approx(v["source"] - v["candidate"]) and v["max_logit_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_o2_dynamic_int8_is_fused_and_quantized(backend, bert_dir, tmp_path, clean_cwd):
+    """Optimum's own O2 + INT8 stops at shape inference; here both the fusion and the INT8 are kept."""
+    record = export_model(bert_dir, tmp_path / "q", ExportConfig(model=str(bert_dir), backend=backend,
+                                                                 optimization="O2", quantization="dynamic", **FAST))
+    ops = record["ops"]
+    assert ops.get("QAttention") == 2  # 2 layers: fused attention, quantized
+    assert ops.get("MatMulInteger", 0) >= 4  # attention output + FFN in + FFN out per layer
+    assert ops.get("SkipLayerNormalization") == 4 and "Attention" not in ops
+    assert record["validation"]["max_logit_diff"] < 0.02
+    assert record["optimization"] == "O2"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_static_int8_guard_and_int4(backend, bert_dir, tmp_path, clean_cwd):
+    from hf_optim.export.ort_quant import guard_groups
+
+    rec = export_model(bert_dir, tmp_path / "s", ExportConfig(model=str(bert_dir), backend=backend, optimization="O1",
+                                                              quantization="static", **FAST))
+    steps = rec["guard"]["steps"]
+    assert steps[0]["kept_float"] == "none" and rec["guard"]["reached"]
+    assert rec["ops"].get("QuantizeLinear", 0) >= 8 and rec["ops"].get("DequantizeLinear", 0) >= 16
+    assert rec["validation"]["max_logit_diff"] < 0.05
+    groups = [g for g, _ in guard_groups(tmp_path / "s" / "model.onnx")]
+    assert groups[:3] == ["layernorm", "gelu", "residual-add"]
+    assert {"layer.0", "layer.1"} <= set(groups)
+
+    rec4 = export_model(bert_dir, tmp_path / "i4", ExportConfig(model=str(bert_dir), backend=backend,
+                                                                optimization="none", quantization="int4",
+                                                                int4_block_size=16, int4_min_size=1024, **FAST))
+    # 2 layers x (q, k, v, attention out, FFN in, FFN out) = 12 MatMuls with >= 1024 weights
+    assert rec4["int4_matmuls"] == rec4["ops"]["MatMulNBits"] == 12
+    assert rec4["validation"]["max_logit_diff"] < 0.05
+
+
+def test_guard_keeps_more_in_float_until_within_budget(bert_dir, tmp_path, monkeypatch):
+    """The guard walks the groups in order and stops at the first step within budget."""
+    calls = []
+
+    def fake_compare(source_logits, logits, data):
+        calls.append(1)
+        drop = 0.2 if len(calls) <= 2 else 0.0  # all-int8 and LayerNorm-in-float are "too lossy"
+        return {"task": "t", "split": "validation", "examples": 1, "metric": "accuracy", "source": 1.0,
+                "candidate": 1.0 - drop, "drop": drop, "agreement": 1.0, "max_logit_diff": 0.0}
+
+    monkeypatch.setattr("hf_optim.export.validate.compare", fake_compare)
+    rec = export_model(bert_dir, tmp_path / "g", ExportConfig(model=str(bert_dir), backend="torch",
+                                                              optimization="none", quantization="static", **FAST))
+    kept = [s["kept_float"] for s in rec["guard"]["steps"]]
+    assert kept == ["none", "layernorm", "gelu"]
+    assert rec["guard"]["reached"] and rec["guard"]["excluded_nodes"]
+
+
+def test_budget_exceeded_writes_nothing(bert_dir, tmp_path, monkeypatch):
+    from hf_optim.errors import StageError
+
+    def lossy(source_logits, logits, data):
+        return {"task": "t", "split": "validation", "examples": 1, "metric": "accuracy", "source": 0.9,
+                "candidate": 0.5, "drop": 0.4, "agreement": 0.5, "max_logit_diff": 1.0}
+
+    monkeypatch.setattr("hf_optim.export.validate.compare", lossy)
+    with pytest.raises(StageError, match="dropped 0.4000"):
+        export_model(bert_dir, tmp_path / "x" / "out", ExportConfig(model=str(bert_dir), backend="torch",
+                                                                    quantization="dynamic", **FAST))
+    assert not (tmp_path / "x" / "out").exists() and list((tmp_path / "x").iterdir()) == []
+
+
+def test_torch_backend_refuses_causal_lm_clearly(tiny_llama_dir, tmp_path):
+    with pytest.raises(FeatureUnavailable, match="causal LM"):
+        export_model(tiny_llama_dir, tmp_path / "o", ExportConfig(model=str(tiny_llama_dir), backend="torch",
+                                                                  task_type="causal-lm", task="bbc-news"))
+
+
+@pytest.mark.skipif(has_optimum(), reason="checks the error shown when optimum-onnx is missing")
+def test_optimum_backend_unavailable_message(bert_dir, tmp_path):
+    with pytest.raises(FeatureUnavailable, match="optimum-onnx"):
+        export_model(bert_dir, tmp_path / "o", ExportConfig(model=str(bert_dir), backend="optimum"))
+
+
+@needs_optimum
+def test_optimum_loaders_and_pipeline(bert_dir, tmp_path, clean_cwd):
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoTokenizer, pipeline
+
+    from hf_optim.export.runtime import OrtClassifier
+
+    out = tmp_path / "o2q"
+    export_model(bert_dir, out, ExportConfig(model=str(bert_dir), optimization="O2", quantization="dynamic", **FAST))
+    model = ORTModelForSequenceClassification.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    ref = OrtClassifier.from_dir(out).predict_logits(TEXTS)
+    logits = model(**tok(TEXTS, padding=True, return_tensors="pt")).logits.numpy()
+    assert np.abs(logits - ref).max() < 1e-5
+    preds = pipeline("text-classification", model=model, tokenizer=tok)(TEXTS)
+    assert [p["label"] for p in preds] == [model.config.id2label[i] for i in ref.argmax(-1)]
+
+
+@needs_optimum
+def test_optimum_causal_lm_with_past(tiny_llama_dir, tmp_path, clean_cwd):
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "lm"
+    rec = export_model(tiny_llama_dir, out, ExportConfig(model=str(tiny_llama_dir), task="bbc-news",
+                                                         optimization="none", quantization="dynamic",
+                                                         max_metric_drop=0.05))
+    assert rec["task_type"] == "causal-lm" and rec["validation"]["metric"] == "perplexity"
+    assert abs(rec["validation"]["drop"]) < 0.05 and rec["ops"].get("MatMulInteger", 0) >= 4
+    model = ORTModelForCausalLM.from_pretrained(out)
+    assert model.use_cache
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("the film", return_tensors="pt")
+    gen = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).generate(**ids, max_new_tokens=5, do_sample=False)
+    assert gen.shape == ref.shape and (gen[0, :-2] == ref[0, :-2]).all()
