@@ -170,7 +170,7 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
                   "file_name": _FILES.get(config.method), "input_names": info["names"],
                   "lengths": clf.lengths, "build_seconds": round(build_s, 2),
                   "warmup_seconds": info.get("warmup_seconds"), "validation": validation,
-                  "config": config.to_dict(), "torch": torch.__version__,
+                  "params": params, "config": config.to_dict(), "torch": torch.__version__,
                   "deprecated": config.method == "torchscript"}
         out.mkdir(parents=True, exist_ok=True)
         for p in src.iterdir():
