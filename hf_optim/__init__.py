@@ -38,6 +38,9 @@ _LAZY = {
     "quantize_model_": "hf_optim.quantize",
     "plan_precision": "hf_optim.quantize",
     "HfOptimConfig": "hf_optim.integrations.transformers",
+    "InferenceConfig": "hf_optim.inference",
+    "InferenceEngine": "hf_optim.inference",
+    "InferenceCache": "hf_optim.inference",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -256,6 +256,8 @@ class InferenceEngine:
         self.config = config
         self._buckets = LengthBuckets(config.length_buckets)
         self._backend, tok_dir = _make_backend(model, config)
+        #: the model being served (a torch module, an ORTModel or an onnxruntime session)
+        self.model = getattr(self._backend, "model", None) or getattr(self._backend, "session", None)
         if tokenizer is None and tok_dir is not None and Path(tok_dir).is_dir() and any(
                 (Path(tok_dir) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
             from transformers import AutoTokenizer
