@@ -38,6 +38,7 @@ _LAZY = {
     "quantize_model_": "hf_optim.quantize",
     "plan_precision": "hf_optim.quantize",
     "HfOptimConfig": "hf_optim.integrations.transformers",
+    "ExportConfig": "hf_optim.export", "CompileConfig": "hf_optim.export", "export_model": "hf_optim.export", "compile_model": "hf_optim.export",
     "InferenceConfig": "hf_optim.inference",
     "InferenceEngine": "hf_optim.inference",
     "InferenceCache": "hf_optim.inference",

@@ -106,6 +106,30 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0 if plan.choice else 3
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import CompileConfig, ExportConfig
+
+    if not Path(args.model_dir).is_dir():
+        raise HfOptimError(f"model directory {args.model_dir!r} does not exist")
+    common = dict(model=args.model_dir, task=args.task, max_metric_drop=args.max_metric_drop,
+                  validation_samples=args.validation_samples, max_length=args.max_length)
+    if args.compile:
+        from .export.compile import compile_model
+
+        record = compile_model(args.model_dir, args.output, CompileConfig(method=args.compile, **common))
+    else:
+        from .export.stage import export_model
+
+        record = export_model(args.model_dir, args.output, ExportConfig(
+            backend=args.backend, optimization=args.optimization, quantization=args.quantization,
+            per_channel=args.per_channel, calibration_samples=args.calibration_samples, task_type=args.task_type,
+            **common))
+    v = record["validation"]
+    print(f"wrote {args.output} ({record.get('backend', record.get('method'))}): validation {v['metric']} "
+          f"{v['source']:.4f} -> {v['candidate']:.4f} (drop {v['drop']:.4f}), max logit diff {v['max_logit_diff']:.4g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hf-optim", description="Make Transformers models smaller and faster.")
     p.add_argument("--version", action="version", version=f"hf-optim {__version__}")
@@ -172,6 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--output", "-o", help="also write the plan as JSON")
     pl.add_argument("--no-progress", action="store_true")
     pl.set_defaults(fn=_cmd_plan)
+    ex = sub.add_parser("export", help="export to ONNX Runtime (optimize + quantize) or compile, validated on the task",
+                        description="Export a model directory to ONNX Runtime (Optimum, or torch.onnx on transformers 5), "
+                        "apply graph optimization and quantization, and check the task metric against the source; "
+                        "nothing is written when the drop exceeds --max-metric-drop. --compile METHOD builds a "
+                        "torch.compile / torch.export / TorchScript artifact instead.")
+    ex.add_argument("model_dir", help="a sequence-classifier or causal-LM directory")
+    ex.add_argument("--output", "-o", required=True, help="output directory (new or empty)")
+    ex.add_argument("--task", default="movie-sentiment", help="validation task (causal LMs: a text, bbc-news)")
+    ex.add_argument("--task-type", default="auto", choices=["auto", "sequence-classification", "causal-lm"])
+    ex.add_argument("--backend", default="auto", choices=["auto", "optimum", "torch"])
+    ex.add_argument("--optimization", default="O2", choices=["none", "O1", "O2", "O3"])
+    ex.add_argument("--quantization", default="dynamic", choices=["none", "dynamic", "static", "int4"])
+    ex.add_argument("--per-channel", action="store_true")
+    ex.add_argument("--calibration-samples", type=int, default=128)
+    ex.add_argument("--max-metric-drop", type=float, default=0.01, help="metric units (0.01 = 1 accuracy point)")
+    ex.add_argument("--validation-samples", type=int, default=500)
+    ex.add_argument("--max-length", type=int, default=128)
+    ex.add_argument("--compile", choices=["compile", "export", "torchscript"], help="compile instead of ONNX")
+    ex.set_defaults(fn=_cmd_export)
     return p
 
 

@@ -1,0 +1,23 @@
+"""`hf-optim export` end to end on a tiny model; the default recipe still parses with the export stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hf_optim.cli import main
+
+
+def test_cli_export_and_refuses_non_empty_output(bert_dir, tmp_path, capsys):
+    out = tmp_path / "onnx"
+    assert main(["export", str(bert_dir), "-o", str(out), "--backend", "torch", "--validation-samples", "16"]) == 0
+    assert (out / "model.onnx").is_file() and "validation accuracy" in capsys.readouterr().out
+    assert main(["export", str(bert_dir), "-o", str(out), "--backend", "torch"]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_default_recipe_has_export_stages():
+    from hf_optim.recipe import Recipe
+
+    recipe = Recipe.from_yaml(Path(__file__).resolve().parents[2] / "recipes" / "movie-sentiment.yaml")
+    kinds = {s.name: s.config.kind for s in recipe.stages}
+    assert kinds["export"] == "export" and kinds["eval-export"] == "evaluate"
