@@ -40,6 +40,18 @@ class EchoModel:
         return [float(sum(ids)), float(len(ids))]
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: the engine's worker and the reference runs share a small (often busy) machine, where
+    a second thread mostly waits at each op's barrier. Restored afterwards for the rest of the suite."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def echo():
     return EchoModel()

@@ -107,7 +107,10 @@ def test_batched_results_equal_unbatched(backend, tiny_artifacts, tmp_path):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
-        model = ort.InferenceSession(str(tiny_artifacts["onnx_dir"] / "model.onnx"), providers=["CPUExecutionProvider"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        model = ort.InferenceSession(str(tiny_artifacts["onnx_dir"] / "model.onnx"), sess_options=opts,
+                                     providers=["CPUExecutionProvider"])
         tok = AutoTokenizer.from_pretrained(ref_dir)
     elif backend == "optimum-ortmodel":
         from hf_optim.compat import has_optimum
@@ -129,7 +132,8 @@ def test_batched_results_equal_unbatched(backend, tiny_artifacts, tmp_path):
         tiny_bert_tokenizer(tmp_path / "q")
         ref_dir = model = tmp_path / "q"
     expected = _reference(ref_dir, texts)
-    with InferenceEngine(model, tok, max_batch_size=8, max_wait_ms=2, length_buckets=(16, 32, 64, 128)) as engine:
+    with InferenceEngine(model, tok, max_batch_size=8, max_wait_ms=2, length_buckets=(16, 32, 64, 128),
+                         ort_threads=1) as engine:
         got = _concurrent(engine, texts)
         s = engine.stats()
     assert s["batches"]["mean_size"] > 1 and s["padding_ratio"] > 0   # padded batches, not batch-1 calls
