@@ -272,6 +272,13 @@ class InferenceEngine:
         self._padding_side = getattr(tokenizer, "padding_side", "right") or "right"
         names = getattr(tokenizer, "model_input_names", None) or ["input_ids", "token_type_ids", "attention_mask"]
         self._input_names = tuple(names)
+        if tokenizer is not None:
+            # A fast tokenizer mutates its backend when its truncation settings change; doing that once here
+            # keeps concurrent first submits from racing on it ("Already borrowed").
+            try:
+                self._encode("warm-up")
+            except Exception:  # a tokenizer that cannot encode this fails each request with its own error
+                pass
 
         sized = bool(config.cache_entries or config.cache_bytes)
         if cache is True or (cache is None and sized):
