@@ -21,8 +21,8 @@ def test_minilm_finetune_and_evaluate_slice(tmp_path):
             {"name": "teacher", "kind": "finetune", "model": "builtin:minilm-l6", "epochs": 1,
              "learning_rate": 1e-4, "max_train_samples": 640, "max_eval_samples": 200, "batch_size": 32,
              "max_length": 64},
-            {"name": "eval", "kind": "evaluate", "model": "teacher", "max_samples": 300, "latency_samples": 20,
-             "throughput_samples": 64, "max_length": 64},
+            {"name": "eval", "kind": "evaluate", "model": "teacher", "max_samples": 300, "latency_samples": 10,
+             "throughput_samples": 32, "max_length": 64},
         ]})
     result = run(recipe, tmp_path / "run", progress=False)
     ft, ev = (s["metrics"] for s in result.report["stages"])
