@@ -91,6 +91,17 @@ def tokenize_splits(dataset, tokenizer, max_length: int):
                        desc="tokenize")
 
 
+def load_training_data(spec: TaskSpec, config):
+    """The task's splits, with ``config.max_train_samples`` / ``max_eval_samples`` applied (first N rows)."""
+    from .data import load_task
+
+    data = load_task(spec)
+    for split, limit in (("train", config.max_train_samples), ("validation", config.max_eval_samples)):
+        if limit:
+            data[split] = data[split].select(range(min(limit, len(data[split]))))
+    return data
+
+
 def train_and_predict(ctx, config, trainer_cls, model, tokenizer, encoded, **trainer_kwargs):
     """Train ``model`` on ``encoded["train"]`` and predict ``encoded["validation"]``.
 
@@ -119,16 +130,11 @@ def train_and_predict(ctx, config, trainer_cls, model, tokenizer, encoded, **tra
 def run_finetune(config: FinetuneConfig, ctx) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
 
-    from .data import load_task
     from .evaluation.metrics import compute_metric
 
     spec = TaskSpec.coerce(config.task)
     set_seed(ctx.seed)
-    data = load_task(spec)
-    if config.max_train_samples:
-        data["train"] = data["train"].select(range(min(config.max_train_samples, len(data["train"]))))
-    if config.max_eval_samples:
-        data["validation"] = data["validation"].select(range(min(config.max_eval_samples, len(data["validation"]))))
+    data = load_training_data(spec, config)
     names = data["train"].features["label"].names
     src = ctx.inputs["model"]
     tokenizer = AutoTokenizer.from_pretrained(src)

@@ -47,18 +47,13 @@ def run_student(config: StudentConfig, ctx) -> dict[str, Any]:
 def run_distill(config: DistillConfig, ctx) -> dict[str, Any]:
     from transformers import AutoTokenizer, set_seed
 
-    from ..data import load_task
     from ..evaluation.metrics import compute_metric
-    from ..finetune import tokenize_splits, train_and_predict
+    from ..finetune import load_training_data, tokenize_splits, train_and_predict
     from .trainer import DistillationTrainer
 
     spec = TaskSpec.coerce(config.task)
     set_seed(ctx.seed)
-    data = load_task(spec)
-    if config.max_train_samples:
-        data["train"] = data["train"].select(range(min(config.max_train_samples, len(data["train"]))))
-    if config.max_eval_samples:
-        data["validation"] = data["validation"].select(range(min(config.max_eval_samples, len(data["validation"]))))
+    data = load_training_data(spec, config)
     extra = {"attn_implementation": "eager"} if config.attention_weight > 0 else {}
     student = load_pretrained(ctx.inputs["model"], **extra)
     teacher = load_pretrained(ctx.inputs["teacher"], **extra)
