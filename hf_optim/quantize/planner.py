@@ -153,7 +153,7 @@ def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-
                    split: str = "test", max_samples: int | None = None, latency_samples: int = 100,
                    throughput_samples: int = 256, measure_memory: bool = True, calibration_samples: int = 256,
                    work_dir: Union[str, Path, None] = None, keep: bool = False, progress: bool = False,
-                   threads: int | None = None) -> PrecisionPlan:
+                   threads: int | None = None, rounds: int = 3) -> PrecisionPlan:
     """Measure ``candidates`` for the classifier in ``model_dir`` and choose one under ``budgets``.
 
     Args:
@@ -165,6 +165,9 @@ def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-
         prefer (`str`, *optional*, defaults to ``"throughput"``): how to rank the candidates that fit.
         work_dir (`str`, *optional*): where quantized candidates are written (a temp dir by default,
             deleted afterwards unless ``keep``).
+        rounds (`int`, *optional*, defaults to 3): batch-32 throughput passes per candidate. The passes are
+            interleaved across candidates (A B C A B C ...) and the median is kept, so a load change on a
+            shared machine hits every candidate alike instead of favouring whichever ran in a quiet moment.
 
     Returns:
         :class:`PrecisionPlan`.
@@ -194,19 +197,22 @@ def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-
                     shutil.rmtree(cand_dir)
                 qmetrics = quantize_dir(model_dir, cand_dir, QuantizeConfig(
                     model=str(model_dir), scheme=cand, task=task, calibration_samples=calibration_samples))
+            # Throughput is measured below, interleaved across candidates, not here one after another.
             ev = evaluate_model(cand_dir, EvalConfig(
                 model=str(cand_dir), task=task, split=split, max_samples=max_samples, latency_samples=latency_samples,
-                throughput_samples=throughput_samples, measure_memory=measure_memory, threads=threads),
-                progress=progress)
+                throughput_samples=0, measure_memory=measure_memory, threads=threads), progress=progress)
             metric = ev["metric"]
             rows.append({
                 "candidate": cand, "metric_value": ev[metric],
                 "latency_p50_ms": (ev.get("latency_ms") or {}).get("p50"),
-                "throughput": (ev.get("throughput") or {}).get("samples_per_s"),
                 "size_mb": ev["size"]["weights_mb"], "peak_mb": (ev.get("memory") or {}).get("model_peak_mb"),
                 "logits_sqnr_db": qmetrics.get("logits_sqnr_db"), "path": str(cand_dir),
             })
             logger.info("plan: %s", rows[-1])
+        if throughput_samples:
+            rates = _interleaved_throughput([r["path"] for r in rows], task, split, throughput_samples, rounds, threads)
+            for r, rate in zip(rows, rates):
+                r["throughput"] = rate
     finally:
         if own_tmp and not keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -216,6 +222,37 @@ def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-
         r["speedup"] = round(r["throughput"] / base["throughput"], 3) if r["throughput"] and base["throughput"] else None
     return PrecisionPlan(rows=rows, pareto=pareto_front(rows), decision=choose_plan(rows, budgets, prefer),
                          budgets=budgets.to_dict(), metric=metric)
+
+
+def _interleaved_throughput(paths: list[str], task, split: str, samples: int, rounds: int,
+                            threads: int | None) -> list[float]:
+    import statistics
+    import time
+
+    import torch
+
+    from ..data import load_task
+    from ..evaluation.classifier import load_classifier
+
+    texts = load_task(task)[split]["text"][:samples]
+    batches = [texts[i:i + 32] for i in range(0, len(texts), 32)]
+    prev = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        clfs = [load_classifier(p) for p in paths]
+        for clf in clfs:
+            clf(batches[0])  # warm-up
+        rates: list[list[float]] = [[] for _ in clfs]
+        for _ in range(max(1, rounds)):
+            for i, clf in enumerate(clfs):
+                start = time.perf_counter()
+                for b in batches:
+                    clf(b)
+                rates[i].append(len(texts) / (time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(prev)
+    return [round(statistics.median(r), 2) for r in rates]
 
 
 def plan_to_json(plan: PrecisionPlan) -> str:
