@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 import json
-import resource
 import sys
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    import os
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process from /proc, in MiB.
 
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    Not ``getrusage().ru_maxrss``: Linux carries the parent's high-water mark into a forked-and-exec'd
+    child's ``ru_maxrss``, so a probe started from a large process would report the parent's size.
+    ``VmHWM`` belongs to this process's own address space.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def main() -> None:
     req = json.loads(sys.stdin.read())
-    import torch  # noqa: F401 - imported before the baseline so only the model's cost is counted
+    # Import the libraries before the baseline so only the model's own cost is counted.
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
+
+    try:  # ONNX artifacts are loaded through onnxruntime: keep its import out of the model's cost too
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
 
     from hf_optim.evaluation.classifier import load_classifier
 
-    baseline = _rss_mb()
+    baseline = _status_mb("VmRSS")
     clf = load_classifier(req["model"], max_length=req["max_length"])
     clf.predict_logits(req["texts"])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak = _status_mb("VmHWM")
     print(json.dumps({"peak_rss_mb": round(peak, 1), "model_peak_mb": round(peak - baseline, 1)}))
 
 
