@@ -5,9 +5,7 @@ Importing ``hf_optim`` is light (no torch import). The public API is loaded on f
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from ._lazy import lazy_exports
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -54,14 +52,4 @@ from .integrations import install_import_hook as _install_import_hook  # noqa: E
 
 _install_import_hook()
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hf_optim' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -5,9 +5,7 @@ Importing this package is light; the torch-based parts load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from .._lazy import lazy_exports
 from .config import DistillConfig, StudentConfig
 
 _LAZY = {
@@ -20,10 +18,4 @@ _LAZY = {
 
 __all__ = ["DistillConfig", "StudentConfig", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hf_optim.distill' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
