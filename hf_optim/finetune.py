@@ -46,18 +46,24 @@ class FinetuneConfig(StageConfig):
 
     def validate(self) -> None:
         TaskSpec.coerce(self.task)
-        if self.epochs <= 0:
-            self._fail("epochs", "must be > 0")
-        if not 0 < self.learning_rate < 1:
-            self._fail("learning_rate", "must be in (0, 1), e.g. 5e-5")
-        for f in ("batch_size", "max_length"):
-            if getattr(self, f) < 1:
-                self._fail(f, "must be >= 1")
-        if not 0 <= self.warmup_ratio < 1:
-            self._fail("warmup_ratio", "must be in [0, 1)")
-        for f in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, f) is not None and getattr(self, f) < 1:
-                self._fail(f, "must be >= 1 or unset")
+        validate_training_fields(self)
+
+
+def validate_training_fields(config) -> None:
+    """Checks shared by every stage that trains (``finetune``, ``distill``): epochs, learning_rate,
+    batch_size, max_length, warmup_ratio and the sample limits."""
+    if config.epochs <= 0:
+        config._fail("epochs", "must be > 0")
+    if not 0 < config.learning_rate < 1:
+        config._fail("learning_rate", "must be in (0, 1), e.g. 5e-5")
+    for f in ("batch_size", "max_length"):
+        if getattr(config, f) < 1:
+            config._fail(f, "must be >= 1")
+    if not 0 <= config.warmup_ratio < 1:
+        config._fail("warmup_ratio", "must be in [0, 1)")
+    for f in ("max_train_samples", "max_eval_samples"):
+        if getattr(config, f) is not None and getattr(config, f) < 1:
+            config._fail(f, "must be >= 1 or unset")
 
 
 def training_arguments(output_dir: str, **kwargs: Any):

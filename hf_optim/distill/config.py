@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, ClassVar, Literal, Optional, Union
 
 from ..data.tasks import TaskSpec
+from ..finetune import validate_training_fields
 from ..errors import ConfigError
 from ..recipe import StageConfig
 
@@ -109,18 +110,7 @@ class DistillConfig(StageConfig):
         if self.cache_teacher_outputs and (self.hidden_weight > 0 or self.attention_weight > 0):
             self._fail("cache_teacher_outputs", "caches logits only; set hidden_weight and attention_weight to 0 "
                                                 "or disable the cache")
-        if self.epochs <= 0:
-            self._fail("epochs", "must be > 0")
-        if not 0 < self.learning_rate < 1:
-            self._fail("learning_rate", "must be in (0, 1), e.g. 5e-5")
-        for f in ("batch_size", "max_length"):
-            if getattr(self, f) < 1:
-                self._fail(f, "must be >= 1")
-        if not 0 <= self.warmup_ratio < 1:
-            self._fail("warmup_ratio", "must be in [0, 1)")
-        for f in ("max_train_samples", "max_eval_samples"):
-            if getattr(self, f) is not None and getattr(self, f) < 1:
-                self._fail(f, "must be >= 1 or unset")
+        validate_training_fields(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], strict: bool = False) -> "DistillConfig":
