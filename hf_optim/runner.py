@@ -286,10 +286,11 @@ def _artifact_table(stages: list[dict]) -> list[dict]:
 
 
 def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool) -> dict[str, Any]:
+    inputs = _resolve_inputs(recipe, stage, out)  # may raise (e.g. a missing data package): nothing made yet
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".tmp-{stage.name}-"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
-    ctx = StageContext(name=stage.name, inputs=_resolve_inputs(recipe, stage, out), output_dir=tmp, run_dir=out,
-                       seed=recipe.seed, progress=progress)
+    ctx = StageContext(name=stage.name, inputs=inputs, output_dir=tmp, run_dir=out, seed=recipe.seed,
+                       progress=progress)
     start = time.perf_counter()
     try:
         for field, path in ctx.inputs.items():
