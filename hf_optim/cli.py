@@ -130,6 +130,92 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_config(args: argparse.Namespace, stored: dict | None):
+    """The report settings: the run's stored ones (or the defaults) with the command line's overrides."""
+    from .report.config import ReportConfig
+
+    base = ReportConfig.from_dict(stored) if stored else ReportConfig()
+    changes = {k: v for k, v in (("price_per_hour", args.price_per_hour), ("currency", args.currency),
+                                 ("requests", args.requests), ("baseline", args.baseline)) if v is not None}
+    if "price_per_hour" in changes and args.price_source is None and base.price_source is None:
+        changes["price_source"] = "set on the command line"
+    if args.price_source is not None:
+        changes["price_source"] = args.price_source
+    return base.replace(**changes) if changes else base
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import fcntl
+
+    from .report.summary import load_report
+    from .report.writer import REPORT_MD, write_report
+
+    run_dir = Path(args.run_dir)
+    report = load_report(run_dir)
+    if not run_dir.is_dir():
+        raise HfOptimError(f"{run_dir} is a file; pass the run directory that holds report.json")
+    config = _report_config(args, (report.get("cost") or {}).get("settings"))
+    with open(run_dir / ".lock", "a") as lock:  # the runner's lock: never rewrite a report a run is writing
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise HfOptimError(f"a run is using {run_dir}; wait for it to finish (it writes the report itself)") from None
+        summary = write_report(run_dir, report, config, plots=False if args.no_plots else None)
+    print(f"wrote {run_dir / REPORT_MD} and {run_dir / 'report.json'}")
+    cur = summary["cost"]["currency"]
+    for r, c in zip(summary["artifacts"], summary["cost"]["artifacts"]):
+        cpm = "—" if c["cost_per_million"] is None else f"{c['cost_per_million']:.4f} {cur}/1M"
+        roi = "" if c["roi"] is None else f"  ROI {c['roi']:.1f}"
+        tag = " (baseline)" if r["baseline"] else (" pareto" if r["pareto"] else "")
+        print(f"  {r['artifact']:<20} {r['metric']}={r['value']}  {cpm}{roi}{tag}")
+    return 0
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from .report.card import build_model_card, write_model_card
+
+    if args.stdout:
+        print(build_model_card(args.dir, repo_id=args.repo_id, base_model=args.base_model))
+        return 0
+    print(f"wrote {write_model_card(args.dir, repo_id=args.repo_id, base_model=args.base_model)}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_artifact
+
+    result = push_artifact(args.dir, args.repo_id, private=args.private, dry_run=args.dry_run,
+                           card=not args.no_card, base_model=args.base_model)
+    head = "would upload" if result.dry_run else "uploaded"
+    print(f"{head} {len(result.files)} files ({result.total_bytes / 1e6:.2f} MB) from {args.dir} to "
+          f"{result.repo_id}{' (private)' if args.private else ''}:")
+    for name, size in result.files:
+        print(f"  {size:>14,}  {name}")
+    if result.url:
+        print(result.url)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import compare_runs, render_comparison
+    from .report.summary import load_report
+
+    stored = (load_report(args.run_a).get("cost") or {}).get("settings")
+    cmp = compare_runs(args.run_a, args.run_b, _report_config(args, stored))
+    text = json.dumps(cmp, indent=2) if args.json else render_comparison(cmp)
+    print(text)
+    return 0
+
+
+def _price_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--price-per-hour", type=float, help="price of one machine-hour (default: the run's `report:` "
+                   "setting, else 0.08925 = AWS c7i.large on-demand, us-east-1)")
+    p.add_argument("--price-source", help="where the price comes from (shown in the report)")
+    p.add_argument("--currency", help="currency label (default USD)")
+    p.add_argument("--requests", type=int, help="request volume the benefit and ROI are stated for (default 100,000,000)")
+    p.add_argument("--baseline", help="artifact the savings are measured against (default: the first evaluated one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hf-optim", description="Make Transformers models smaller and faster.")
     p.add_argument("--version", action="version", version=f"hf-optim {__version__}")
@@ -215,6 +301,45 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-length", type=int, default=128)
     ex.add_argument("--compile", choices=["compile", "export", "torchscript"], help="compile instead of ONNX")
     ex.set_defaults(fn=_cmd_export)
+
+    rp = sub.add_parser("report", help="write report.md (+ plots) and the cost section of a run",
+                        description="Re-derive a run's report from its report.json: lineage, Pareto front, cost per "
+                        "million requests, savings vs the baseline and ROI; writes report.md and PNG plots (matplotlib, "
+                        "the `plots` extra) next to it. `hf-optim run` does this at the end of every run.")
+    rp.add_argument("run_dir", help="a run directory (holds report.json)")
+    _price_options(rp)
+    rp.add_argument("--no-plots", action="store_true", help="write report.md without the PNG plots")
+    rp.set_defaults(fn=_cmd_report)
+
+    cd = sub.add_parser("card", help="write a model card (README.md) into an artifact directory",
+                        description="Write README.md with Hub metadata (base_model, tags, model-index with the "
+                        "measured results), lineage, how to load it and limitations, from the run's report.json.")
+    cd.add_argument("dir", help="a finished stage's model directory, e.g. runs/movie-sentiment/export")
+    cd.add_argument("--repo-id", help="the Hub repository it will be pushed to (used in the name and the usage code)")
+    cd.add_argument("--base-model", help="Hub id of the model it derives from (default: from the lineage)")
+    cd.add_argument("--stdout", action="store_true", help="print the card instead of writing README.md")
+    cd.set_defaults(fn=_cmd_card)
+
+    pu = sub.add_parser("push", help="upload an artifact directory to the Hugging Face Hub",
+                        description="Upload a finished stage's model directory (create_repo + upload_folder), writing "
+                        "its model card first when it has none. Refuses unfinished (.tmp-*) and non-model directories.")
+    pu.add_argument("dir", help="a finished stage's model directory")
+    pu.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME (created when missing)")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--dry-run", action="store_true", help="list the files and sizes that would be uploaded; send nothing")
+    pu.add_argument("--no-card", action="store_true", help="do not write README.md when the directory has none")
+    pu.add_argument("--base-model", help="base_model for the card (default: from the lineage)")
+    pu.set_defaults(fn=_cmd_push)
+
+    cp = sub.add_parser("compare", help="A/B table of two runs' reports",
+                        description="Compare two runs artifact by artifact (matched by stage name) and final artifact "
+                        "against final artifact: metric, latency p50/p95, batch-32 throughput, size, peak memory and "
+                        "cost per million requests (both priced alike).")
+    cp.add_argument("run_a", help="run directory A (the reference)")
+    cp.add_argument("run_b", help="run directory B")
+    _price_options(cp)
+    cp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    cp.set_defaults(fn=_cmd_compare)
     return p
 
 

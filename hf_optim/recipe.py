@@ -39,8 +39,8 @@ __all__ = ["StageConfig", "Stage", "Recipe", "stage_kinds", "BUILTIN_PREFIX"]
 BUILTIN_PREFIX = "builtin:"
 STAGE_FORMAT = 1  # bump when the artifact layout changes, so old outputs are not reused
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_RESERVED = {"logs", "report.json", "recipe.yaml"}
-_TOP_LEVEL = {"name", "description", "seed", "task", "output_dir", "stages"}
+_RESERVED = {"logs", "report.json", "recipe.yaml", "report.md", "report-accuracy-latency.png", "report-size.png"}
+_TOP_LEVEL = {"name", "description", "seed", "task", "output_dir", "report", "stages"}
 # Modules that define stage configs (light: no torch import). Handlers live in separate modules.
 _CONFIG_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.config", "hf_optim.quantize.config", "hf_optim.distill.config", "hf_optim.export.config")
 
@@ -88,6 +88,8 @@ class Recipe:
         description (`str`, *optional*): one paragraph shown in the report.
         base_dir (`Path`, *optional*): where relative paths in the recipe are resolved (the recipe's folder).
         output_dir (`str`, *optional*): default output directory (relative to ``base_dir``).
+        report (`dict`, *optional*): the run report's settings (price per machine-hour, request volume ...),
+            the fields of :class:`~hf_optim.report.ReportConfig`; they do not change any stage's fingerprint.
     """
 
     name: str
@@ -96,6 +98,7 @@ class Recipe:
     description: str = ""
     base_dir: Path = Path(".")
     output_dir: str | None = None
+    report: dict = dataclasses.field(default_factory=dict)
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
@@ -138,7 +141,7 @@ class Recipe:
         base_dir = Path(base_dir).resolve()
         stages = [_resolve_dataset_path(s, base_dir) for s in stages]
         recipe = cls(name=name, stages=tuple(stages), seed=seed, description=str(data.get("description", "")),
-                     base_dir=base_dir, output_dir=data.get("output_dir"))
+                     base_dir=base_dir, output_dir=data.get("output_dir"), report=_parse_report(data.get("report"), [s.name for s in stages]))
         recipe._check_references()
         return recipe
 
@@ -182,6 +185,8 @@ class Recipe:
         out["seed"] = self.seed
         if self.output_dir:
             out["output_dir"] = self.output_dir
+        if self.report:
+            out["report"] = dict(self.report)
         out["stages"] = [s.to_dict() for s in self.stages]
         return out
 
@@ -214,6 +219,24 @@ class Recipe:
     def fingerprint(self) -> str:
         """Stable hash of the whole recipe (independent of key order, comments and file location)."""
         return _digest({"format": STAGE_FORMAT, "stages": self.stage_fingerprints()})
+
+
+def _parse_report(raw: Any, stage_names: list[str]) -> dict:
+    from .report.config import ReportConfig
+
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"`report` must be a mapping (e.g. `report: {{price_per_hour: 0.09}}`), got {raw!r}",
+                          field="report")
+    try:
+        ReportConfig.from_dict(raw, strict=True)
+    except ConfigError as e:
+        raise RecipeError(f"report: {e}", field=e.field) from None
+    if raw.get("baseline") is not None and raw["baseline"] not in stage_names:
+        raise RecipeError(f"report.baseline = {raw['baseline']!r} is not a stage of this recipe; use the name of "
+                          f"the stage whose evaluated model is the baseline ({', '.join(stage_names)})", field="baseline")
+    return dict(raw)
 
 
 def _parse_stage(index: int, raw: Any, kinds: dict[str, type[StageConfig]], default_task: Any) -> Stage:

@@ -256,7 +256,21 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file
         report["stages"].append({**entry, "status": "ran"})
         _write_report(out, report, status="running")
     _write_report(out, report, status="complete")
+    report = _write_run_report(out, report, recipe)
     return RunResult(output_dir=out, report=report, log_file=log_file)
+
+
+def _write_run_report(out: Path, report: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """report.md, plots and the cost section (hf_optim.report); if that fails the completed run still stands."""
+    try:
+        from .report.config import ReportConfig
+        from .report.writer import write_report
+
+        return write_report(out, report, ReportConfig.from_dict(recipe.report, strict=True))
+    except Exception as e:  # noqa: BLE001
+        logger.error("report.md not written: %s: %s (rerun `hf-optim report %s`)", type(e).__name__, e, out)
+        _trace.error("report failed", exc_info=True)
+        return report
 
 
 def _write_report(out: Path, report: dict[str, Any], status: str) -> None:

@@ -1,0 +1,203 @@
+"""Model cards parse with huggingface_hub; `push` uploads exactly a folder from_pretrained loads (network replaced)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from hf_optim.errors import HfOptimError
+from hf_optim.hub import push_artifact, upload_files
+from hf_optim.report.card import build_model_card, check_artifact, write_model_card
+from hf_optim.runner import MARKER, _artifact_table
+
+from .helpers import eval_stage, stage
+
+
+def _run_with(tmp_path, artifact_writer, kind="quantize", **config):
+    """A run dir: teacher (finetune) -> <kind> stage `q` (written by artifact_writer) -> eval-q."""
+    run = tmp_path / "run"
+    stages = [stage("teacher", "finetune", 100.0, model="builtin:minilm-l6", task="movie-sentiment", epochs=2.0),
+              eval_stage("eval-teacher", "teacher", 0.85, 10.0, 100.0, 80.0),
+              stage("q", kind, 5.0, model="teacher", **config),
+              eval_stage("eval-q", "q", 0.84, 4.0, 300.0, 20.0)]
+    artifact = run / "q"
+    artifact_writer(artifact)
+    (artifact / MARKER).write_text(json.dumps({k: v for k, v in stages[2].items() if k != "status"}))
+    (artifact / ".lock").write_text("")  # hidden files are never uploaded
+    (run / "report.json").write_text(json.dumps({"recipe": "pipe", "stages": stages, "status": "complete",
+                                                 "artifacts": _artifact_table(stages)}))
+    return artifact
+
+
+def _quantized_bert(path):
+    import hf_optim  # noqa: F401  registers the checkpoint format
+    from hf_optim.quantize.apply import quantize_model_
+    from hf_optim.testing import save_tiny_bert, tiny_bert
+
+    save_tiny_bert(path)  # tokenizer + fp32 weights, overwritten below
+    model = tiny_bert()
+    quantize_model_(model, "int8_dynamic")
+    model.save_pretrained(path)
+
+
+def _onnx_dir(path):
+    from hf_optim.testing import save_tiny_bert
+
+    save_tiny_bert(path)
+    (path / "model.safetensors").unlink()
+    (path / "model.onnx").write_bytes(b"\x08\x07")
+
+
+def test_card_metadata_parses_and_carries_the_measured_results(tmp_path):
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard import metadata_load
+
+    artifact = _run_with(tmp_path, _quantized_bert, scheme="int8_dynamic")
+    path = write_model_card(artifact, repo_id="me/pipe-int8")
+    card = ModelCard.load(path)
+    meta = metadata_load(path)
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-classification"
+    assert {"hf-optim", "quantization", "int8"} <= set(meta["tags"])
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {"accuracy": 0.84, "latency_p50_ms": 4.0, "latency_p95_ms": 6.0, "throughput_batch32": 300.0,
+                       "size_mb": 20.0}
+    assert {r.dataset_name for r in card.data.eval_results} == {"movie-sentiment"}
+    assert meta["model-index"][0]["name"] == "pipe-int8"
+    text = card.text
+    assert "import hf_optim" in text and 'AutoModelForSequenceClassification.from_pretrained("me/pipe-int8")' in text
+    assert "`builtin:minilm-l6` → **teacher** (finetune: epochs=2.0) → **q** (quantize: scheme=int8_dynamic)" in text
+    assert "| accuracy | 0.8400 | 0.8500 |" in text  # the artifact next to the baseline
+    assert "## Limitations" in text
+
+
+def test_onnx_card_loads_with_ort_classes(tmp_path):
+    from huggingface_hub.repocard import metadata_load
+
+    artifact = _run_with(tmp_path, _onnx_dir, kind="export", optimization="O2", quantization="dynamic")
+    path = write_model_card(artifact)
+    text = path.read_text()
+    assert "from optimum.onnxruntime import ORTModelForSequenceClassification" in text and "import hf_optim" not in text
+    meta = metadata_load(path)
+    assert meta["library_name"] == "optimum" and {"onnx", "onnxruntime"} <= set(meta["tags"])
+
+
+def test_card_without_a_run_report_claims_no_results(tmp_path):
+    from huggingface_hub import ModelCard
+
+    artifact = _run_with(tmp_path, _quantized_bert, scheme="int8_dynamic")
+    (artifact.parent / "report.json").unlink()
+    card = ModelCard(build_model_card(artifact, base_model="org/base"))
+    assert card.data.base_model == "org/base" and card.data.eval_results is None
+    assert "Not evaluated" in card.text
+
+
+def test_incomplete_directories_are_refused(tmp_path):
+    from hf_optim.testing import save_tiny_bert
+
+    with pytest.raises(HfOptimError, match="not a directory"):
+        check_artifact(tmp_path / "missing")
+    tmp_dir = save_tiny_bert(tmp_path / ".tmp-export-abc")
+    with pytest.raises(HfOptimError, match="unfinished or discarded stage output"):
+        push_artifact(tmp_dir, "me/x", dry_run=True)
+    plain = save_tiny_bert(tmp_path / "plain")
+    with pytest.raises(HfOptimError, match="no readable hf_optim_stage.json"):
+        push_artifact(plain, "me/x", dry_run=True)
+    ev = tmp_path / "eval-q"
+    ev.mkdir()
+    (ev / MARKER).write_text(json.dumps({"kind": "evaluate", "config": {"model": "q"}}))
+    with pytest.raises(HfOptimError, match="evaluate stage's metrics.*the stage 'q'"):
+        push_artifact(ev, "me/x", dry_run=True)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """Replace HfApi's network calls; record what they were asked to do."""
+    from huggingface_hub import HfApi
+
+    calls = {}
+
+    def create_repo(self, repo_id, **kw):
+        calls["create_repo"] = {"repo_id": repo_id, **kw}
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kw):
+        calls["upload_folder"] = kw
+
+        class Info:
+            commit_url = f"https://huggingface.co/{kw['repo_id']}/commit/abc"
+        return Info()
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_dry_run_lists_files_and_writes_nothing(tmp_path, fake_hub):
+    artifact = _run_with(tmp_path, _quantized_bert, scheme="int8_dynamic")
+    before = sorted(p.name for p in artifact.iterdir())
+    result = push_artifact(artifact, "me/pipe-int8", dry_run=True)
+    assert fake_hub == {} and sorted(p.name for p in artifact.iterdir()) == before
+    names = [n for n, _ in result.files]
+    assert "README.md" in names and "model.safetensors" in names and ".lock" not in names
+    sizes = dict(result.files)
+    assert sizes["model.safetensors"] == (artifact / "model.safetensors").stat().st_size
+    assert sizes["README.md"] == len(build_model_card(artifact, repo_id="me/pipe-int8").encode())
+
+
+def test_push_uploads_exactly_a_folder_from_pretrained_restores(tmp_path, fake_hub):
+    import torch
+    from huggingface_hub.utils import filter_repo_objects
+    from transformers import AutoModelForSequenceClassification
+
+    artifact = _run_with(tmp_path, _quantized_bert, scheme="int8_dynamic")
+    result = push_artifact(artifact, "me/pipe-int8", private=True)
+    assert fake_hub["create_repo"] == {"repo_id": "me/pipe-int8", "private": True, "exist_ok": True,
+                                       "repo_type": "model"}
+    up = fake_hub["upload_folder"]
+    assert up["repo_id"] == "me/pipe-int8" and result.url.endswith("/commit/abc") and result.card_written
+    # what upload_folder sends: the folder filtered by its patterns, exactly as huggingface_hub filters it
+    sent = list(filter_repo_objects([p.relative_to(up["folder_path"]).as_posix()
+                                     for p in sorted(artifact.rglob("*")) if p.is_file()],
+                                    allow_patterns=up["allow_patterns"], ignore_patterns=up.get("ignore_patterns")))
+    assert sorted(sent) == sorted(n for n, _ in result.files) == sorted(n for n, _ in upload_files(artifact))
+    assert "README.md" in sent and ".lock" not in sent
+    hub_copy = tmp_path / "downloaded"
+    hub_copy.mkdir()
+    for name in sent:
+        shutil.copy(artifact / name, hub_copy / name)
+    ids = torch.tensor([[2, 5, 6, 7, 3]])
+    original = AutoModelForSequenceClassification.from_pretrained(artifact).eval()
+    restored = AutoModelForSequenceClassification.from_pretrained(hub_copy).eval()
+    assert type(restored.bert.encoder.layer[0].attention.self.query) is type(
+        original.bert.encoder.layer[0].attention.self.query)
+    with torch.no_grad():
+        assert torch.equal(original(input_ids=ids).logits, restored(input_ids=ids).logits)
+
+
+def test_push_errors_are_one_clear_message(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    artifact = _run_with(tmp_path, _quantized_bert, scheme="int8_dynamic")
+    with pytest.raises(HfOptimError, match="not a Hub repository id"):
+        push_artifact(artifact, "no-namespace")
+
+    try:  # huggingface_hub >= 1 speaks httpx, older releases requests
+        import httpx
+
+        response = httpx.Response(401, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
+    except ImportError:
+        import requests
+
+        response = requests.Response()
+        response.status_code = 401
+
+    def denied(self, *a, **kw):
+        raise HfHubHTTPError("401 Client Error: Unauthorized", response=response)
+
+    monkeypatch.setattr(HfApi, "create_repo", denied)
+    with pytest.raises(HfOptimError, match="upload to me/x failed: 401.*hf auth login"):
+        push_artifact(artifact, "me/x")
