@@ -30,6 +30,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = run(recipe, output, force=args.force, progress=not args.no_progress)
     print(f"run complete: {result.output_dir}")
     print(f"report: {result.output_dir / 'report.json'}")
+    if (result.output_dir / "report.md").is_file():
+        print(f"report: {result.output_dir / 'report.md'} (regenerate: hf-optim report {result.output_dir})")
     print(f"log: {result.log_file}")
     for st in result.report["stages"]:
         m = st.get("metrics") or {}

@@ -116,3 +116,16 @@ def test_report_settings_do_not_change_fingerprints(tmp_path):
 def test_bad_report_settings_fail_validation(tmp_path, report, match):
     with pytest.raises(RecipeError, match=match):
         Recipe.from_dict(_recipe(tmp_path, report), base_dir=tmp_path)
+
+
+def test_a_failing_report_does_not_fail_the_completed_run(tmp_path, monkeypatch):
+    import hf_optim.report.writer as writer
+
+    def broken(*a, **kw):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(writer, "write_report", broken)
+    result = run(Recipe.from_dict(_recipe(tmp_path), base_dir=tmp_path), tmp_path / "out", progress=False)
+    assert result.report["status"] == "complete" and "cost" not in result.report
+    assert "report.md not written: RuntimeError: disk full (rerun `hf-optim report" in result.log_file.read_text()
+    assert not (tmp_path / "out" / "report.md").exists()
