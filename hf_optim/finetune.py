@@ -108,11 +108,12 @@ def load_training_data(spec: TaskSpec, config):
     return data
 
 
-def train_and_predict(ctx, config, trainer_cls, model, tokenizer, encoded, **trainer_kwargs):
+def train_and_predict(ctx, config, trainer_cls, model, tokenizer, encoded, callbacks=(), **trainer_kwargs):
     """Train ``model`` on ``encoded["train"]`` and predict ``encoded["validation"]``.
 
-    Shared by the ``finetune`` and ``distill`` stages: ``config`` supplies epochs, learning_rate,
+    Shared by the ``finetune``, ``distill`` and ``prune`` stages: ``config`` supplies epochs, learning_rate,
     batch_size, weight_decay and warmup_ratio; Trainer's output_dir is a scratch dir the runner removes.
+    ``callbacks`` run before the run-log callback (so what they add to the logs is logged).
     Returns ``(trainer, train_result, validation_predictions)``.
     """
     import numpy as np
@@ -126,7 +127,7 @@ def train_and_predict(ctx, config, trainer_cls, model, tokenizer, encoded, **tra
         logging_steps=max(1, steps // 20), seed=ctx.seed, disable_tqdm=not ctx.progress,
     )
     trainer = trainer_cls(model=model, args=args, train_dataset=encoded["train"], processing_class=tokenizer,
-                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=[ctx.log_callback()],
+                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=[*callbacks, ctx.log_callback()],
                           **trainer_kwargs)
     result = trainer.train()
     return trainer, result, trainer.predict(encoded["validation"])

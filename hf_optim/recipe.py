@@ -42,7 +42,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RESERVED = {"logs", "report.json", "recipe.yaml", "report.md", "report-accuracy-latency.png", "report-size.png"}
 _TOP_LEVEL = {"name", "description", "seed", "task", "output_dir", "report", "stages"}
 # Modules that define stage configs (light: no torch import). Handlers live in separate modules.
-_CONFIG_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.config", "hf_optim.quantize.config", "hf_optim.distill.config", "hf_optim.export.config")
+_CONFIG_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.config", "hf_optim.quantize.config", "hf_optim.distill.config", "hf_optim.export.config", "hf_optim.prune.config")
 
 
 class StageConfig(OptimConfig):

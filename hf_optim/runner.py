@@ -41,7 +41,7 @@ _trace = logging.getLogger("hf_optim_trace")
 _trace.propagate = False
 MARKER = "hf_optim_stage.json"
 # Modules whose import registers the stage handlers (kept out of `import hf_optim`: they pull in torch).
-_HANDLER_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.stage", "hf_optim.quantize.stage", "hf_optim.distill.stage", "hf_optim.export.stage", "hf_optim.export.compile")
+_HANDLER_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.stage", "hf_optim.quantize.stage", "hf_optim.distill.stage", "hf_optim.export.stage", "hf_optim.export.compile", "hf_optim.prune.stage")
 
 
 @dataclasses.dataclass
