@@ -73,15 +73,15 @@ def push_artifact(path: str | Path, repo_id: str, private: bool = False, dry_run
             size = len(build_model_card(path, repo_id=repo_id, base_model=base_model).encode("utf-8"))
             files = sorted(files + [(CARD_NAME, size)])
         return PushResult(repo_id=repo_id, files=files, dry_run=True, card_written=False)
-    if need_card:
-        write_model_card(path, repo_id=repo_id, base_model=base_model)
-        files = upload_files(path)
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if need_card:  # only once the Hub answered: a push that cannot start leaves the directory as it was
+            write_model_card(path, repo_id=repo_id, base_model=base_model)
+            files = upload_files(path)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(path), repo_type="model",
                                  allow_patterns=[name for name, _ in files],
                                  commit_message=commit_message or f"Upload {path.name} with hf-optim")

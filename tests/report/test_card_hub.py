@@ -201,3 +201,11 @@ def test_push_errors_are_one_clear_message(tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", denied)
     with pytest.raises(HfOptimError, match="upload to me/x failed: 401.*hf auth login"):
         push_artifact(artifact, "me/x")
+    assert not (artifact / "README.md").exists()  # a push that could not start changed nothing
+
+
+def test_push_in_offline_mode_says_how_to_fix_it_and_changes_nothing(tmp_path):
+    artifact = _run_with(tmp_path, _quantized_bert, scheme="int8_dynamic")  # conftest sets HF_HUB_OFFLINE=1
+    with pytest.raises(HfOptimError, match="HF_HUB_OFFLINE is set: unset it to push"):
+        push_artifact(artifact, "me/x")
+    assert not (artifact / "README.md").exists()
