@@ -71,3 +71,42 @@ def peak_memory_mb(model_dir: str | Path, texts: Sequence[str], batch_size: int 
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         return {"error": tail[0]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def side_by_side(predictors: dict[str, Callable[[Sequence[str]], np.ndarray]], texts: Sequence[str],
+                 labels: Sequence[int], batch_size: int = 32, throughput_samples: int = 512,
+                 latency_samples: int = 100, rounds: int = 5, baseline: str | None = None) -> dict[str, dict]:
+    """Accuracy, batch-1 latency and batch-``batch_size`` throughput of several predictors on the same data.
+
+    Throughput rounds are interleaved across the predictors (noise from other processes hits all of them
+    alike) and the median is reported, with ``speedup`` relative to ``baseline`` (default: the first).
+    """
+    labels = np.asarray(labels)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    rows: dict[str, dict] = {}
+    for name, predict in predictors.items():
+        preds = np.empty(len(texts), dtype=np.int64)
+        for i in range(0, len(texts), 64):
+            idx = order[i:i + 64]
+            preds[idx] = np.asarray(predict([texts[j] for j in idx])).argmax(-1)
+        rows[name] = {"accuracy": float((preds == labels).mean()),
+                      "latency_ms": latency_ms(predict, list(texts[:latency_samples]))}
+    batches = [list(texts[i:i + batch_size]) for i in range(0, min(throughput_samples, len(texts)), batch_size)]
+    rates: dict[str, list[float]] = {n: [] for n in predictors}
+    for predict in predictors.values():
+        predict(batches[0])  # warm-up
+    for _ in range(rounds):
+        for name, predict in predictors.items():
+            start = time.perf_counter()
+            for b in batches:
+                predict(b)
+            rates[name].append(sum(len(b) for b in batches) / (time.perf_counter() - start))
+    base_name = baseline or next(iter(predictors))
+    base_rate, base_acc = float(np.median(rates[base_name])), rows[base_name]["accuracy"]
+    for name, r in rows.items():
+        med = float(np.median(rates[name]))
+        r["throughput"] = {"batch_size": batch_size, "samples_per_s": round(med, 2),
+                           "rounds": [round(x, 2) for x in rates[name]]}
+        r["speedup"] = round(med / base_rate, 3)
+        r["accuracy_drop_points"] = round(100 * (base_acc - r["accuracy"]), 2)
+    return rows
