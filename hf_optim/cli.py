@@ -138,7 +138,8 @@ def _report_config(args: argparse.Namespace, stored: dict | None):
 
     base = ReportConfig.from_dict(stored) if stored else ReportConfig()
     changes = {k: v for k, v in (("price_per_hour", args.price_per_hour), ("currency", args.currency),
-                                 ("requests", args.requests), ("baseline", args.baseline)) if v is not None}
+                                 ("requests", args.requests), ("baseline", args.baseline),
+                                 ("reference", args.reference)) if v is not None}
     if "price_per_hour" in changes and args.price_source is None and base.price_source is None:
         changes["price_source"] = "set on the command line"
     if args.price_source is not None:
@@ -216,6 +217,7 @@ def _price_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--currency", help="currency label (default USD)")
     p.add_argument("--requests", type=int, help="request volume the benefit and ROI are stated for (default 100,000,000)")
     p.add_argument("--baseline", help="artifact the savings are measured against (default: the first evaluated one)")
+    p.add_argument("--reference", help="a second artifact to compare every one with (e.g. the Optimum INT8 teacher)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -233,9 +233,10 @@ def _parse_report(raw: Any, stage_names: list[str]) -> dict:
         ReportConfig.from_dict(raw, strict=True)
     except ConfigError as e:
         raise RecipeError(f"report: {e}", field=e.field) from None
-    if raw.get("baseline") is not None and raw["baseline"] not in stage_names:
-        raise RecipeError(f"report.baseline = {raw['baseline']!r} is not a stage of this recipe; use the name of "
-                          f"the stage whose evaluated model is the baseline ({', '.join(stage_names)})", field="baseline")
+    for field in ("baseline", "reference"):
+        if raw.get(field) is not None and raw[field] not in stage_names:
+            raise RecipeError(f"report.{field} = {raw[field]!r} is not a stage of this recipe; use the name of the "
+                              f"stage whose evaluated model it is ({', '.join(stage_names)})", field=field)
     return dict(raw)
 
 

@@ -31,6 +31,8 @@ class ReportConfig(OptimConfig):
             stated for.
         baseline (`str`, *optional*): the artifact (stage name) savings are measured against; defaults to the
             first evaluated artifact (the FP32 teacher in the ready recipes).
+        reference (`str`, *optional*): a second artifact every other one is also compared with (e.g. the teacher
+            exported by Optimum with dynamic INT8): the report adds metric and throughput columns against it.
         plots (`bool`, *optional*, defaults to `True`): draw the PNG plots (needs the ``plots`` extra).
     """
 
@@ -42,6 +44,7 @@ class ReportConfig(OptimConfig):
     price_source: Optional[str] = None
     requests: int = DEFAULT_REQUESTS
     baseline: Optional[str] = None
+    reference: Optional[str] = None
     plots: bool = True
 
     def validate(self) -> None:

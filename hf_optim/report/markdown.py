@@ -52,23 +52,33 @@ def _machine(report: dict[str, Any]) -> str | None:
 def _artifact_table(report: dict[str, Any]) -> list[str]:
     rows = report["artifacts"]
     base = next((r for r in rows if r.get("baseline")), None)
+    ref = next((r for r in rows if r.get("reference")), None)
     metric = rows[0]["metric"]
-    delta_head = f"Δ {metric} vs baseline" + ("" if metric in ("perplexity", "loss", "eval_loss") else " (points)")
+    unit = "" if metric in ("perplexity", "loss", "eval_loss") else " (points)"
     out = []
     for r in rows:
-        name = r["artifact"] + (" (baseline)" if r.get("baseline") else "")
+        name = r["artifact"] + (" (baseline)" if r.get("baseline") else "") + (" (reference)" if r.get("reference") else "")
         if sum(x["artifact"] == r["artifact"] for x in rows) > 1:
             name += f" [{r['evaluated_by']}]"
-        out.append([
+        cells = [
             name, fmt(r.get("value"), ".4f"), _delta(r.get("value"), base and base.get("value"), metric),
             fmt(r.get("latency_ms_p50"), ".2f"), fmt(r.get("latency_ms_p95"), ".2f"),
             fmt(r.get("throughput_samples_per_s"), ".1f"),
             _ratio(r.get("throughput_samples_per_s"), base and base.get("throughput_samples_per_s")),
             fmt(r.get("size_mb"), ".1f"), _ratio(base and base.get("size_mb"), r.get("size_mb")),
             fmt(r.get("peak_memory_mb"), ".0f"), "yes" if r.get("pareto") else "",
-        ])
-    return table(["artifact", metric, delta_head, "p50 ms (batch 1)", "p95 ms (batch 1)", "samples/s (batch 32)",
-                  "throughput vs baseline", "size MB", "smaller than baseline", "peak memory MB", "Pareto"], out)
+        ]
+        if ref:
+            cells[3:3] = [_delta(r.get("value"), ref.get("value"), metric)]
+            cells[8:8] = [_ratio(r.get("throughput_samples_per_s"), ref.get("throughput_samples_per_s"))]
+        out.append(cells)
+    header = ["artifact", metric, f"Δ {metric} vs baseline{unit}", "p50 ms (batch 1)", "p95 ms (batch 1)",
+              "samples/s (batch 32)", "throughput vs baseline", "size MB", "smaller than baseline", "peak memory MB",
+              "Pareto"]
+    if ref:
+        header[3:3] = [f"Δ {metric} vs reference{unit}"]
+        header[8:8] = ["throughput vs reference"]
+    return table(header, out)
 
 
 def _cost(report: dict[str, Any]) -> list[str]:
@@ -137,10 +147,12 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str] | None, plots_
     else:
         metric = rows[0]["metric"]
         base = next((r["artifact"] for r in rows if r.get("baseline")), None)
+        ref = next((r["artifact"] for r in rows if r.get("reference")), None)
         lines += ["## Artifacts", "",
                   f"Every evaluated artifact on the {rows[0].get('split') or ''} split of `{rows[0].get('task')}`; "
-                  f"ratios are relative to the baseline `{base}`. Latency is per request at batch size 1, "
-                  f"throughput at batch size 32. Pareto: no other artifact has both a better {metric} "
+                  f"ratios are relative to the baseline `{base}`"
+                  + (f" (and, where marked, to the reference `{ref}`)" if ref else "")
+                  + ". Latency is per request at batch size 1, throughput at batch size 32. Pareto: no other artifact has both a better {metric} "
                   f"({'higher' if higher_is_better(metric) else 'lower'} is better) and a lower p50 latency.", ""]
         lines += _artifact_table(report) + ["", "## Plots", ""]
         if plots:

@@ -140,16 +140,21 @@ def pareto_front(points: list[tuple[float | None, float | None]], higher_better:
     return out
 
 
+def _artifact_index(rows: list[dict[str, Any]], name: str | None, field: str) -> int | None:
+    """Index of the row whose artifact (or evaluate stage) is ``name``; ``None`` for no name."""
+    if name is None:
+        return None
+    for i, r in enumerate(rows):
+        if name in (r["artifact"], r.get("evaluated_by")):
+            return i
+    raise HfOptimError(f"report.{field} = {name!r} is not an evaluated artifact of this run; "
+                       f"evaluated: {', '.join(r['artifact'] for r in rows) or 'none'}")
+
+
 def _baseline_index(rows: list[dict[str, Any]], config: ReportConfig) -> int | None:
     if not rows:
         return None
-    if config.baseline is None:
-        return 0
-    for i, r in enumerate(rows):
-        if config.baseline in (r["artifact"], r.get("evaluated_by")):
-            return i
-    raise HfOptimError(f"report.baseline = {config.baseline!r} is not an evaluated artifact of this run; "
-                       f"evaluated: {', '.join(r['artifact'] for r in rows)}")
+    return 0 if config.baseline is None else _artifact_index(rows, config.baseline, "baseline")
 
 
 def _per_million(price: float, seconds_per_request: float | None) -> float | None:
@@ -216,7 +221,7 @@ def _round(x: float | None, digits: int) -> float | None:
 
 
 def summarize(report: dict[str, Any], config: ReportConfig | None = None) -> dict[str, Any]:
-    """A copy of ``report`` whose ``artifacts`` rows carry ``lineage``, ``pareto`` and ``baseline``, plus a
+    """A copy of ``report`` whose ``artifacts`` rows carry ``lineage``, ``pareto``, ``baseline`` and ``reference``, plus a
     ``cost`` section (see :func:`cost_section`).
 
     Args:
@@ -238,9 +243,11 @@ def summarize(report: dict[str, Any], config: ReportConfig | None = None) -> dic
     metric = rows[0]["metric"] if rows else None
     front = pareto_front([(r.get("value"), r.get("latency_ms_p50")) for r in rows], higher_is_better(metric))
     baseline = _baseline_index(rows, config)
+    reference = _artifact_index(rows, config.reference, "reference")
     for i, r in enumerate(rows):
         r["lineage"] = lineage(stages, r["artifact"])
         r["pareto"] = front[i]
         r["baseline"] = i == baseline
+        r["reference"] = i == reference
     report["cost"] = cost_section(rows, stages, config, baseline)
     return report

@@ -129,3 +129,16 @@ def test_a_failing_report_does_not_fail_the_completed_run(tmp_path, monkeypatch)
     assert result.report["status"] == "complete" and "cost" not in result.report
     assert "report.md not written: RuntimeError: disk full (rerun `hf-optim report" in result.log_file.read_text()
     assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_reference_columns(tmp_path):
+    run_dir = write_run(tmp_path / "run", pipeline_report(teacher_tp=100.0, student_tp=400.0))
+    summary = write_report(run_dir, config=ReportConfig(reference="eval-distill"), plots=False)
+    assert [r["reference"] for r in summary["artifacts"]] == [False, True, False]
+    md = (run_dir / "report.md").read_text()
+    assert ("| artifact | accuracy | Δ accuracy vs baseline (points) | Δ accuracy vs reference (points) | p50 ms (batch 1) "
+            "| p95 ms (batch 1) | samples/s (batch 32) | throughput vs baseline | throughput vs reference |") in md
+    assert "| export | 0.8450 | -0.5 | +0.5 | 2.00 | 3.00 | 400.0 | 4.00x | 2.00x | 20.0 | 4.00x | 40 | yes |" in md
+    assert "| distill (reference) |" in md
+    with pytest.raises(Exception, match="report.reference = 'nope' is not an evaluated artifact"):
+        write_report(run_dir, config=ReportConfig(reference="nope"))
