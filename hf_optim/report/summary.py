@@ -21,7 +21,8 @@ _LOWER_IS_BETTER = {"perplexity", "loss", "eval_loss"}
 _NOT_SETTINGS = {"kind", "version", "task"}
 # Shown in a lineage even when left at their defaults: what the step did.
 _KEY_FIELDS = {"finetune": ("epochs",), "student": ("num_layers",), "distill": ("temperature", "alpha"),
-               "quantize": ("scheme",), "export": ("backend", "optimization", "quantization"), "compile": ("method",)}
+               "quantize": ("scheme",), "export": ("backend", "optimization", "quantization"), "compile": ("method",),
+               "prune": ("granularity",)}
 
 
 def higher_is_better(metric: str | None) -> bool:
