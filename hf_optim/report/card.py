@@ -200,7 +200,7 @@ def build_model_card(path: str | Path, repo_id: str | None = None, base_model: s
                    None)
     lines = ["---", data.to_yaml(), "---", "", f"# {model_name}", ""]
     lines += [f"`{name}` is the output of the `{marker.get('kind')}` stage of the hf-optim recipe "
-              f"`{recipe or '?'}` ({artifact_kind_text(fmt_)}).", "", "## Results", ""]
+              f"`{recipe or '?'}` ({_kind_text(fmt_)}).", "", "## Results", ""]
     if row:
         where = ", ".join(f"{k} {v}" for k, v in machine.items()) if machine else "the run's machine"
         lines += [f"Measured by hf-optim on {where}, on the {row.get('split')} split of `{row.get('task')}`.", ""]
@@ -214,7 +214,7 @@ def build_model_card(path: str | Path, repo_id: str | None = None, base_model: s
     return "\n".join(lines)
 
 
-def artifact_kind_text(fmt_: str) -> str:
+def _kind_text(fmt_: str) -> str:
     return {"onnx": "an ONNX Runtime model", "compiled": "a compiled PyTorch model",
             "hf_optim": "a Transformers checkpoint in the hf_optim quantized/pruned format",
             "transformers": "a standard Transformers checkpoint"}[fmt_]

@@ -49,6 +49,12 @@ def _machine(report: dict[str, Any]) -> str | None:
     return None
 
 
+def throughput_batch(rows: list[dict[str, Any]]) -> str:
+    """``32`` when every row's throughput was measured at batch 32; ``32/64`` when they differ."""
+    sizes = sorted({r.get("throughput_batch_size") or 32 for r in rows})
+    return "/".join(str(b) for b in sizes)
+
+
 def _artifact_table(report: dict[str, Any]) -> list[str]:
     rows = report["artifacts"]
     base = next((r for r in rows if r.get("baseline")), None)
@@ -73,7 +79,7 @@ def _artifact_table(report: dict[str, Any]) -> list[str]:
             cells[8:8] = [_ratio(r.get("throughput_samples_per_s"), ref.get("throughput_samples_per_s"))]
         out.append(cells)
     header = ["artifact", metric, f"Δ {metric} vs baseline{unit}", "p50 ms (batch 1)", "p95 ms (batch 1)",
-              "samples/s (batch 32)", "throughput vs baseline", "size MB", "smaller than baseline", "peak memory MB",
+              f"samples/s (batch {throughput_batch(rows)})", "throughput vs baseline", "size MB", "smaller than baseline", "peak memory MB",
               "Pareto"]
     if ref:
         header[3:3] = [f"Δ {metric} vs reference{unit}"]
@@ -87,8 +93,8 @@ def _cost(report: dict[str, Any]) -> list[str]:
     n = c["requests"]
     lines = [
         f"Price: **{c['price_per_hour']:g} {cur} per machine-hour** ({c['price_source']}). Serving cost assumes one "
-        "such machine kept busy at the measured batch-32 throughput; the batch-1 column is a service that answers "
-        "one request at a time at the measured p50 latency. Optimization cost is the wall time of every stage of "
+        f"such machine kept busy at the measured batch-{throughput_batch(report['artifacts'])} throughput; the "
+        "batch-1 column is a service that answers one request at a time at the measured p50 latency. Optimization cost is the wall time of every stage of "
         f"this run ({c['optimization_seconds']:,.0f} s = {c['optimization_seconds'] / 3600:.2f} h, evaluations and "
         f"the baseline's own training included) at the same price: **{money(c['optimization_cost'], cur)}**. "
         f"Benefit and ROI = (benefit − optimization cost) / optimization cost are stated for **{n:,} requests**; "
@@ -105,7 +111,7 @@ def _cost(report: dict[str, Any]) -> list[str]:
         rows.append([r["artifact"], money(r["cost_per_million"], cur), money(r["cost_per_million_batch1"], cur),
                      money(r["savings_per_million"], cur), fmt(r["savings_percent"], ".1f", " %"),
                      money(r["benefit"], cur), fmt(r["roi"], ".1f"), payback])
-    lines += table(["artifact", "cost / 1M requests (batch 32)", "cost / 1M requests (batch 1)",
+    lines += table(["artifact", f"cost / 1M requests (batch {throughput_batch(report['artifacts'])})", "cost / 1M requests (batch 1)",
                     "saving / 1M vs baseline", "saving", f"benefit at {n:,} requests", "ROI", "payback (requests)"],
                    rows)
     return lines
@@ -152,7 +158,8 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str] | None, plots_
                   f"Every evaluated artifact on the {rows[0].get('split') or ''} split of `{rows[0].get('task')}`; "
                   f"ratios are relative to the baseline `{base}`"
                   + (f" (and, where marked, to the reference `{ref}`)" if ref else "")
-                  + ". Latency is per request at batch size 1, throughput at batch size 32. Pareto: no other artifact has both a better {metric} "
+                  + f". Latency is per request at batch size 1, throughput at batch size {throughput_batch(rows)}. "
+                  f"Pareto: no other artifact has both a better {metric} "
                   f"({'higher' if higher_is_better(metric) else 'lower'} is better) and a lower p50 latency.", ""]
         lines += _artifact_table(report) + ["", "## Plots", ""]
         if plots:

@@ -245,7 +245,9 @@ def summarize(report: dict[str, Any], config: ReportConfig | None = None) -> dic
     front = pareto_front([(r.get("value"), r.get("latency_ms_p50")) for r in rows], higher_is_better(metric))
     baseline = _baseline_index(rows, config)
     reference = _artifact_index(rows, config.reference, "reference")
+    measured = {s["name"]: (s.get("metrics") or {}).get("throughput") or {} for s in stages}
     for i, r in enumerate(rows):
+        r["throughput_batch_size"] = measured.get(r.get("evaluated_by"), {}).get("batch_size")
         r["lineage"] = lineage(stages, r["artifact"])
         r["pareto"] = front[i]
         r["baseline"] = i == baseline

@@ -142,3 +142,15 @@ def test_reference_columns(tmp_path):
     assert "| distill (reference) |" in md
     with pytest.raises(Exception, match="report.reference = 'nope' is not an evaluated artifact"):
         write_report(run_dir, config=ReportConfig(reference="nope"))
+
+
+def test_throughput_batch_size_is_read_from_the_measurements(tmp_path):
+    report = pipeline_report()
+    for st in report["stages"]:
+        if st["kind"] == "evaluate":
+            st["metrics"]["throughput"]["batch_size"] = 64
+    run_dir = write_run(tmp_path / "run", report)
+    summary = write_report(run_dir, plots=False)
+    assert {r["throughput_batch_size"] for r in summary["artifacts"]} == {64}
+    md = (run_dir / "report.md").read_text()
+    assert "| samples/s (batch 64) |" in md and "cost / 1M requests (batch 64)" in md and "batch-32" not in md
