@@ -81,3 +81,15 @@ def test_new_commands_have_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith(f"usage: hf-optim {cmd}")
+
+
+def test_report_refuses_a_run_in_progress(tmp_path, capsys):
+    import fcntl
+
+    a, _ = _runs(tmp_path)
+    before = (a / "report.json").read_text()
+    with open(a / ".lock", "w") as lock:  # what the runner holds while it runs
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["report", str(a)]) == 2
+    assert "a run is using" in capsys.readouterr().err
+    assert (a / "report.json").read_text() == before and not (a / "report.md").exists()
