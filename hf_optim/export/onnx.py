@@ -11,6 +11,12 @@ After fusion, ONNX's own shape inference cannot type the outputs of ORT's contri
 ``SkipLayerNormalization``), and the quantizer then stops with "Unable to find data type for weight_name".
 That is why Optimum's O2/O3 + INT8 fails; :func:`infer_shapes` runs ORT's symbolic shape inference, which knows
 those ops, so a fused graph can be quantized (``Attention`` -> ``QAttention``).
+
+On CPU, ONNX Runtime's ``SkipLayerNormalization`` kernel is several times slower than the residual addition plus
+``LayerNormalization`` it replaces (and ORT fuses ``Add`` + ``LayerNormalization`` into it again when a session
+loads). :func:`split_skip_layernorm` measures both on this machine and, when the split form is faster, rewrites
+each fused node as ``Sum`` + ``LayerNormalization`` (a ``Sum`` is not re-fused) and ``BiasGelu`` as ``Add`` +
+``Gelu`` (after quantization the bias then joins the INT8 matmul). ``Attention`` stays fused.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from ..compat import FeatureUnavailable, has_optimum, require_optimum
 logger = logging.getLogger("hf_optim")
 
 __all__ = ["resolve_backend", "detect_task_type", "export_onnx", "optimize_onnx", "infer_shapes",
-           "copy_preprocessors", "ONNX_NAME", "OPTIMIZE_LEVELS"]
+           "split_skip_layernorm", "skip_layernorm_timings", "copy_preprocessors", "ONNX_NAME", "OPTIMIZE_LEVELS"]
 
 ONNX_NAME = "model.onnx"
 # Same settings as optimum's AutoOptimizationConfig._LEVELS, so both backends optimize alike.
@@ -167,8 +173,116 @@ def optimize_onnx(onnx_path: str | Path, out_path: str | Path, level: str, backe
                                    opt_level=spec["opt_level"], optimization_options=options,
                                    only_onnxruntime=not spec["fusions"])
         model.save_model_to_file(str(out_path))
+    if OPTIMIZE_LEVELS[level]["fusions"]:
+        split_skip_layernorm(out_path, hidden_size=cfg.get("hidden_size") or cfg.get("n_embd"))
     infer_shapes(out_path)
     return out_path
+
+
+def skip_layernorm_timings(hidden_size: int, batch: int = 8, seq: int = 64, rounds: int = 30,
+                           threads: int | None = None) -> dict[str, float]:
+    """Median milliseconds of ORT's fused ``SkipLayerNormalization`` and of ``Sum`` + ``LayerNormalization`` on a
+    ``[batch, seq, hidden_size]`` input, measured alternately (so a busy machine slows both alike)."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(hidden_size).astype(np.float32), n) for n in ("g", "b")]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", "seq", hidden_size]) for n in ("x", "skip")]
+    out = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    graphs = {
+        "fused": [helper.make_node("SkipLayerNormalization", ["x", "skip", "g", "b"], ["y"], domain="com.microsoft",
+                                   epsilon=1e-12)],
+        "split": [helper.make_node("Sum", ["x", "skip"], ["s"]),
+                  helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1, epsilon=1e-12)],
+    }
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    sessions = {}
+    for name, nodes in graphs.items():
+        model = helper.make_model(helper.make_graph(nodes, name, io, out, inits),
+                                  opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+        sessions[name] = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {n: rng.standard_normal((batch, seq, hidden_size)).astype(np.float32) for n in ("x", "skip")}
+    times: dict[str, list[float]] = {n: [] for n in sessions}
+    for r in range(rounds + 2):
+        for name in (list(sessions) if r % 2 else list(sessions)[::-1]):
+            start = time.perf_counter()
+            sessions[name].run(None, feeds)
+            if r >= 2:  # two warm-up rounds
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {n: round(float(np.median(v)), 4) for n, v in times.items()}
+
+
+def split_skip_layernorm(path: str | Path, hidden_size: int | None = None, force: bool | None = None) -> int:
+    """Rewrite ``SkipLayerNormalization`` as (bias ``Add``) + ``Sum`` + ``LayerNormalization`` and ``BiasGelu`` as
+    ``Add`` + ``Gelu`` in the model at ``path``, in place, when that is faster here; returns the nodes rewritten.
+
+    ``force`` (`bool`, *optional*): rewrite (``True``) or leave the graph alone (``False``) without measuring;
+    by default :func:`skip_layernorm_timings` decides for ``hidden_size``.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    fused = [n for n in graph.node if n.op_type == "SkipLayerNormalization" and n.domain == "com.microsoft"
+             and not any(o for o in list(n.output)[1:3])]  # mean/inv-std outputs: training graphs, leave them
+    if not fused or opset < 17:  # LayerNormalization is an ONNX op from opset 17
+        return 0
+    if force is None:
+        timings = skip_layernorm_timings(hidden_size or _hidden_from_gamma(graph, fused[0]))
+        force = timings["split"] < 0.8 * timings["fused"]
+        logger.info("SkipLayerNormalization %.3f ms vs Sum + LayerNormalization %.3f ms: %s", timings["fused"],
+                    timings["split"], "splitting" if force else "keeping it fused")
+    if not force:
+        return 0
+    todo = {id(n) for n in fused}
+    nodes, count = [], 0
+    for node in graph.node:
+        if id(node) in todo:
+            nodes.extend(_split_sln(node, helper))
+            count += 1
+        elif node.op_type == "BiasGelu" and node.domain == "com.microsoft":
+            biased = f"{node.name}/biased"
+            nodes.append(helper.make_node("Add", list(node.input), [biased], name=f"{node.name}/bias"))
+            nodes.append(helper.make_node("Gelu", [biased], list(node.output), name=f"{node.name}/gelu",
+                                          domain="com.microsoft"))
+            count += 1
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return count
+
+
+def _hidden_from_gamma(graph, node) -> int:
+    for init in graph.initializer:
+        if init.name == node.input[2]:
+            return int(init.dims[-1])
+    return 768
+
+
+def _split_sln(node, helper) -> list:
+    x, skip, gamma, beta, bias = (list(node.input) + [""] * 5)[:5]
+    outs = (list(node.output) + [""] * 4)[:4]
+    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-12)
+    out = []
+    if bias:
+        out.append(helper.make_node("Add", [x, bias], [f"{node.name}/biased"], name=f"{node.name}/bias"))
+        x = f"{node.name}/biased"
+    # Sum, not Add: ORT's SkipLayerNormFusion matches Add -> LayerNormalization and would fuse it back at load
+    total = outs[3] or f"{node.name}/residual_out"
+    out.append(helper.make_node("Sum", [x, skip], [total], name=f"{node.name}/residual"))
+    out.append(helper.make_node("LayerNormalization", [total, gamma] + ([beta] if beta else []), [outs[0]],
+                                name=f"{node.name}/LayerNorm", axis=-1, epsilon=eps))
+    return out
 
 
 def infer_shapes(path: str | Path) -> bool:

@@ -188,7 +188,7 @@ _NORM_OPS = {"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNor
 def guard_groups(path: str | Path, ranges: dict | None = None) -> list[tuple[str, list[str]]]:
     """Node groups the static-INT8 accuracy guard keeps in float, cumulatively, in this order.
 
-    LayerNorm, the Gelu activation, residual ``Add`` nodes (those feeding a LayerNorm), then whole layers
+    LayerNorm, the Gelu activation, residual ``Add``/``Sum`` nodes (those feeding a LayerNorm), then whole layers
     (and the pooler/classifier head), widest calibrated activation range first: outliers are what a per-tensor
     int8 scale handles worst.
     """
@@ -204,7 +204,7 @@ def guard_groups(path: str | Path, ranges: dict | None = None) -> list[tuple[str
     groups = [
         ("layernorm", [n.name for n in nodes if n.op_type in _NORM_OPS]),
         ("gelu", [n.name for n in nodes if n.op_type in _GELU_OPS or "act_fn" in n.name or "/activation" in n.name]),
-        ("residual-add", [n.name for n in nodes if n.op_type == "Add" and any(o in feeds_norm for o in n.output)]),
+        ("residual-add", [n.name for n in nodes if n.op_type in ("Add", "Sum") and any(o in feeds_norm for o in n.output)]),
     ]
     per_layer: dict[str, list] = {}
     for n in nodes:
