@@ -1,11 +1,16 @@
 """Side-by-side CPU benchmark of ONNX Runtime exports against the anchors, in one process, on the same data.
 
-Rows: torch FP32; Optimum ORT O2 FP32; the best Optimum INT8 path that works, built as Optimum's docs do
-(ORTOptimizer -> ORTQuantizer; O2 + INT8 is tried first and its error recorded); hf_optim's export (O2 fusion +
-dynamic INT8, validated on the task metric). Each row: accuracy on the test split, batch-1 latency (p50/p95),
-batch-32 throughput, size of the model file; ratios are against torch FP32 and the INT8 anchor.
+Rows: torch FP32; Optimum ORT O2 FP32; Optimum's INT8 paths built as Optimum's docs do (``ORTOptimizer`` ->
+``ORTQuantizer`` with ``AutoQuantizationConfig.avx512_vnni``/``avx2`` dynamic; O2 + INT8 is tried and its error
+recorded, then O1 and no optimization); hf_optim's export (O2 fusion + dynamic INT8) and hf_optim's static INT8
+with the accuracy guard. Each row: accuracy on the test split, batch-1 latency (p50/p95), batch-32 throughput and
+the model file's size; ratios are against torch FP32 and the fastest working Optimum INT8 path (the anchor).
 
-    python scripts/bench_export.py --model runs/movie-sentiment/teacher -o export-bench.json
+Speed is measured in interleaved rounds (every row once per round, the order rotated each round) and each
+number is the median over rounds, so a shared, noisy machine slows every row alike. All ONNX rows run through
+``ORTModelForSequenceClassification`` with the same session options.
+
+    python scripts/bench_export.py --model runs/movie-sentiment/teacher -o scripts/results/bench_export.json
     python scripts/bench_export.py            # minilm-l6 with an untrained 2-way head: speed numbers only
 """
 
@@ -54,24 +59,108 @@ def _untrained_classifier(work: Path) -> Path:
     return out
 
 
-def _measure(clf, texts, labels, lat_texts, tp_texts, batch_size):
-    from hf_optim.evaluation.bench import latency_ms, throughput
-    from hf_optim.evaluation.metrics import compute_metric
-    from hf_optim.export.validate import ValidationData, predict_all
+def _size_mb(path: Path) -> float:
+    files = [path, path.with_name(path.name + "_data"), path.with_suffix(".onnx.data")]
+    return round(sum(f.stat().st_size for f in files if f.is_file()) / 2**20, 2)
 
-    data = ValidationData(texts, None, labels, "accuracy", "movie-sentiment", "test")
-    logits = predict_all(clf.predict_logits, data)
-    return {"accuracy": round(compute_metric("accuracy", logits.argmax(-1), labels), 4),
-            "latency_ms": latency_ms(clf.predict_logits, lat_texts),
-            "throughput": throughput(clf.predict_logits, tp_texts, batch_size)}, logits
+
+def _speed_round(predict, lat_texts, tp_texts, batch_size) -> dict:
+    from hf_optim.evaluation.bench import latency_ms, throughput
+
+    return {"latency_ms": latency_ms(predict, lat_texts, warmup=3),
+            "samples_per_s": throughput(predict, tp_texts, batch_size, repeats=1)["samples_per_s"]}
+
+
+def _summarize(rounds: list[dict]) -> dict:
+    med = lambda xs: round(float(np.median(xs)), 3)  # noqa: E731
+    return {"latency_ms": {"batch_size": 1, "n_per_round": rounds[0]["latency_ms"]["n"],
+                           "p50": med([r["latency_ms"]["p50"] for r in rounds]),
+                           "p95": med([r["latency_ms"]["p95"] for r in rounds]),
+                           "p50_per_round": [r["latency_ms"]["p50"] for r in rounds]},
+            "throughput": {"samples_per_s": med([r["samples_per_s"] for r in rounds]),
+                           "per_round": [r["samples_per_s"] for r in rounds]}}
+
+
+def _ratios(rows: dict, base: str, anchor: str) -> None:
+    for m in rows.values():
+        for key, ref in (("vs_torch_fp32", rows[base]), ("vs_int8_anchor", rows[anchor])):
+            m[key] = {"latency_p50_speedup": round(ref["latency_ms"]["p50"] / m["latency_ms"]["p50"], 3),
+                      "latency_p95_speedup": round(ref["latency_ms"]["p95"] / m["latency_ms"]["p95"], 3),
+                      "throughput_ratio": round(m["throughput"]["samples_per_s"] / ref["throughput"]["samples_per_s"], 3),
+                      "size_ratio": round(m["size_mb"] / ref["size_mb"], 3),
+                      "accuracy_delta": round(m["accuracy"] - ref["accuracy"], 4)}
+
+
+def _build_optimum_rows(src: Path, work: Path, session_options, tok, errors: dict) -> dict:
+    """Optimum's anchors exactly as its docs build them; returns ``{row: (classifier, model_file)}``."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
+
+    from hf_optim.export.ort_quant import cpu_has_vnni
+
+    def load(folder, name):
+        return ORTModelForSequenceClassification.from_pretrained(folder, file_name=name, session_options=session_options)
+
+    exported = ORTModelForSequenceClassification.from_pretrained(src, export=True)
+    exported.save_pretrained(work / "optimum-onnx")
+    rows = {}
+    for level in ("O2", "O1"):
+        ORTOptimizer.from_pretrained(exported).optimize(
+            save_dir=work / f"optimum-{level.lower()}",
+            optimization_config=AutoOptimizationConfig.with_optimization_level(level))
+    rows["optimum_o2_fp32"] = (_OptimumClassifier(load(work / "optimum-o2", "model_optimized.onnx"), tok),
+                               work / "optimum-o2" / "model_optimized.onnx")
+    qmake = AutoQuantizationConfig.avx512_vnni if cpu_has_vnni() else AutoQuantizationConfig.avx2
+    qconfig = qmake(is_static=False, per_channel=False)
+    for level in ("O2", "O1", "none"):
+        name = f"optimum_{level.lower()}_int8_dynamic"
+        qdir, fname = ((work / "optimum-onnx", "model.onnx") if level == "none"
+                       else (work / f"optimum-{level.lower()}", "model_optimized.onnx"))
+        try:
+            ORTQuantizer.from_pretrained(qdir, file_name=fname).quantize(save_dir=work / name, quantization_config=qconfig)
+            qfile = next((work / name).glob("*_quantized.onnx"))
+            rows[name] = (_OptimumClassifier(load(work / name, qfile.name), tok), qfile)
+        except Exception as e:  # noqa: BLE001 - the point is to record which anchor paths fail
+            errors[name] = f"{type(e).__name__}: {str(e)[:300]}"
+            print(f"{name:<30} FAILED: {errors[name][:160]}", flush=True)
+    return rows
+
+
+def _build_hf_optim_rows(src: Path, work: Path, session_options, tok, trained: bool, records: dict) -> dict:
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+
+    from hf_optim.export import ExportConfig, export_model
+
+    rows = {}
+    budget = 0.01 if trained else 1.0
+    for name, quant in (("hf_optim_o2_int8_dynamic", "dynamic"), ("hf_optim_o2_int8_static_guard", "static")):
+        cfg = ExportConfig(model=str(src), optimization="O2", quantization=quant, guard=True, max_metric_drop=budget)
+        t = time.perf_counter()
+        rec = export_model(src, work / name, cfg)
+        rec["bench_export_seconds"] = round(time.perf_counter() - t, 1)
+        records[name] = rec
+        model = ORTModelForSequenceClassification.from_pretrained(work / name, session_options=session_options)
+        rows[name] = (_OptimumClassifier(model, tok), work / name / "model.onnx")
+    return rows
+
+
+def _record_summary(rec: dict) -> dict:
+    out = {k: rec.get(k) for k in ("backend", "optimization", "quantization", "size_mb", "validation",
+                                   "bench_export_seconds")}
+    out["ops"] = dict(list(rec["ops"].items())[:16])
+    if "guard" in rec:
+        out["guard"] = {k: rec["guard"][k] for k in ("steps", "reached", "calibration_samples")}
+        out["guard"]["excluded_nodes"] = len(rec["guard"]["excluded_nodes"])
+    return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="fine-tuned classifier dir (default: minilm-l6 + untrained head, speed only)")
     p.add_argument("--samples", type=int, default=1000, help="test examples for accuracy")
-    p.add_argument("--latency-samples", type=int, default=200)
-    p.add_argument("--throughput-samples", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=7, help="interleaved speed rounds (medians are reported)")
+    p.add_argument("--latency-samples", type=int, default=100, help="batch-1 calls per row per round")
+    p.add_argument("--throughput-samples", type=int, default=128, help="examples per row per round at --batch-size")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and ONNX Runtime")
     p.add_argument("-o", "--output", help="write the JSON here too")
@@ -79,108 +168,82 @@ def main(argv=None) -> int:
 
     import onnxruntime as ort
     import torch
-    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
     from transformers import AutoTokenizer
 
     from hf_optim.data import load_task
     from hf_optim.evaluation.classifier import load_classifier
-    from hf_optim.export import ExportConfig, export_model
+    from hf_optim.evaluation.metrics import compute_metric
     from hf_optim.export.ort_quant import cpu_has_vnni
+    from hf_optim.export.validate import ValidationData, predict_all
 
     torch.set_num_threads(args.threads)
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = args.threads
+    model_arg = Path(args.model).resolve() if args.model else None
+    output = Path(args.output).resolve() if args.output else None
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     cwd = os.getcwd()
     os.chdir(work)  # Optimum writes scratch files to the CWD in places: keep them in the scratch dir
-    rows, errors = {}, {}
+    errors, records = {}, {}
+    load_start = os.getloadavg()
     try:
-        src = Path(args.model).resolve() if args.model else _untrained_classifier(work)
-        trained = bool(args.model)
+        src = model_arg or _untrained_classifier(work)
         test = load_task("movie-sentiment")["test"].select(range(args.samples))
         texts, labels = list(test["text"]), np.asarray(test["label"])
+        data = ValidationData(texts, None, labels, "accuracy", "movie-sentiment", "test")
         lat, tp = texts[:args.latency_samples], texts[:args.throughput_samples]
         tok = AutoTokenizer.from_pretrained(src)
 
-        def run(name, clf, size_path):
-            t = time.perf_counter()
-            m, logits = _measure(clf, texts, labels, lat, tp, args.batch_size)
-            m["size_mb"] = round(sum(f.stat().st_size for f in Path(size_path).glob("*.onnx*")) / 2**20, 2) \
-                if Path(size_path).is_dir() else round(Path(size_path).stat().st_size / 2**20, 2)
-            m["seconds"] = round(time.perf_counter() - t, 1)
-            rows[name] = m
-            print(f"{name:<34} acc {m['accuracy']:.4f}  p50 {m['latency_ms']['p50']:7.2f} ms  "
-                  f"{m['throughput']['samples_per_s']:8.1f}/s  {m['size_mb']:7.2f} MB", flush=True)
-            return logits
+        built = {"torch_fp32": (load_classifier(src), src / "model.safetensors")}
+        built.update(_build_optimum_rows(src, work, session_options, tok, errors))
+        built.update(_build_hf_optim_rows(src, work, session_options, tok, model_arg is not None, records))
 
-        torch_clf = load_classifier(src)
-        torch_logits = run("torch_fp32", torch_clf, src / "model.safetensors")
-        del torch_clf
+        rows, logits = {}, {}
+        for name, (clf, path) in built.items():
+            logits[name] = predict_all(clf.predict_logits, data)
+            rows[name] = {"accuracy": round(compute_metric("accuracy", logits[name].argmax(-1), labels), 4),
+                          "size_mb": _size_mb(path),
+                          "max_logit_diff_vs_torch": None}
+        for name in rows:
+            rows[name]["max_logit_diff_vs_torch"] = round(float(np.abs(logits[name] - logits["torch_fp32"]).max()), 4)
+            rows[name]["agreement_with_torch"] = round(float((logits[name].argmax(-1) ==
+                                                              logits["torch_fp32"].argmax(-1)).mean()), 4)
 
-        # Anchors exactly as Optimum's docs build them
-        exported = ORTModelForSequenceClassification.from_pretrained(src, export=True)
-        exported.save_pretrained(work / "optimum-onnx")
-        ORTOptimizer.from_pretrained(exported).optimize(save_dir=work / "optimum-o2",
-                                                         optimization_config=AutoOptimizationConfig.O2())
-        o2 = ORTModelForSequenceClassification.from_pretrained(work / "optimum-o2", file_name="model_optimized.onnx",
-                                                               session_options=session_options)
-        run("optimum_o2_fp32", _OptimumClassifier(o2, tok), work / "optimum-o2" / "model_optimized.onnx")
-        qmake = AutoQuantizationConfig.avx512_vnni if cpu_has_vnni() else AutoQuantizationConfig.avx2
-        qconfig = qmake(is_static=False, per_channel=False)
-        int8_candidates = {}
-        for level in ("O2", "O1", "none"):
-            name = f"optimum_{level}_int8_dynamic"
-            try:
-                if level == "none":
-                    qdir, fname = work / "optimum-onnx", "model.onnx"
-                else:
-                    qdir, fname = work / f"optimum-{level.lower()}", "model_optimized.onnx"
-                    if level != "O2":
-                        ORTOptimizer.from_pretrained(exported).optimize(
-                            save_dir=qdir, optimization_config=AutoOptimizationConfig.with_optimization_level(level))
-                out = work / f"{name}"
-                ORTQuantizer.from_pretrained(qdir, file_name=fname).quantize(save_dir=out, quantization_config=qconfig)
-                qfile = next(out.glob("*_quantized.onnx"))
-                model = ORTModelForSequenceClassification.from_pretrained(out, file_name=qfile.name,
-                                                                          session_options=session_options)
-                int8_candidates[name] = (model, qfile)
-            except Exception as e:  # noqa: BLE001 - the point is to record which anchor paths fail
-                errors[name] = f"{type(e).__name__}: {str(e)[:240]}"
-                print(f"{name:<34} FAILED: {errors[name][:160]}", flush=True)
-        for name, (model, qfile) in int8_candidates.items():
-            run(name, _OptimumClassifier(model, tok), qfile)
-        anchor = max((n for n in rows if "int8" in n), key=lambda n: rows[n]["throughput"]["samples_per_s"])
+        names = list(built)
+        per_round: dict[str, list] = {n: [] for n in names}
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for name in order:
+                per_round[name].append(_speed_round(built[name][0].predict_logits, lat, tp, args.batch_size))
+            print(f"round {r + 1}/{args.rounds}: " + "  ".join(
+                f"{n} {per_round[n][-1]['latency_ms']['p50']:.2f}ms" for n in names), flush=True)
+        for name in names:
+            rows[name].update(_summarize(per_round[name]))
 
-        # hf_optim: O2 fusion + dynamic INT8 (shape-inferred fused graph), validated on the task metric
-        cfg = ExportConfig(model=str(src), optimization="O2", quantization="dynamic",
-                           max_metric_drop=0.01 if trained else 1.0, validation_samples=500)
-        rec = export_model(src, work / "hf_optim-o2-int8", cfg)
-        from hf_optim.export.runtime import OrtClassifier
-
-        ours = OrtClassifier(work / "hf_optim-o2-int8" / "model.onnx", threads=args.threads)
-        ours_logits = run("hf_optim_o2_int8_dynamic", ours, work / "hf_optim-o2-int8" / "model.onnx")
-
-        base = rows["torch_fp32"]
-        for name, m in rows.items():
-            m["speedup_vs_torch_fp32"] = {
-                "latency_p50": round(base["latency_ms"]["p50"] / m["latency_ms"]["p50"], 2),
-                "throughput": round(m["throughput"]["samples_per_s"] / base["throughput"]["samples_per_s"], 2)}
-            m["vs_int8_anchor"] = {
-                "latency_p50": round(rows[anchor]["latency_ms"]["p50"] / m["latency_ms"]["p50"], 2),
-                "throughput": round(m["throughput"]["samples_per_s"] / rows[anchor]["throughput"]["samples_per_s"], 2),
-                "accuracy_delta": round(m["accuracy"] - rows[anchor]["accuracy"], 4)}
+        int8 = [n for n in rows if n.startswith("optimum_") and "int8" in n]
+        anchor = max(int8, key=lambda n: rows[n]["throughput"]["samples_per_s"])
+        _ratios(rows, "torch_fp32", anchor)
+        ours, static = rows["hf_optim_o2_int8_dynamic"], rows["hf_optim_o2_int8_static_guard"]
         result = {
-            "model": str(src), "trained": trained,
-            "note": None if trained else "untrained classification head: accuracy is meaningless, speed only",
-            "data": f"movie-sentiment test, {len(texts)} examples (accuracy); {len(lat)} batch-1 calls; "
-                    f"{len(tp)} examples at batch {args.batch_size}",
+            "command": "python scripts/bench_export.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "model": str(src), "trained": model_arg is not None,
+            "note": None if model_arg else "untrained classification head: accuracy is meaningless, speed only",
+            "data": f"movie-sentiment test, {len(texts)} examples (accuracy); per round and row: {len(lat)} "
+                    f"batch-1 calls and {len(tp)} examples at batch {args.batch_size}; {args.rounds} interleaved "
+                    "rounds, medians reported",
             "threads": args.threads, "machine": platform.processor() or platform.machine(),
-            "cpu_vnni": cpu_has_vnni(), "int8_anchor": anchor, "rows": rows, "anchor_errors": errors,
-            "hf_optim_export": {"ops": dict(list(rec["ops"].items())[:12]), "validation": rec["validation"],
-                                "backend": rec["backend"]},
-            "hf_optim_vs_torch_max_logit_diff": round(float(np.abs(ours_logits - torch_logits).max()), 5),
-            "versions": rec["versions"],
+            "cpu_count": os.cpu_count(), "cpu_vnni": cpu_has_vnni(),
+            "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+            "int8_anchor": anchor,
+            "targets": {
+                "hf_optim_faster_than_anchor_p50": ours["vs_int8_anchor"]["latency_p50_speedup"] > 1,
+                "hf_optim_faster_than_anchor_throughput": ours["vs_int8_anchor"]["throughput_ratio"] > 1,
+                "hf_optim_accuracy_at_least_anchor": ours["vs_int8_anchor"]["accuracy_delta"] >= 0,
+                "static_guard_within_1pt_of_fp32": rows["torch_fp32"]["accuracy"] - static["accuracy"] <= 0.01,
+            },
+            "rows": rows, "anchor_errors": errors,
+            "hf_optim_exports": {n: _record_summary(r) for n, r in records.items()},
+            "versions": records["hf_optim_o2_int8_dynamic"]["versions"],
         }
     except Exception:
         traceback.print_exc()
@@ -189,8 +252,9 @@ def main(argv=None) -> int:
         os.chdir(cwd)
         shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(result, indent=2)
-    if args.output:
-        Path(args.output).write_text(text)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")
     print(text)
     return 0
 
