@@ -25,6 +25,19 @@ class EvalConfig(StageConfig):
         throughput_samples (`int`, *optional*, defaults to 512): examples in the throughput pass.
         measure_memory (`bool`, *optional*, defaults to `True`): measure peak memory in a fresh process.
         threads (`int`, *optional*): torch intra-op threads while measuring (default: torch's choice).
+        task_type (`str`, *optional*, defaults to ``"auto"``): ``sequence-classification``, ``causal-lm`` or
+            ``auto`` (from the model's ``config.json`` architectures). Causal LMs are measured with
+            :func:`hf_optim.evaluation.lm.evaluate_lm` on the text named by ``task`` (``bbc-news``; a
+            classification task name falls back to ``bbc-news``) and ``split``: perplexity, time to first
+            token, decode tokens/s, size, peak memory.
+        lm_tokens (`int`, *optional*, defaults to 4096): causal LMs: tokens of the fixed perplexity slice.
+        context (`int`, *optional*, defaults to 512) / stride (`int`, *optional*, defaults to 256): causal LMs:
+            the sliding perplexity window (each window scores the tokens the previous one did not).
+        prompt_tokens (`int`, *optional*, defaults to 64) / new_tokens (`int`, *optional*, defaults to 32):
+            causal LMs: prompt length and generated tokens per timed ``generate`` (greedy, KV cache).
+        generate_batch_sizes (`list[int]`, *optional*, defaults to ``[1, 8]``): causal LMs: batch sizes of the
+            generation timing (empty skips it).
+        generate_repeats (`int`, *optional*, defaults to 3): causal LMs: timed runs per measurement (median).
     """
 
     kind = "evaluate"
@@ -41,9 +54,38 @@ class EvalConfig(StageConfig):
     throughput_samples: int = 512
     measure_memory: bool = True
     threads: Optional[int] = None
+    task_type: Literal["auto", "sequence-classification", "causal-lm"] = "auto"
+    lm_tokens: int = 4096
+    context: int = 512
+    stride: int = 256
+    prompt_tokens: int = 64
+    new_tokens: int = 32
+    generate_batch_sizes: tuple[int, ...] = (1, 8)
+    generate_repeats: int = 3
+
+    @property
+    def text_corpus(self) -> str:
+        """The text a causal LM is measured on."""
+        from ..data import BUILTIN_TEXTS
+
+        return self.task if isinstance(self.task, str) and self.task in BUILTIN_TEXTS else "bbc-news"
 
     def validate(self) -> None:
-        TaskSpec.coerce(self.task)
+        from ..data import BUILTIN_TEXTS
+
+        if not (isinstance(self.task, str) and self.task in BUILTIN_TEXTS):
+            TaskSpec.coerce(self.task)
+        elif self.task_type == "sequence-classification":
+            self._fail("task", f"{self.task!r} is a text corpus for causal LMs, not a classification task")
+        for f in ("lm_tokens", "context", "stride", "prompt_tokens", "generate_repeats"):
+            if getattr(self, f) < 1:
+                self._fail(f, "must be >= 1")
+        if self.stride > self.context:
+            self._fail("stride", f"must be <= context ({self.context}): windows may overlap, not leave gaps")
+        if self.new_tokens < 2:
+            self._fail("new_tokens", "must be >= 2 (the first token is timed separately)")
+        if any(b < 1 for b in self.generate_batch_sizes):
+            self._fail("generate_batch_sizes", "every batch size must be >= 1")
         for f in ("batch_size", "max_length", "throughput_batch_size"):
             if getattr(self, f) < 1:
                 self._fail(f, "must be >= 1")

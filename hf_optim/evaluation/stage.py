@@ -42,6 +42,8 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
     from .metrics import compute_metric
 
     config = config or EvalConfig(model=str(model_dir), **kwargs)
+    if _causal_lm(model_dir, config):
+        return _evaluate_lm(model_dir, config)
     spec = TaskSpec.coerce(config.task)
     split = load_task(spec)[config.split]
     if config.max_samples:
@@ -78,6 +80,21 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
     out["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": config.threads or prev_threads,
                       "torch": torch.__version__}
     return out
+
+
+def _causal_lm(model_dir, config: EvalConfig) -> bool:
+    from .lm import is_causal_lm
+
+    return config.task_type == "causal-lm" or (config.task_type == "auto" and is_causal_lm(model_dir))
+
+
+def _evaluate_lm(model_dir, config: EvalConfig) -> dict:
+    from .lm import evaluate_lm
+
+    return evaluate_lm(model_dir, corpus=config.text_corpus, split=config.split, max_tokens=config.lm_tokens,
+                       context=config.context, stride=config.stride, batch_sizes=config.generate_batch_sizes,
+                       prompt_tokens=config.prompt_tokens, new_tokens=config.new_tokens,
+                       repeats=config.generate_repeats, measure_memory=config.measure_memory, threads=config.threads)
 
 
 @register(EvalConfig)

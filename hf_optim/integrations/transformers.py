@@ -40,7 +40,7 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..quantize.modules import SCHEMES as MODULE_SCHEMES
-from ..quantize.modules import QuantLinear, module_for_scheme
+from ..quantize.modules import QuantEmbedding, QuantLinear, module_from_spec
 
 __all__ = ["HfOptimConfig", "HfOptimQuantizer", "register", "restore_structure_", "QUANT_METHOD", "FORMAT_VERSION"]
 
@@ -193,18 +193,16 @@ def restore_structure_(model: nn.Module, config: HfOptimConfig) -> nn.Module:
             setattr(mod, attr, value)
     for name, spec in (config.modules or {}).items():
         old = _get(model, name, "modules")
-        if not isinstance(old, (nn.Linear, QuantLinear)):
-            raise _err(f"modules[{name!r}] is a {type(old).__name__}; only nn.Linear layers are quantized")
-        cls = module_for_scheme(spec["scheme"])
-        _set_submodule(model, name, cls(spec["in_features"], spec["out_features"], bias=bool(spec.get("bias", True)),
-                                        group_size=spec.get("group_size"), device=_device_of(old)))
+        if not isinstance(old, (nn.Linear, nn.Embedding, QuantLinear, QuantEmbedding)):
+            raise _err(f"modules[{name!r}] is a {type(old).__name__}; only nn.Linear and nn.Embedding are quantized")
+        _set_submodule(model, name, module_from_spec(spec, device=_device_of(old)))
     return model
 
 
 def check_loaded_(model: nn.Module) -> None:
     """Raise ``ValueError`` when a quantized module's tensors are missing or inconsistent after loading."""
     for name, mod in model.named_modules():
-        if isinstance(mod, QuantLinear):
+        if isinstance(mod, (QuantLinear, QuantEmbedding)):
             mod.check_loaded(name)
 
 
@@ -212,7 +210,7 @@ def _quant_keys(model: nn.Module) -> list[str]:
     """State-dict keys that only a complete hf_optim checkpoint provides (quantized values, scales, bias)."""
     keys = []
     for name, mod in model.named_modules():
-        if isinstance(mod, QuantLinear):
+        if isinstance(mod, (QuantLinear, QuantEmbedding)):
             keys += [f"{name}.{k}" for k, _ in mod.named_buffers(recurse=False)]
             keys += [f"{name}.{k}" for k, _ in mod.named_parameters(recurse=False)]
     return keys

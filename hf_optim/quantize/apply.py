@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 
 from .config import DEFAULT_EXCLUDE, LINEAR_SCHEMES, QuantizeConfig  # noqa: F401 - used in annotations
-from .modules import FakeQuantLinear, Int8StaticLinear, QuantLinear, module_for_scheme
+from .modules import FakeQuantLinear, Int8StaticLinear, QuantEmbedding, QuantLinear, module_for_scheme
 
-__all__ = ["target_linears", "quantize_model_", "calibrate", "prepare_qat_", "convert_qat_", "describe_"]
+__all__ = ["target_linears", "quantize_model_", "calibrate", "prepare_qat_", "convert_qat_", "describe_",
+           "untie_output_embeddings_", "quantize_embeddings_", "check_group_sizes"]
 
 logger = logging.getLogger("hf_optim")
 _DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
@@ -61,7 +62,7 @@ def describe_(model: nn.Module, scheme: str, **provenance: Any):
         old = HfOptimConfig.from_dict(old)
     shapes = dict(old.linear_shapes) if isinstance(old, HfOptimConfig) else {}
     attrs = dict(old.module_attrs) if isinstance(old, HfOptimConfig) else {}
-    modules = {n: m.spec() for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    modules = {n: m.spec() for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantEmbedding))}
     for n in modules:  # the quantized module's own spec carries its shape
         shapes.pop(n, None)
     dtype = _DTYPES.get(scheme) or (old.dtype if isinstance(old, HfOptimConfig) else None)
@@ -72,19 +73,106 @@ def describe_(model: nn.Module, scheme: str, **provenance: Any):
     return cfg
 
 
+def _name_of(model: nn.Module, module: nn.Module | None) -> str | None:
+    for name, mod in model.named_modules():
+        if mod is module:
+            return name
+    return None
+
+
+def _is_tied(model: nn.Module) -> bool:
+    get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
+    if get_in is None or get_out is None:
+        return False
+    emb, head = get_in(), get_out()
+    return emb is not None and head is not None and getattr(head, "weight", None) is getattr(emb, "weight", None)
+
+
+def untie_output_embeddings_(model: nn.Module) -> bool:
+    """Give a head tied to the input embeddings its own copy of the weight and record it in the config
+    (``tie_word_embeddings=False``), so the two can be stored differently and the loader does not re-tie them.
+
+    Returns whether anything was untied.
+    """
+    if not _is_tied(model):
+        return False
+    head = model.get_output_embeddings()
+    head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=head.weight.requires_grad)
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.tie_word_embeddings = False
+        text = getattr(config, "get_text_config", lambda: None)()
+        if text is not None and text is not config:
+            text.tie_word_embeddings = False
+    return True
+
+
+@torch.no_grad()
+def quantize_embeddings_(model: nn.Module, bits: int = 8, group_size: int | None = None,
+                         symmetric: bool = True) -> str:
+    """Store the input embedding table int8/int4 (:class:`QuantEmbedding`); an output head tied to it is untied
+    first (it keeps a float copy unless it is quantized too). Returns the embedding's module name."""
+    emb = model.get_input_embeddings()
+    if not isinstance(emb, nn.Embedding):
+        raise ValueError(f"input embeddings are a {type(emb).__name__}; only nn.Embedding tables are quantized")
+    name = _name_of(model, emb)
+    untie_output_embeddings_(model)
+    _swap(model, name, QuantEmbedding.from_embedding(emb, bits, group_size, symmetric))
+    return name
+
+
+def check_group_sizes(layers: Iterable[tuple[str, nn.Linear]], group_size: int | None) -> None:
+    """Raise ``ValueError`` naming every target layer whose input size ``group_size`` does not divide."""
+    bad = [(n, m.in_features) for n, m in layers if group_size and m.in_features % group_size]
+    if bad:
+        sizes = sorted({f for _, f in bad})
+        fits = [g for g in (16, 32, 64, 128, 256) if all(f % g == 0 for f in sizes)]
+        names = ", ".join(n for n, _ in bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
+        raise ValueError(f"group_size={group_size} does not divide the input size {', '.join(map(str, sizes))} of "
+                         f"{len(bad)} target layer(s): {names}. Use a group size that does "
+                         f"({', '.join(map(str, fits)) or 'none of 16..256'}) or exclude those layers")
+
+
+def _targets(model: nn.Module, include, exclude, lm_head: bool) -> list[tuple[str, nn.Linear]]:
+    """Target Linear layers; with ``lm_head`` the output head too (untied from the embeddings if needed)."""
+    targets = target_linears(model, include, exclude)
+    if lm_head:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is None:
+            raise ValueError(f"lm_head=True but {type(model).__name__} has no output embeddings (get_output_embeddings)")
+        if isinstance(head, nn.Linear) and type(head) is nn.Linear:
+            untie_output_embeddings_(model)
+            head = model.get_output_embeddings()
+            name = _name_of(model, head)
+            if name not in dict(targets):
+                targets.append((name, head))
+    return targets
+
+
 @torch.no_grad()
 def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dynamic", group_size: int | None = None,
                     include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
-                    ranges: Mapping[str, tuple[float, float]] | None = None) -> nn.Module:
-    """Quantize ``model`` in place and describe it in ``model.config.quantization_config``.
+                    ranges: Mapping[str, tuple[float, float]] | None = None, symmetric: bool = True,
+                    lm_head: bool = False, embeddings: str | None = None, activations: str = "tensor") -> nn.Module:
+    """Quantize ``model`` in place by round-to-nearest and describe it in ``model.config.quantization_config``.
 
     Args:
         model (`nn.Module`): a float model (usually a ``PreTrainedModel``) in eval mode.
         scheme (`str` or `QuantizeConfig`, *optional*, defaults to ``"int8_dynamic"``): a scheme name, or a
-            :class:`~hf_optim.quantize.QuantizeConfig` whose scheme, group size and include/exclude are used.
-        group_size (`int`, *optional*): weight-only group size (int4 default 32, int8 default per channel).
+            :class:`~hf_optim.quantize.QuantizeConfig` whose scheme, group size, symmetry, include/exclude,
+            lm_head, embeddings and activations are used.
+        group_size (`int`, *optional*): weight-only group size (int4 default 32, int8 default per channel). It
+            must divide the input size of every target layer (``ValueError`` otherwise; exclude the others).
         include (`list[str]`, *optional*) / exclude (`list[str]`, *optional*): module-name regexes.
         ranges (`dict`, *optional*): ``int8_static`` only: ``{name: (min, max)}`` from :func:`calibrate`.
+        symmetric (`bool`, *optional*, defaults to `True`): weight-only schemes: ``False`` stores a zero point
+            per group (asymmetric range).
+        lm_head (`bool`, *optional*, defaults to `False`): quantize the output head too (untied from the input
+            embeddings when they share a weight).
+        embeddings (`str`, *optional*): ``"int8"`` or ``"int4"`` stores the input embedding table quantized
+            (group size and symmetry as for the Linear layers where they divide its width).
+        activations (`str`, *optional*, defaults to ``"tensor"``): ``int8_dynamic`` only: ``"token"`` gives each
+            token its own activation scale (causal LMs).
 
     Returns:
         The same ``model``.
@@ -93,6 +181,9 @@ def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dyn
         cfg = scheme
         scheme, group_size = cfg.scheme, cfg.effective_group_size
         include, exclude = cfg.include, cfg.exclude
+        symmetric, lm_head = cfg.symmetric, cfg.lm_head
+        embeddings = None if cfg.embeddings == "float" else cfg.embeddings
+        activations = cfg.activations
     if scheme in _DTYPES:
         nn.Module.to(model, getattr(torch, _DTYPES[scheme]))
         describe_(model, scheme)
@@ -105,24 +196,33 @@ def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dyn
         raise ValueError("int8_static needs activation ranges: ranges=calibrate(model, batches)")
     if scheme == "int4_weight_only" and group_size is None:
         group_size = 32
+    if not symmetric and scheme not in ("int8_weight_only", "int4_weight_only"):
+        raise ValueError(f"symmetric=False (zero points) applies to int8_weight_only / int4_weight_only, not {scheme}")
+    if activations != "tensor" and scheme != "int8_dynamic":
+        raise ValueError(f"activations={activations!r} applies to int8_dynamic only")
+    if embeddings not in (None, "int8", "int4"):
+        raise ValueError(f"embeddings={embeddings!r}: use 'int8', 'int4' or None (float)")
     cls = module_for_scheme(scheme)
-    skipped = []
-    for name, lin in target_linears(model, include, exclude):
-        if group_size and lin.in_features % group_size:
-            skipped.append(name)
-            continue
+    targets = _targets(model, include, exclude, lm_head)
+    check_group_sizes(targets, group_size)
+    for name, lin in targets:
         if scheme == "int8_static":
             if name not in ranges:
                 raise ValueError(f"no calibrated range for {name}; calibrate with the same include/exclude")
             lo, hi = ranges[name]
             new = cls.from_linear(lin, input_min=lo, input_max=hi)
-        else:
+        elif scheme == "int8_dynamic":
             new = cls.from_linear(lin, group_size=group_size)
+            new.activations = activations
+        else:
+            new = cls.from_linear(lin, group_size=group_size, symmetric=symmetric)
         _swap(model, name, new)
-    if skipped:
-        logger.info("kept %d Linear layer(s) in float: group_size %s does not divide their input size (%s)",
-                    len(skipped), group_size, ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
-    describe_(model, scheme, group_size=group_size)
+    if embeddings:
+        bits = 4 if embeddings == "int4" else 8
+        # int8 rows need one scale each; int4 rows need groups (the scheme's, or 32).
+        quantize_embeddings_(model, bits, (group_size or 32) if bits == 4 else None,
+                             symmetric if scheme.endswith("weight_only") else True)
+    describe_(model, scheme, group_size=group_size, symmetric=None if symmetric else False)
     return model
 
 

@@ -26,9 +26,25 @@ class QuantizeConfig(StageConfig):
             calibration), ``int8_qat`` (fine-tune with fake quantization, then convert to static int8),
             ``int8_weight_only`` / ``int4_weight_only`` (group-wise scales; int4 packed two per byte),
             ``fp16`` or ``bf16`` (cast).
-        group_size (`int`, *optional*): weight-only schemes: input features per scale (must divide each
-            Linear's input size; modules it does not divide are left in float and logged). Unset: one
-            scale per output channel for int8, 32 for int4.
+        group_size (`int`, *optional*): weight-only schemes: input features per scale (must divide the input
+            size of every target Linear, else quantizing raises naming the layers: exclude them or pick another
+            size). Unset: one scale per output channel for int8, 32 for int4.
+        symmetric (`bool`, *optional*, defaults to `True`): weight-only schemes: ``False`` stores a zero point
+            per group next to its scale (asymmetric range, min..max of the group).
+        method (`str`, *optional*, defaults to ``"rtn"``): weight-only schemes: ``rtn`` (round to nearest) or
+            ``gptq`` (layer by layer, each Linear's rounding error is compensated on its not yet quantized
+            input columns using second-order statistics of calibration activations; causal LMs).
+        calibration_text (`str`, *optional*): ``gptq``: a text corpus for :func:`hf_optim.data.load_text`
+            (``"bbc-news"``) whose ``calibration_split`` is cut into ``calibration_samples`` sequences of
+            ``max_length`` tokens. Unset: the texts of ``task``.
+        gptq_damp (`float`, *optional*, defaults to 0.01): ``gptq``: fraction of the mean Hessian diagonal added
+            to its diagonal (numerical stability).
+        lm_head (`bool`, *optional*, defaults to `False`): quantize the output head too; a head tied to the
+            input embeddings is untied (stored separately) first.
+        embeddings (`str`, *optional*, defaults to ``"float"``): ``int8`` (one scale per row) or ``int4``
+            (groups of ``group_size`` or 32) stores the input embedding table quantized; ``float`` keeps it.
+        activations (`str`, *optional*, defaults to ``"tensor"``): ``int8_dynamic``: one activation scale per
+            ``tensor`` or per ``token`` (causal LMs: per token avoids outlier-channel damage).
         include (`list[str]`, *optional*): regexes (``re.search`` on module names); only matching Linear
             layers are quantized. Empty: every Linear.
         exclude (`list[str]`, *optional*, defaults to the classifier/score/lm_head heads): regexes of
@@ -57,6 +73,13 @@ class QuantizeConfig(StageConfig):
     scheme: Literal["int8_dynamic", "int8_static", "int8_qat", "int8_weight_only", "int4_weight_only",
                     "fp16", "bf16"] = "int8_dynamic"
     group_size: Optional[int] = None
+    symmetric: bool = True
+    method: Literal["rtn", "gptq"] = "rtn"
+    calibration_text: Optional[str] = None
+    gptq_damp: float = 0.01
+    lm_head: bool = False
+    embeddings: Literal["float", "int8", "int4"] = "float"
+    activations: Literal["tensor", "token"] = "tensor"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     task: Union[str, dict] = "movie-sentiment"
@@ -78,6 +101,21 @@ class QuantizeConfig(StageConfig):
                 self._fail("group_size", f"only applies to weight-only schemes, not {self.scheme!r}; remove it")
             if self.group_size < 2 or self.group_size & (self.group_size - 1):
                 self._fail("group_size", "must be a power of two >= 2 (e.g. 32, 64, 128) or unset")
+        weight_only = self.scheme in ("int8_weight_only", "int4_weight_only")
+        if not self.symmetric and not weight_only:
+            self._fail("symmetric", f"zero points apply to weight-only schemes, not {self.scheme!r}; remove it")
+        if self.method == "gptq" and not weight_only:
+            self._fail("method", f"gptq quantizes weights only (int8_weight_only / int4_weight_only), not {self.scheme!r}")
+        if self.activations != "tensor" and self.scheme != "int8_dynamic":
+            self._fail("activations", f"applies to int8_dynamic only, not {self.scheme!r}; remove it")
+        if not 0 < self.gptq_damp < 1:
+            self._fail("gptq_damp", "must be in (0, 1), e.g. 0.01")
+        if self.calibration_text is not None:
+            from ..data import BUILTIN_TEXTS
+
+            if self.calibration_text not in BUILTIN_TEXTS:
+                self._fail("calibration_text", f"unknown text corpus {self.calibration_text!r}; available: "
+                                               f"{', '.join(BUILTIN_TEXTS)}")
         for f in ("include", "exclude"):
             for pattern in getattr(self, f):
                 try:

@@ -19,8 +19,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ACT_QMIN", "ACT_QMAX", "pack_int8", "linear_dynamic_int8", "linear_static_int8",
-           "quantize_weight", "dequantize_weight", "pack_int4", "unpack_int4"]
+__all__ = ["ACT_QMIN", "ACT_QMAX", "pack_int8", "linear_dynamic_int8", "linear_static_int8", "linear_token_int8",
+           "quantize_weight", "quantize_weight_affine", "weight_qparams", "quantize_with_qparams",
+           "dequantize_weight", "pack_int4", "unpack_int4", "check_group_size"]
 
 # Activations are quantized to 7 bits (quint8 values 0..127). FBGEMM's u8*s8 path can saturate 16-bit
 # intermediate sums on CPUs without VNNI when activations use the full 8 bits; the reduced range is the
@@ -29,28 +30,86 @@ ACT_QMIN, ACT_QMAX = 0, 127
 REDUCE_RANGE = True
 
 
+def check_group_size(group_size: int | None, in_features: int, name: str = "") -> None:
+    """Raise ``ValueError`` unless ``group_size`` (``None`` = per channel) divides ``in_features``."""
+    if group_size is None:
+        return
+    if not isinstance(group_size, int) or group_size < 1 or in_features % group_size:
+        fits = [g for g in (16, 32, 64, 128, 256) if in_features % g == 0]
+        where = f"{name} " if name else ""
+        raise ValueError(f"group_size={group_size} does not divide the input size {in_features} of {where}(a group "
+                         f"holds group_size consecutive input features); group sizes that fit: "
+                         f"{', '.join(map(str, fits)) or 'none of 16..256'}, or exclude the layer")
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer range of ``bits``-bit values: symmetric ``[-(2^(b-1)-1), 2^(b-1)-1]``, else ``[-2^(b-1), 2^(b-1)-1]``."""
+    half = 2 ** (bits - 1)
+    return (-(half - 1), half - 1) if symmetric else (-half, half - 1)
+
+
+def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(scale, zero_point)`` over the last dim of ``w`` (one pair per group); ``zero_point`` is ``None`` if symmetric.
+
+    Asymmetric: ``scale = (max - min) / (2^b - 1)`` and a float zero point that maps ``min`` to the lowest level,
+    so ``w = (q - zero_point) * scale`` spans the group's exact range (a Q4_1-style ``min + q * d`` grid).
+    """
+    w = w.float()
+    qmin, qmax = qrange(bits, symmetric)
+    if symmetric:
+        return (w.abs().amax(-1) / qmax).clamp(min=torch.finfo(torch.float32).tiny), None
+    lo, hi = w.amin(-1), w.amax(-1)
+    span = hi - lo
+    # A constant group: scale 1 and a zero point that reproduces the constant exactly.
+    scale = torch.where(span > 0, span / (qmax - qmin), torch.ones_like(span))
+    return scale, qmin - lo / scale
+
+
+def quantize_with_qparams(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, bits: int,
+                          symmetric: bool = True) -> torch.Tensor:
+    """Round ``w`` (``[..., n]``) onto the grid of ``scale``/``zero_point`` (``[...]``); int8 values."""
+    qmin, qmax = qrange(bits, symmetric)
+    x = w.float() / scale[..., None]
+    if zero_point is not None:
+        x = x + zero_point[..., None]
+    return torch.round(x).clamp(qmin, qmax).to(torch.int8)
+
+
+def quantize_weight_affine(weight: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = True
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Round-to-nearest quantization of a ``[out, in]`` weight, per channel (``group_size=None``) or group-wise.
+
+    Returns ``(q, scale, zero_point)``: ``q`` int8 ``[out, in]``, float32 ``scale`` and ``zero_point``
+    ``[out, in // group_size]`` (``zero_point`` is ``None`` when ``symmetric``).
+    """
+    w = weight.detach().float()
+    out_f, in_f = w.shape
+    check_group_size(group_size, in_f)
+    gs = group_size or in_f
+    g = w.reshape(out_f, in_f // gs, gs)
+    scale, zp = weight_qparams(g, bits, symmetric)
+    return quantize_with_qparams(g, scale, zp, bits, symmetric).reshape(out_f, in_f), scale, zp
+
+
 def quantize_weight(weight: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-channel (``group_size=None``) or group-wise quantization of a ``[out, in]`` weight.
 
     Returns ``(q, scale)``: ``q`` int8 ``[out, in]`` in ``[-(2^(b-1)-1), 2^(b-1)-1]`` and float32 ``scale``
     ``[out, in // group_size]`` (``[out, 1]`` per channel).
     """
-    w = weight.detach().float()
-    out_f, in_f = w.shape
-    gs = group_size or in_f
-    qmax = 2 ** (bits - 1) - 1
-    g = w.reshape(out_f, in_f // gs, gs)
-    scale = (g.abs().amax(-1) / qmax).clamp(min=torch.finfo(torch.float32).tiny)
-    q = torch.round(g / scale[..., None]).clamp(-qmax, qmax).to(torch.int8).reshape(out_f, in_f)
+    q, scale, _ = quantize_weight_affine(weight, bits, group_size, symmetric=True)
     return q, scale
 
 
-def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Inverse of :func:`quantize_weight` (``q`` int8 ``[out, in]``, ``scale`` ``[out, groups]``)."""
+def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32,
+                      zero_point: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of :func:`quantize_weight_affine`: ``(q - zero_point) * scale`` per group."""
     out_f, in_f = q.shape
     groups = scale.shape[1]
-    w = q.reshape(out_f, groups, in_f // groups).to(torch.float32) * scale[..., None]
-    return w.reshape(out_f, in_f).to(dtype)
+    w = q.reshape(out_f, groups, in_f // groups).to(torch.float32)
+    if zero_point is not None:
+        w = w - zero_point[..., None]
+    return (w * scale[..., None]).reshape(out_f, in_f).to(dtype)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -89,6 +148,36 @@ def linear_static_int8(x: torch.Tensor, packed, scale: float, zero_point: int) -
     shape = x.shape
     y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
         x.reshape(-1, shape[-1]).float().contiguous(), scale, zero_point, packed)
+    return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
+
+
+def quantize_rows_(x: torch.Tensor) -> torch.Tensor:
+    """Fake-quantize each row of ``x`` (``[m, k]``) as :func:`linear_dynamic_int8` quantizes a one-row input:
+    asymmetric 7-bit with the range widened to include 0."""
+    lo = x.amin(-1, keepdim=True).clamp(max=0)
+    hi = x.amax(-1, keepdim=True).clamp(min=0)
+    scale = ((hi - lo) / (ACT_QMAX - ACT_QMIN)).clamp(min=1e-8)
+    zp = torch.round(ACT_QMIN - lo / scale).clamp(ACT_QMIN, ACT_QMAX)
+    return (torch.round(x / scale + zp).clamp(ACT_QMIN, ACT_QMAX) - zp) * scale
+
+
+def linear_token_int8(x: torch.Tensor, packed, dequantized: torch.Tensor, bias: torch.Tensor | None,
+                      rows_per_call: int = 8) -> torch.Tensor:
+    """Dynamic int8 with one activation scale **per token** (row): LLM activations have outlier channels that a
+    single per-tensor scale over a whole sequence cannot represent.
+
+    Up to ``rows_per_call`` rows (decoding) run FBGEMM's int8 GEMM once per row, where per-tensor is per-token;
+    longer inputs (prefill, perplexity) fake-quantize each row the same way and multiply by the dequantized
+    weight in float, which is faster there and agrees with the int8 path to float rounding.
+    """
+    _check_cpu(x)
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).float().contiguous()
+    if x2.shape[0] <= rows_per_call:
+        y = torch.cat([torch.ops.quantized.linear_dynamic(x2[i:i + 1], packed, REDUCE_RANGE)
+                       for i in range(x2.shape[0])]) if x2.shape[0] else x2.new_zeros(0, dequantized.shape[0])
+    else:
+        y = F.linear(quantize_rows_(x2), dequantized, None if bias is None else bias.float())
     return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
 
 

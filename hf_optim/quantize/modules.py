@@ -6,6 +6,10 @@ On-disk format (safetensors, one entry per module in ``quantization_config.modul
   int4, two values per byte). A loader without hf_optim expects a 2-D float ``weight`` and stops with a size
   mismatch instead of silently reading int8 values as floats.
 * ``weight_scale``: float32 ``[out, groups]`` (``groups = 1`` per channel).
+* asymmetric weight-only only (spec ``"symmetric": false``): ``weight_zero_point`` float32 ``[out, groups]``;
+  values are ``[-2^(b-1), 2^(b-1)-1]`` and ``w = (q - zero_point) * scale``.
+* embeddings (spec ``"kind": "embedding"``, :class:`QuantEmbedding`): the same tensors for the ``[num, dim]``
+  table (``out_features = num_embeddings``, ``in_features = embedding_dim``), no bias.
 * ``bias``: float32 ``[out]`` (when the Linear has one).
 * static int8 only: ``input_scale`` float32 ``[1]`` and ``input_zero_point`` int32 ``[1]`` from calibration.
 
@@ -24,7 +28,8 @@ import torch.nn.functional as F
 from . import kernels
 
 __all__ = ["QuantLinear", "Int8DynamicLinear", "Int8StaticLinear", "WeightOnlyLinear", "Int4WeightOnlyLinear",
-           "Int8WeightOnlyLinear", "FakeQuantLinear", "SCHEMES", "module_for_scheme"]
+           "Int8WeightOnlyLinear", "QuantEmbedding", "FakeQuantLinear", "SCHEMES", "module_for_scheme",
+           "module_from_spec"]
 
 
 class QuantLinear(nn.Module):
@@ -34,12 +39,17 @@ class QuantLinear(nn.Module):
     bits: ClassVar[int] = 8
     packed_int4: ClassVar[bool] = False
 
+    weight_only: ClassVar[bool] = False
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
-                 device=None):
+                 device=None, symmetric: bool = True):
         super().__init__()
-        if group_size is not None and (group_size < 1 or in_features % group_size):
-            raise ValueError(f"group_size={group_size} must divide in_features={in_features}")
+        kernels.check_group_size(group_size, in_features)
+        if not symmetric and not self.weight_only:
+            raise ValueError(f"{self.scheme} stores symmetric weights; asymmetric (zero points) is for the "
+                             "weight-only schemes int8_weight_only / int4_weight_only")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.symmetric = symmetric
         groups = in_features // group_size if group_size else 1
         numel = out_features * in_features
         if self.packed_int4:
@@ -50,24 +60,43 @@ class QuantLinear(nn.Module):
             self.register_buffer("weight", torch.zeros(numel, dtype=torch.int8, device=device))
         # NaN until loaded: a checkpoint that lacks the scale cannot pass for a quantized one.
         self.register_buffer("weight_scale", torch.full((out_features, groups), float("nan"), device=device))
+        if not symmetric:
+            self.register_buffer("weight_zero_point", torch.full((out_features, groups), float("nan"), device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device)) if bias else None
         self._cache_key: tuple | None = None
         self._cache: Any = None
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int | None = None, **extra: Any) -> "QuantLinear":
-        """Quantize a float ``nn.Linear`` (its weights are read, not changed)."""
-        mod = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size=group_size,
-                  device=linear.weight.device)
-        q, scale = kernels.quantize_weight(linear.weight, cls.bits, group_size)
+    def from_linear(cls, linear: nn.Linear, group_size: int | None = None, symmetric: bool = True,
+                    **extra: Any) -> "QuantLinear":
+        """Quantize a float ``nn.Linear`` by round-to-nearest (its weights are read, not changed)."""
+        q, scale, zp = kernels.quantize_weight_affine(linear.weight, cls.bits, group_size, symmetric)
+        mod = cls.from_quantized(q, scale, zp, linear.bias, group_size=group_size)
+        mod._init_extra(linear, **extra)
+        return mod
+
+    @classmethod
+    def from_quantized(cls, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None = None,
+                       bias: torch.Tensor | None = None, group_size: int | None = None, **kwargs: Any):
+        """Build the module from already quantized values (int8 ``[out, in]``), scales and zero points."""
+        out_f, in_f = q.shape
+        mod = cls(in_f, out_f, bias is not None, group_size=group_size, device=q.device,
+                  symmetric=zero_point is None, **kwargs)
         with torch.no_grad():
             mod.weight.copy_(kernels.pack_int4(q) if cls.packed_int4 else q.reshape(-1))
             mod.weight_scale.copy_(scale)
-            if linear.bias is not None:
-                mod.bias.copy_(linear.bias.detach().float())
-        mod._init_extra(linear, **extra)
+            if zero_point is not None:
+                mod.weight_zero_point.copy_(zero_point)
+            if bias is not None:
+                mod.bias.copy_(bias.detach().float())
         return mod
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device=None) -> "QuantLinear":
+        """An empty module (to be filled by ``load_state_dict``) for a ``quantization_config.modules`` entry."""
+        return cls(spec["in_features"], spec["out_features"], bias=bool(spec.get("bias", True)),
+                   group_size=spec.get("group_size"), device=device, symmetric=bool(spec.get("symmetric", True)))
 
     def _init_extra(self, linear: nn.Linear, **extra: Any) -> None:
         if extra:
@@ -75,8 +104,11 @@ class QuantLinear(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         """The module's entry in ``quantization_config.modules``."""
-        return {"scheme": self.scheme, "in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None, "group_size": self.group_size}
+        out = {"scheme": self.scheme, "in_features": self.in_features, "out_features": self.out_features,
+               "bias": self.bias is not None, "group_size": self.group_size}
+        if not self.symmetric:  # only written when set: older checkpoints stay byte-identical
+            out["symmetric"] = False
+        return out
 
     # -- helpers --------------------------------------------------------------------------------------
     def int_weight(self) -> torch.Tensor:
@@ -86,7 +118,8 @@ class QuantLinear(nn.Module):
         return self.weight.reshape(self.out_features, self.in_features)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return kernels.dequantize_weight(self.int_weight(), self.weight_scale, dtype)
+        return kernels.dequantize_weight(self.int_weight(), self.weight_scale, dtype,
+                                         None if self.symmetric else self.weight_zero_point)
 
     def check_loaded(self, name: str = "") -> None:
         """Raise ``ValueError`` if a tensor is missing (still on meta / NaN) or has the wrong shape."""
@@ -100,32 +133,65 @@ class QuantLinear(nn.Module):
         if not bool(torch.isfinite(self.weight_scale).all()) or bool((self.weight_scale <= 0).any()):
             raise ValueError(f"hf_optim: {name}.weight_scale is missing from the checkpoint or invalid "
                              "(non-finite or <= 0 scales)")
+        if not self.symmetric and not bool(torch.isfinite(self.weight_zero_point).all()):
+            raise ValueError(f"hf_optim: {name}.weight_zero_point is missing from the checkpoint or not finite")
 
     def _key(self) -> tuple:
         # Packed kernels are derived state: rebuild when a tensor was replaced or modified (load, .to()).
         ts = [self.weight, self.weight_scale] + ([self.bias] if self.bias is not None else [])
+        ts += [] if self.symmetric else [self.weight_zero_point]
         return tuple((t.data_ptr(), t._version, t.device) for t in ts)
 
     def extra_repr(self) -> str:
         gs = f", group_size={self.group_size}" if self.group_size else ""
+        gs += "" if self.symmetric else ", symmetric=False"
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, scheme={self.scheme}{gs}")
 
 
 class Int8DynamicLinear(QuantLinear):
-    """int8 per-channel weights; activations quantized per tensor at run time (FBGEMM)."""
+    """int8 per-channel weights; activations quantized at run time (FBGEMM), per tensor or per token.
+
+    ``activations="token"`` (spec ``"activations": "token"``) gives every row its own scale: what causal LMs
+    need (outlier channels), and at batch-1 decoding exactly what the int8 kernel computes for one row.
+    """
 
     scheme = "int8_dynamic"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
+                 device=None, symmetric: bool = True, activations: str = "tensor"):
+        super().__init__(in_features, out_features, bias, group_size, device, symmetric)
+        if group_size is not None:
+            raise ValueError(f"{self.scheme} uses one scale per output channel; group_size must be unset")
+        if activations not in ("tensor", "token"):
+            raise ValueError(f"activations={activations!r}: use 'tensor' or 'token'")
+        self.activations = activations
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device=None) -> "Int8DynamicLinear":
+        mod = super().from_spec(spec, device)
+        mod.activations = spec.get("activations", "tensor")
+        return mod
+
+    def spec(self) -> dict[str, Any]:
+        out = super().spec()
+        if self.activations != "tensor":
+            out["activations"] = self.activations
+        return out
 
     def _packed(self):
         key = self._key()
         if self._cache_key != key:
-            self._cache = kernels.pack_int8(self.int_weight(), self.weight_scale, self.bias)
+            dq = self.dequantized_weight() if getattr(self, "activations", "tensor") == "token" else None
+            self._cache = (kernels.pack_int8(self.int_weight(), self.weight_scale, self.bias), dq)
             self._cache_key = key
         return self._cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.linear_dynamic_int8(x, self._packed())
+        packed, dq = self._packed()
+        if dq is not None:
+            return kernels.linear_token_int8(x, packed, dq, self.bias)
+        return kernels.linear_dynamic_int8(x, packed)
 
 
 class Int8StaticLinear(Int8DynamicLinear):
@@ -134,8 +200,8 @@ class Int8StaticLinear(Int8DynamicLinear):
     scheme = "int8_static"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
-                 device=None):
-        super().__init__(in_features, out_features, bias, group_size, device)
+                 device=None, symmetric: bool = True):
+        super().__init__(in_features, out_features, bias, group_size, device, symmetric)
         self.register_buffer("input_scale", torch.full((1,), float("nan"), device=device))
         self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int32, device=device))
 
@@ -152,11 +218,14 @@ class Int8StaticLinear(Int8DynamicLinear):
             raise ValueError(f"hf_optim: {name}.input_scale is missing from the checkpoint or invalid")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.linear_static_int8(x, self._packed(), float(self.input_scale), int(self.input_zero_point))
+        return kernels.linear_static_int8(x, self._packed()[0], float(self.input_scale), int(self.input_zero_point))
 
 
 class WeightOnlyLinear(QuantLinear):
-    """Weights stored quantized (group-wise scales) and dequantized on the fly; activations stay float."""
+    """Weights stored quantized (group-wise scales, optional zero points) and dequantized on the fly; activations
+    stay float."""
+
+    weight_only = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -173,8 +242,112 @@ class Int4WeightOnlyLinear(WeightOnlyLinear):
     packed_int4 = True
 
 
+class QuantEmbedding(nn.Module):
+    """An ``nn.Embedding`` whose table is stored int8 or packed int4 (per row or group-wise, optional zero points).
+
+    Only the looked-up rows are unpacked and dequantized, so a forward costs what the tokens need, not the table.
+    """
+
+    kind = "embedding"
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 8, group_size: int | None = None,
+                 symmetric: bool = True, padding_idx: int | None = None, device=None):
+        super().__init__()
+        if bits not in (4, 8):
+            raise ValueError(f"QuantEmbedding stores 8 or 4 bits, got {bits}")
+        kernels.check_group_size(group_size, embedding_dim, "the embedding table")
+        if bits == 4 and embedding_dim % 2:
+            raise ValueError(f"int4 packing needs an even embedding_dim, got {embedding_dim}")
+        self.num_embeddings, self.embedding_dim, self.bits = num_embeddings, embedding_dim, bits
+        self.group_size, self.symmetric, self.padding_idx = group_size, symmetric, padding_idx
+        groups = embedding_dim // group_size if group_size else 1
+        per_row = embedding_dim // 2 if bits == 4 else embedding_dim
+        self.register_buffer("weight", torch.zeros(num_embeddings * per_row, device=device,
+                                                   dtype=torch.uint8 if bits == 4 else torch.int8))
+        self.register_buffer("weight_scale", torch.full((num_embeddings, groups), float("nan"), device=device))
+        if not symmetric:
+            self.register_buffer("weight_zero_point", torch.full((num_embeddings, groups), float("nan"),
+                                                                 device=device))
+
+    @property
+    def scheme(self) -> str:
+        return "int4_weight_only" if self.bits == 4 else "int8_weight_only"
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding, bits: int = 8, group_size: int | None = None,
+                       symmetric: bool = True) -> "QuantEmbedding":
+        q, scale, zp = kernels.quantize_weight_affine(emb.weight, bits, group_size, symmetric)
+        mod = cls(emb.num_embeddings, emb.embedding_dim, bits, group_size, symmetric, emb.padding_idx,
+                  device=emb.weight.device)
+        with torch.no_grad():
+            mod.weight.copy_(kernels.pack_int4(q) if bits == 4 else q.reshape(-1))
+            mod.weight_scale.copy_(scale)
+            if zp is not None:
+                mod.weight_zero_point.copy_(zp)
+        return mod
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], device=None) -> "QuantEmbedding":
+        bits = 4 if spec["scheme"] == "int4_weight_only" else 8
+        return cls(spec["out_features"], spec["in_features"], bits, spec.get("group_size"),
+                   bool(spec.get("symmetric", True)), spec.get("padding_idx"), device=device)
+
+    def spec(self) -> dict[str, Any]:
+        out = {"scheme": self.scheme, "kind": self.kind, "in_features": self.embedding_dim,
+               "out_features": self.num_embeddings, "bias": False, "group_size": self.group_size,
+               "padding_idx": self.padding_idx}
+        if not self.symmetric:
+            out["symmetric"] = False
+        return out
+
+    def rows(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Dequantized rows ``[len(ids), dim]`` for a 1-D tensor of ids."""
+        dim = self.embedding_dim
+        if self.bits == 4:
+            packed = self.weight.view(self.num_embeddings, dim // 2)[ids]
+            q = kernels.unpack_int4(packed.reshape(-1), ids.numel(), dim)
+        else:
+            q = self.weight.view(self.num_embeddings, dim)[ids]
+        zp = None if self.symmetric else self.weight_zero_point[ids]
+        return kernels.dequantize_weight(q, self.weight_scale[ids], dtype, zp)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        flat = input_ids.reshape(-1)
+        return self.rows(flat).reshape(*input_ids.shape, self.embedding_dim)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.rows(torch.arange(self.num_embeddings, device=self.weight.device), dtype)
+
+    def check_loaded(self, name: str = "") -> None:
+        for key, t in self.named_buffers(recurse=False):
+            if t.device.type == "meta":
+                raise ValueError(f"hf_optim: tensor {name}.{key} is missing from the checkpoint")
+        expected = self.num_embeddings * self.embedding_dim // (2 if self.bits == 4 else 1)
+        if self.weight.numel() != expected:
+            raise ValueError(f"hf_optim: {name}.weight has {self.weight.numel()} values, expected {expected}")
+        if not bool(torch.isfinite(self.weight_scale).all()) or bool((self.weight_scale <= 0).any()):
+            raise ValueError(f"hf_optim: {name}.weight_scale is missing from the checkpoint or invalid")
+        if not self.symmetric and not bool(torch.isfinite(self.weight_zero_point).all()):
+            raise ValueError(f"hf_optim: {name}.weight_zero_point is missing from the checkpoint or not finite")
+
+    def extra_repr(self) -> str:
+        gs = f", group_size={self.group_size}" if self.group_size else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}{gs}, symmetric={self.symmetric}"
+
+
 SCHEMES: dict[str, type[QuantLinear]] = {c.scheme: c for c in (Int8DynamicLinear, Int8StaticLinear,
                                                                Int8WeightOnlyLinear, Int4WeightOnlyLinear)}
+
+
+def module_from_spec(spec: dict[str, Any], device=None) -> nn.Module:
+    """The empty quantized module a ``quantization_config.modules`` entry describes (Linear or embedding)."""
+    if spec.get("kind", "linear") == "embedding":
+        if spec.get("scheme") not in ("int8_weight_only", "int4_weight_only"):
+            raise ValueError(f"quantized embeddings use int8_weight_only or int4_weight_only, got {spec.get('scheme')!r}")
+        return QuantEmbedding.from_spec(spec, device)
+    if spec.get("kind", "linear") != "linear":
+        raise ValueError(f"unknown hf_optim module kind {spec.get('kind')!r}; known: linear, embedding")
+    return module_for_scheme(spec["scheme"]).from_spec(spec, device)
 
 
 def module_for_scheme(scheme: str) -> type[QuantLinear]:

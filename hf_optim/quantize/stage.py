@@ -40,6 +40,7 @@ def linear_weight_bytes(model: torch.nn.Module) -> dict[str, int]:
     for mod in model.modules():
         if isinstance(mod, QuantLinear):
             stored += mod.weight.numel() * mod.weight.element_size() + mod.weight_scale.numel() * 4
+            stored += 0 if mod.symmetric else mod.weight_zero_point.numel() * 4
             fp32 += mod.in_features * mod.out_features * 4
         elif isinstance(mod, torch.nn.Linear):
             stored += mod.weight.numel() * mod.weight.element_size()
@@ -71,6 +72,23 @@ def _texts(spec: TaskSpec, split: str, n: int, seed: int) -> list[str]:
 
     data = load_task(spec)[split].shuffle(seed=seed)
     return data.select(range(min(n, len(data))))["text"]
+
+
+def text_chunks(tokenizer, corpus: str, split: str, n: int, length: int, seed: int = 42) -> torch.Tensor:
+    """``[n, length]`` token ids: the split's documents shuffled with ``seed``, joined and cut into chunks."""
+    from ..data import load_text
+
+    data = load_text(corpus)[split].shuffle(seed=seed)
+    ids: list[int] = []
+    sep = tokenizer.eos_token_id
+    for text in data["text"]:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + ([sep] if sep is not None else [])
+        if len(ids) >= n * length:
+            break
+    n = min(n, len(ids) // length)
+    if n < 1:
+        raise ValueError(f"{corpus}/{split} has fewer than {length} tokens")
+    return torch.tensor(ids[:n * length]).reshape(n, length)
 
 
 def _run_qat(model, tokenizer, config: QuantizeConfig, spec: TaskSpec, scratch: str, seed: int, log_callback=None,
@@ -130,12 +148,30 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = _auto_class(model_dir).from_pretrained(model_dir).eval()
     before = linear_weight_bytes(model)
-    probe = list(_batches(tokenizer, _texts(spec, "validation", 64, seed), 64, config.max_length))[0]
+    lm_calibration = config.calibration_text is not None
+    if lm_calibration:
+        chunks = text_chunks(tokenizer, config.calibration_text, config.calibration_split,
+                             config.calibration_samples + 2, config.max_length, seed)
+        probe = {"input_ids": chunks[-2:]}  # held out from calibration
+        chunks = chunks[:-2]
+    else:
+        probe = list(_batches(tokenizer, _texts(spec, "validation", 64, seed), 64, config.max_length))[0]
     with torch.inference_mode():
         ref = _main_output(model(**probe))
     metrics: dict[str, Any] = {"scheme": config.scheme,
                                "modules_targeted": len(target_linears(model, config.include, config.exclude))}
-    if config.scheme == "int8_static":
+    if config.method == "gptq":
+        from .gptq import gptq_quantize_
+
+        if lm_calibration:
+            batches = [{"input_ids": chunks[i:i + config.batch_size]} for i in range(0, len(chunks), config.batch_size)]
+        else:
+            texts = _texts(spec, config.calibration_split, config.calibration_samples, seed)
+            batches = list(_batches(tokenizer, texts, config.batch_size, config.max_length))
+        metrics.update(gptq_quantize_(model, batches, config.scheme, config.effective_group_size, config.symmetric,
+                                      config.include, config.exclude, config.gptq_damp, config.lm_head,
+                                      None if config.embeddings == "float" else config.embeddings))
+    elif config.scheme == "int8_static":
         texts = _texts(spec, config.calibration_split, config.calibration_samples, seed)
         ranges = calibrate(model, _batches(tokenizer, texts, config.batch_size, config.max_length), config.observer,
                            config.percentile, config.include, config.exclude)
@@ -151,8 +187,7 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     else:
-        quantize_model_(model, config.scheme, group_size=config.effective_group_size, include=config.include,
-                        exclude=config.exclude)
+        quantize_model_(model, config)
     qcfg = model.config.quantization_config
     qcfg.provenance = {**qcfg.provenance, "stage_config": config.to_dict()}
     with torch.inference_mode():

@@ -112,11 +112,14 @@ def test_int4_linear_weights_are_at_most_a_sixth_of_fp32(tmp_path):
     assert linear_weight_bytes(model)["linear_weight_bytes"] < fp32 / 5
 
 
-def test_group_size_that_does_not_divide_keeps_layer_in_float():
+def test_group_size_that_does_not_divide_raises_naming_layers():
     from hf_optim.testing import tiny_bert
 
     model = tiny_bert(hidden_size=48, num_attention_heads=4, intermediate_size=96)
-    quantize_model_(model, "int4_weight_only", group_size=32)  # 48 % 32 != 0, 96 % 32 == 0
+    with pytest.raises(ValueError, match=r"group_size=32 does not divide the input size 48 .*query.*16"):
+        quantize_model_(model, "int4_weight_only", group_size=32)  # 48 % 32 != 0, 96 % 32 == 0
+    assert not any(type(m).__name__.endswith("WeightOnlyLinear") for m in model.modules())  # nothing half-done
+    quantize_model_(model, "int4_weight_only", group_size=32, include=[r"output\.dense$"], exclude=[r"attention"])
     cfg = model.config.quantization_config
     assert set(cfg.modules) == {"bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense"}
 

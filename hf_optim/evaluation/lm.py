@@ -1,0 +1,240 @@
+"""Causal-LM evaluation, measured the way LLM users measure: sliding-window perplexity, time to first token,
+decode tokens/s at batch 1 and 8, checkpoint size and peak memory.
+
+Perplexity: the split's documents in their stored order, joined by a blank line, tokenized once; the first
+``max_tokens`` tokens are the fixed slice. Windows of ``context`` tokens start every ``stride`` tokens; each
+window scores only the tokens the previous window did not. With ``stride < context`` every token after the
+first is predicted exactly once, with at least ``context - stride`` tokens of history after the first window;
+``stride == context`` gives independent chunks (each chunk's first token is not scored).
+
+Generation: prompts are ``prompt_tokens``-token slices of the same text (no padding); greedy decoding with the
+model's KV cache for exactly ``new_tokens`` tokens. Time to first token = a ``max_new_tokens=1`` call (prefill
++ one step); decode tokens/s = ``(new_tokens - 1) * batch / (t(new_tokens) - t(1))``. Medians of ``repeats``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["text_token_ids", "perplexity", "generation_speed", "lm_peak_memory_mb", "evaluate_lm", "is_causal_lm"]
+
+
+def is_causal_lm(model_dir: str | Path) -> bool:
+    """Whether ``model_dir``'s ``config.json`` names a ``*ForCausalLM`` architecture."""
+    cfg = Path(model_dir) / "config.json"
+    if not cfg.is_file():
+        return False
+    archs = json.loads(cfg.read_text()).get("architectures") or []
+    return any(a.endswith("ForCausalLM") for a in archs)
+
+
+def text_token_ids(tokenizer, corpus: str = "bbc-news", split: str = "test", max_tokens: int | None = 4096):
+    """``[1, n]`` token ids of the split's documents (stored order, joined by a blank line), the first ``max_tokens``."""
+    import torch
+
+    from ..data import load_text
+
+    text = "\n\n".join(load_text(corpus)[split]["text"])
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if max_tokens is not None:
+        if len(ids) < max_tokens:
+            raise ValueError(f"{corpus}/{split} has {len(ids)} tokens, fewer than max_tokens={max_tokens}")
+        ids = ids[:max_tokens]
+    return torch.tensor([ids])
+
+
+def _logits(model, ids):
+    import torch
+
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def perplexity(model, input_ids, context: int = 512, stride: int = 256) -> dict[str, Any]:
+    """Sliding-window perplexity of ``model`` over ``input_ids`` (``[1, n]``), see the module docstring.
+
+    Works for torch causal LMs and Optimum ``ORTModelForCausalLM`` (anything that returns ``.logits``).
+
+    Returns:
+        `dict`: ``perplexity``, ``nll`` (mean, nats), ``tokens_scored``, ``windows``, ``context``, ``stride``.
+    """
+    import torch
+
+    if not 0 < stride <= context:
+        raise ValueError(f"stride={stride} must be in (0, context={context}]")
+    n = input_ids.shape[1]
+    nll, scored, windows, prev_end = 0.0, 0, 0, 0
+    with torch.inference_mode():
+        for begin in range(0, n, stride):
+            end = min(begin + context, n)
+            new = end - prev_end  # tokens this window scores (the last `new` positions)
+            ids = input_ids[:, begin:end]
+            logits = _logits(model, ids)[0, :-1].float()
+            target = ids[0, 1:]
+            first = max(0, target.shape[0] - new)  # the window's first token has no prediction
+            logp = torch.log_softmax(logits[first:], -1)
+            nll -= float(logp.gather(-1, target[first:, None]).sum())
+            scored += target.shape[0] - first
+            windows += 1
+            prev_end = end
+            if end == n:
+                break
+    mean = nll / max(scored, 1)
+    return {"perplexity": round(math.exp(mean), 4), "nll": round(mean, 6), "tokens_scored": scored,
+            "windows": windows, "context": context, "stride": stride}
+
+
+def _generate(model, ids, new_tokens: int) -> float:
+    import torch
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                       pad_token_id=getattr(model.config, "eos_token_id", None))
+    return time.perf_counter() - start
+
+
+def generation_speed(model, input_ids, batch_sizes: Sequence[int] = (1, 8), prompt_tokens: int = 64,
+                     new_tokens: int = 32, repeats: int = 3) -> dict[str, Any]:
+    """Time to first token and decode tokens/s of greedy ``generate`` with the KV cache, per batch size.
+
+    Prompts are consecutive ``prompt_tokens`` slices of ``input_ids`` (``[1, n]``).
+
+    Returns:
+        `dict`: ``{"batch_<b>": {"ttft_ms", "decode_tokens_per_s", "decode_ms_per_token", ...}, ...}``.
+    """
+    if new_tokens < 2:
+        raise ValueError("new_tokens must be >= 2 (one for the first token, the rest for decoding)")
+    out: dict[str, Any] = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats}
+    for b in batch_sizes:
+        if input_ids.shape[1] < b * prompt_tokens:
+            raise ValueError(f"need {b * prompt_tokens} tokens for batch {b}, have {input_ids.shape[1]}")
+        ids = input_ids[0, :b * prompt_tokens].reshape(b, prompt_tokens)
+        _generate(model, ids, 2)  # warm-up (allocations, lazy kernel packing)
+        firsts, totals = [], []
+        for _ in range(repeats):
+            firsts.append(_generate(model, ids, 1))
+            totals.append(_generate(model, ids, new_tokens))
+        ttft = statistics.median(firsts)
+        decode = max(statistics.median(totals) - ttft, 1e-9)
+        out[f"batch_{b}"] = {"batch_size": b, "ttft_ms": round(ttft * 1e3, 2),
+                             "decode_tokens_per_s": round((new_tokens - 1) * b / decode, 2),
+                             "decode_ms_per_token": round(decode / (new_tokens - 1) * 1e3, 2),
+                             "end_to_end_s": round(statistics.median(totals), 3)}
+    return out
+
+
+def lm_peak_memory_mb(model_dir: str | Path, prompt_tokens: int = 64, new_tokens: int = 16, timeout: float = 600
+                      ) -> dict[str, Any]:
+    """Peak resident memory of loading the model and generating ``new_tokens`` at batch 1, in a fresh process
+    (see :func:`hf_optim.evaluation.bench.peak_memory_mb` for why a fresh process)."""
+    from .bench import run_probe
+
+    return run_probe("hf_optim.evaluation.lm", {"model": str(model_dir), "prompt_tokens": prompt_tokens,
+                                                "new_tokens": new_tokens}, timeout)
+
+
+def load_causal_lm(model_dir: str | Path):
+    """A torch ``AutoModelForCausalLM`` (hf_optim checkpoints included) or, for an ONNX export directory,
+    Optimum's ``ORTModelForCausalLM``."""
+    model_dir = Path(model_dir)
+    if any(model_dir.glob("*.onnx")):
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        return ORTModelForCausalLM.from_pretrained(model_dir)
+    import hf_optim  # noqa: F401 - registers the loader for quantized checkpoints
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir).eval()
+
+
+def evaluate_lm(model_dir: str | Path, corpus: str = "bbc-news", split: str = "test", max_tokens: int = 4096,
+                context: int = 512, stride: int = 256, batch_sizes: Sequence[int] = (1, 8), prompt_tokens: int = 64,
+                new_tokens: int = 32, repeats: int = 3, measure_memory: bool = True, threads: int | None = None,
+                model=None) -> dict[str, Any]:
+    """Perplexity, generation speed, size and peak memory of the causal LM in ``model_dir``.
+
+    Args:
+        model_dir (`str` or `Path`): a directory ``AutoModelForCausalLM`` (or ``ORTModelForCausalLM``) loads.
+        corpus (`str`, *optional*, defaults to ``"bbc-news"``) / split (`str`, *optional*, defaults to ``"test"``):
+            the text (:func:`hf_optim.data.load_text`).
+        max_tokens (`int`, *optional*, defaults to 4096): the fixed slice scored for perplexity.
+        context (`int`, *optional*, defaults to 512) / stride (`int`, *optional*, defaults to 256): the window.
+        batch_sizes (`list[int]`, *optional*, defaults to ``(1, 8)``): generation batch sizes (empty: skip).
+        prompt_tokens (`int`, *optional*, defaults to 64) / new_tokens (`int`, *optional*, defaults to 32): per prompt.
+        repeats (`int`, *optional*, defaults to 3): timed generations per measurement (median).
+        measure_memory (`bool`, *optional*, defaults to `True`): peak RSS in a fresh process.
+        threads (`int`, *optional*): torch intra-op threads while measuring.
+        model (*optional*): an already loaded model to measure instead of loading ``model_dir``.
+
+    Returns:
+        `dict`: JSON-ready metrics (``metric: "perplexity"``, ``perplexity``, ``generation``, ``size``, ``memory``).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from .bench import dir_size_mb
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    ids = text_token_ids(tokenizer, corpus, split, max(max_tokens, max(batch_sizes or [1]) * prompt_tokens))
+    model = model if model is not None else load_causal_lm(model_dir)
+    prev = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        ppl = perplexity(model, ids[:, :max_tokens], context, stride)
+        out: dict[str, Any] = {"model": str(model_dir), "task": corpus, "split": split, "metric": "perplexity",
+                               "perplexity": ppl["perplexity"],
+                               "perplexity_setup": {**{k: v for k, v in ppl.items() if k != "perplexity"},
+                                                    "slice_tokens": max_tokens,
+                                                    "slice": f"first {max_tokens} tokens of the {split} split, "
+                                                             "documents in stored order joined by a blank line"},
+                               "size": dir_size_mb(model_dir)}
+        params = getattr(model, "num_parameters", None)
+        if callable(params):
+            out["params"] = int(params())
+        if batch_sizes:
+            out["generation"] = generation_speed(model, ids, batch_sizes, prompt_tokens, new_tokens, repeats)
+    finally:
+        torch.set_num_threads(prev)
+    if measure_memory:
+        out["memory"] = lm_peak_memory_mb(model_dir, prompt_tokens, min(new_tokens, 16))
+    out["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": threads or prev,
+                      "torch": torch.__version__}
+    return out
+
+
+def _memprobe() -> None:
+    req = json.loads(sys.stdin.read())
+    import torch
+    import transformers  # noqa: F401
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
+    import hf_optim  # noqa: F401
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
+    from .memprobe import _status_mb
+
+    baseline = _status_mb("VmRSS")
+    model = load_causal_lm(req["model"])
+    vocab = int(getattr(model.config, "vocab_size", 1000))
+    ids = torch.arange(req["prompt_tokens"])[None] % max(vocab - 1, 1)
+    _generate(model, ids, req["new_tokens"])
+    peak = _status_mb("VmHWM")
+    print(json.dumps({"peak_rss_mb": round(peak, 1), "model_peak_mb": round(peak - baseline, 1),
+                      "what": f"load + generate {req['new_tokens']} tokens, batch 1, {req['prompt_tokens']}-token prompt"}))
+
+
+if __name__ == "__main__":
+    _memprobe()

@@ -1,0 +1,240 @@
+"""GPTQ: weight-only quantization that compensates each column's rounding error on the columns not yet quantized.
+
+For a Linear with weight ``W`` and calibration inputs ``X`` it minimises ``||W X - Q X||`` column by column using
+the inverse Hessian ``H = 2 X X^T`` (Frantar et al., 2022, "GPTQ"). Decoder layers are processed in order and
+each layer sees the outputs of the already quantized layers before it, so errors do not compound unseen.
+
+Memory stays small: only the hidden states entering the current layer (calibration tokens x hidden size) and
+one Hessian per distinct Linear input (q/k/v share one, gate/up share one) are held.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+
+from . import kernels
+from .apply import _swap, _targets, check_group_sizes, describe_
+from .modules import module_for_scheme
+
+__all__ = ["gptq_quantize_weight", "gptq_quantize_", "decoder_layers"]
+
+logger = logging.getLogger("hf_optim")
+
+
+@torch.no_grad()
+def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None,
+                         symmetric: bool = True, damp: float = 0.01, block_size: int = 128
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Quantize a ``[out, in]`` weight with GPTQ given the ``[in, in]`` Hessian of its inputs.
+
+    Returns ``(q, scale, zero_point)`` in the layout of :func:`kernels.quantize_weight_affine`. Groups are
+    consecutive input columns; each group's scale/zero point is chosen from the error-updated columns when
+    the group is reached.
+    """
+    W = weight.detach().float().clone()
+    out_f, in_f = W.shape
+    kernels.check_group_size(group_size, in_f)
+    H = hessian.detach().double().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(in_f, dtype=H.dtype)
+    try:
+        L = torch.linalg.cholesky(H)
+    except RuntimeError:  # not positive definite even after damping: damp harder once
+        H += 0.1 * torch.mean(torch.diag(H)) * torch.eye(in_f, dtype=H.dtype)
+        L = torch.linalg.cholesky(H)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()
+
+    gs = group_size or in_f
+    groups = in_f // gs
+    scale = torch.zeros(out_f, groups)
+    zero = None if symmetric else torch.zeros(out_f, groups)
+    if group_size is None:  # per channel: one grid from the whole (original) row
+        s0, z0 = kernels.weight_qparams(W, bits, symmetric)
+        scale[:, 0] = s0
+        if zero is not None:
+            zero[:, 0] = z0
+    qmin, qmax = kernels.qrange(bits, symmetric)
+    Q = torch.zeros(out_f, in_f, dtype=torch.int8)
+    # Blocks hold whole groups so a group's grid is chosen from columns that already carry the block's updates.
+    block = max(gs if group_size else block_size, (block_size // gs) * gs if group_size else block_size)
+    for i1 in range(0, in_f, block):
+        i2 = min(i1 + block, in_f)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if group_size and col % gs == 0:
+                s, z = kernels.weight_qparams(W1[:, i:i + gs], bits, symmetric)
+                scale[:, col // gs] = s
+                if zero is not None:
+                    zero[:, col // gs] = z
+            g = col // gs
+            s = scale[:, g]
+            w = W1[:, i]
+            x = w / s
+            if zero is not None:
+                x = x + zero[:, g]
+            q = torch.round(x).clamp(qmin, qmax)
+            Q[:, col] = q.to(torch.int8)
+            dq = (q - (zero[:, g] if zero is not None else 0)) * s
+            err = (w - dq) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return Q, scale, zero
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder layers (the ``nn.ModuleList`` with ``num_hidden_layers`` entries)."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for _, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (n is None or len(mod) == n):
+            return mod
+    raise ValueError(f"could not find the decoder layers of {type(model).__name__} (an nn.ModuleList of "
+                     "config.num_hidden_layers blocks); GPTQ supports decoder-only transformers")
+
+
+class _Captured(Exception):
+    pass
+
+
+@torch.no_grad()
+def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], scheme: str = "int4_weight_only",
+                   group_size: int | None = 128, symmetric: bool = True, include: Iterable[str] | None = None,
+                   exclude: Iterable[str] | None = None, damp: float = 0.01, lm_head: bool = False,
+                   embeddings: str | None = None) -> dict[str, Any]:
+    """Quantize the decoder layers' Linear weights of a causal LM with GPTQ, in place, layer by layer.
+
+    Args:
+        model (`nn.Module`): a float decoder-only model (``LlamaForCausalLM`` and alike), eval mode.
+        batches (`list[dict]`): calibration inputs (``input_ids`` and optionally ``attention_mask``).
+        scheme (`str`, *optional*, defaults to ``"int4_weight_only"``): or ``int8_weight_only``.
+        group_size (`int`, *optional*, defaults to 128): input columns per scale (``None``: per channel).
+        symmetric (`bool`, *optional*, defaults to `True`): ``False`` adds a zero point per group.
+        include (`list[str]`, *optional*) / exclude (`list[str]`, *optional*): module-name regexes.
+        damp (`float`, *optional*, defaults to 0.01): Hessian damping (fraction of its mean diagonal).
+        lm_head (`bool`, *optional*) / embeddings (`str`, *optional*): as in :func:`quantize_model_`; both are
+            rounded to nearest (the head's inputs come after the last layer).
+
+    Returns:
+        `dict`: calibration tokens, layers and modules quantized, mean relative output error of the layers.
+    """
+    from .apply import quantize_embeddings_
+
+    if scheme not in ("int8_weight_only", "int4_weight_only"):
+        raise ValueError(f"GPTQ applies to int8_weight_only / int4_weight_only, not {scheme!r}")
+    bits = 4 if scheme == "int4_weight_only" else 8
+    cls = module_for_scheme(scheme)
+    targets = dict(_targets(model, include, exclude, lm_head))
+    check_group_sizes(targets.items(), group_size)
+    layers = decoder_layers(model)
+    layer_prefix = {id(layer): None for layer in layers}
+    for name, mod in model.named_modules():
+        if id(mod) in layer_prefix:
+            layer_prefix[id(mod)] = name
+
+    # Inputs of the first layer (hidden states + the keyword arguments the model passes to every layer).
+    captured: list[tuple[tuple, dict]] = []
+
+    def capture(mod, args, kwargs):
+        captured.append((args, dict(kwargs)))
+        raise _Captured
+
+    handle = layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                model(**batch, use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise ValueError("GPTQ calibration got no batches")
+    tokens = sum(int(b["input_ids"].numel()) for b in batches)
+
+    def hidden_of(args, kwargs):
+        return args[0] if args else kwargs["hidden_states"]
+
+    def with_hidden(args, kwargs, h):
+        if args:
+            return (h, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": h}
+
+    def run_layer(layer, args, kwargs):
+        out = layer(*args, **kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    done, errors = [], []
+    for layer in layers:
+        prefix = layer_prefix[id(layer)]
+        mine = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
+        if not mine:
+            captured = [with_hidden(a, k, run_layer(layer, a, k)) for a, k in captured]
+            continue
+        hessians: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        # Same input tensor (q/k/v, gate/up): one Hessian. The tensor is kept referenced so its memory cannot be
+        # reused by another input of the same shape within the call.
+        shared: dict[tuple, tuple[str, torch.Tensor]] = {}
+
+        def hook_for(name):
+            def hook(mod, args):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+                key = (x.data_ptr(), tuple(x.shape))
+                if key in shared:
+                    first = shared[key][0]
+                    hessians[name], counts[name] = hessians[first], counts[first]
+                    return
+                shared[key] = (name, x)
+                n_old = counts.get(name, 0)
+                n_new = n_old + x.shape[0]
+                h = hessians.get(name)
+                h = torch.zeros(x.shape[1], x.shape[1]) if h is None else h * (n_old / n_new)
+                h.addmm_(x.t(), x, alpha=2.0 / n_new)
+                hessians[name], counts[name] = h, n_new
+            return hook
+
+        handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in mine.items()]
+        try:
+            float_out = []
+            for a, k in captured:
+                shared.clear()
+                float_out.append(run_layer(layer, a, k))
+        finally:
+            for h in handles:
+                h.remove()
+        for name, lin in mine.items():
+            q, scale, zero = gptq_quantize_weight(lin.weight, hessians[name], bits, group_size, symmetric, damp)
+            _swap(model, name, cls.from_quantized(q, scale, zero, lin.bias, group_size=group_size))
+            done.append(name)
+        hessians.clear()
+        new = []
+        num = den = 0.0
+        for (a, k), ref in zip(captured, float_out):
+            out = run_layer(layer, a, k)
+            num += float((out - ref).pow(2).sum())
+            den += float(ref.pow(2).sum())
+            new.append(with_hidden(a, k, out))
+        captured = new
+        errors.append(math.sqrt(num / max(den, 1e-30)))
+    # What the layers did not cover (lm_head after the last layer) is rounded to nearest.
+    rest = [(n, m) for n, m in targets.items() if n not in set(done)]
+    for name, lin in rest:
+        _swap(model, name, cls.from_linear(lin, group_size=group_size, symmetric=symmetric))
+    if embeddings:
+        quantize_embeddings_(model, 4 if embeddings == "int4" else 8,
+                             (group_size or 32) if embeddings == "int4" else None, symmetric)
+    describe_(model, scheme, group_size=group_size, symmetric=None if symmetric else False, method="gptq",
+              calibration_tokens=tokens)
+    logger.info("GPTQ: %d modules in %d layers on %d calibration tokens", len(done), len(errors), tokens)
+    return {"method": "gptq", "calibration_tokens": tokens, "modules_gptq": len(done), "modules_rtn": len(rest),
+            "layer_output_rel_error_mean": round(sum(errors) / max(1, len(errors)), 5)}
