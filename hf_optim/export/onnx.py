@@ -138,13 +138,19 @@ def _torch_export_classifier(src: Path, path: Path, opset: Optional[int]) -> Non
                           do_constant_folding=True)
 
 
-def optimize_onnx(onnx_path: str | Path, out_path: str | Path, level: str, backend: str) -> Path:
+def optimize_onnx(onnx_path: str | Path, out_path: str | Path, level: str, backend: str,
+                  embed_layer_norm: bool = True) -> Path:
     """Apply ORT graph optimization ``level`` (O1-O3) to ``onnx_path``; writes ``out_path`` and returns it.
 
+    ``embed_layer_norm=False`` keeps the embedding lookups as plain ``Gather`` nodes (for int4 embeddings).
     The result always carries symbolic shape information (see :func:`infer_shapes`), so it can be quantized.
     """
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     cfg = json.loads((onnx_path.parent / "config.json").read_text())
+    # Structurally pruned models have per-layer head counts: ORT's fusion reads each layer's from the graph
+    # (it prefers the detected value over the one passed; 0 = detect only). Validation checks the result.
+    pruned = bool(((cfg.get("quantization_config") or {}).get("module_attrs")
+                   or (cfg.get("quantization_config") or {}).get("linear_shapes")))
     if backend == "optimum":
         from optimum.onnxruntime import ORTOptimizer
         from optimum.onnxruntime.configuration import AutoOptimizationConfig
@@ -153,7 +159,9 @@ def optimize_onnx(onnx_path: str | Path, out_path: str | Path, level: str, backe
         opt = ORTOptimizer.from_pretrained(onnx_path.parent, file_names=[onnx_path.name])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            opt.optimize(save_dir=work, optimization_config=AutoOptimizationConfig.with_optimization_level(level))
+            opt_config = AutoOptimizationConfig.with_optimization_level(
+                level, disable_embed_layer_norm_fusion=not embed_layer_norm)
+            opt.optimize(save_dir=work, optimization_config=opt_config)
         produced = work / f"{onnx_path.stem}_optimized.onnx"
         shutil.move(str(produced), out_path)
         shutil.rmtree(work, ignore_errors=True)
@@ -165,8 +173,9 @@ def optimize_onnx(onnx_path: str | Path, out_path: str | Path, level: str, backe
         family = _ORT_MODEL_TYPES.get(cfg.get("model_type"), "bert")
         options = FusionOptions(family)
         options.enable_gelu_approximation = spec["gelu_approximation"]
-        heads = cfg.get("num_attention_heads") or cfg.get("n_head") or 0
-        hidden = cfg.get("hidden_size") or cfg.get("n_embd") or 0
+        options.enable_embed_layer_norm = embed_layer_norm
+        heads = 0 if pruned else cfg.get("num_attention_heads") or cfg.get("n_head") or 0
+        hidden = 0 if pruned else cfg.get("hidden_size") or cfg.get("n_embd") or 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = optimize_model(str(onnx_path), model_type=family, num_heads=heads, hidden_size=hidden,

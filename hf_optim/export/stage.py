@@ -106,7 +106,8 @@ def _optimize_and_quantize_common(onnx_path: Path, work: Path, config: ExportCon
     info: dict[str, Any] = {}
     current = onnx_path
     if level != "none":
-        current = optimize_onnx(current, current.parent / "model_optimized.onnx", level, backend)
+        current = optimize_onnx(current, current.parent / "model_optimized.onnx", level, backend,
+                                embed_layer_norm=getattr(config, "embeddings", "float") == "float")
     info["optimization"] = level
     return current, info
 
@@ -127,6 +128,13 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
     onnx_path = export_onnx(src, work / "export", "sequence-classification", backend, config.opset)
     fp32_ops = op_counts(onnx_path)
     current, record = _optimize_and_quantize_common(onnx_path, work, config, backend, config.optimization)
+    if config.embeddings == "int4":  # first: the int8 quantizers below would otherwise quantize the table
+        from .embeddings import quantize_embeddings_int4
+        from .onnx import infer_shapes
+
+        current, record["int4_embedding_tables"] = quantize_embeddings_int4(
+            current, current.parent / "model_emb4.onnx", config.embeddings_block_size)
+        infer_shapes(current)
     optimized = current
 
     def score(path: Path) -> dict:
