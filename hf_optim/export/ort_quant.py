@@ -84,6 +84,8 @@ def calibrate_onnx(src: str | Path, features: dict, backend: str, work_dir: str 
     work.mkdir(parents=True, exist_ok=True)
     n = len(next(iter(features.values())))
     if backend == "optimum":
+        import dataclasses
+
         from datasets import Dataset
         from optimum.onnxruntime import ORTQuantizer
         from optimum.onnxruntime.configuration import AutoCalibrationConfig
@@ -91,12 +93,18 @@ def calibrate_onnx(src: str | Path, features: dict, backend: str, work_dir: str 
         ds = Dataset.from_dict({k: v.tolist() for k, v in features.items()})
         quantizer = ORTQuantizer.from_pretrained(src.parent, file_name=src.name)
         qconfig = _optimum_qconfig(True, False)
+        calibration = AutoCalibrationConfig.minmax(ds)
+        # Optimum's sharded calibration: `fit` would keep every batch's activations until the end; one
+        # `partial_fit` per chunk reduces them to ranges as it goes. method=None reuses the first calibrator.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ranges = quantizer.fit(dataset=ds, calibration_config=AutoCalibrationConfig.minmax(ds),
-                                   onnx_augmented_model_name=work / "augmented_model.onnx",
-                                   operators_to_quantize=qconfig.operators_to_quantize, batch_size=batch_size)
-        return ranges
+            for i in range(0, n, batch_size):
+                quantizer.partial_fit(dataset=ds.select(range(i, min(i + batch_size, n))),
+                                      calibration_config=calibration if i == 0 else dataclasses.replace(calibration,
+                                                                                                       method=None),
+                                      onnx_augmented_model_name=work / "augmented_model.onnx",
+                                      operators_to_quantize=qconfig.operators_to_quantize, batch_size=batch_size)
+            return quantizer.compute_ranges()
 
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
 

@@ -195,3 +195,30 @@ def test_optimum_causal_lm_with_past(tiny_llama_dir, tmp_path, clean_cwd):
     gen = model.generate(**ids, max_new_tokens=5, do_sample=False)
     ref = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).generate(**ids, max_new_tokens=5, do_sample=False)
     assert gen.shape == ref.shape and (gen[0, :-2] == ref[0, :-2]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_calibration_reduces_chunk_by_chunk(backend, bert_dir, tmp_path, clean_cwd, monkeypatch):
+    """MinMax ranges are the same whatever the chunk size, and no chunk of activations outlives its reduction."""
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+
+    from hf_optim.export.onnx import export_onnx
+    from hf_optim.export.ort_quant import calibrate_onnx, range_dict
+
+    path = export_onnx(bert_dir, tmp_path / "e", "sequence-classification", backend)
+    rng = np.random.default_rng(0)
+    feats = {"input_ids": rng.integers(5, 90, (12, 9)), "attention_mask": np.ones((12, 9), dtype=np.int64),
+             "token_type_ids": np.zeros((12, 9), dtype=np.int64)}
+    held = []
+    collect = MinMaxCalibrater.collect_data
+
+    def spy(self, reader):
+        collect(self, reader)
+        held.append(len(self.intermediate_outputs))
+
+    monkeypatch.setattr(MinMaxCalibrater, "collect_data", spy)
+    chunked = range_dict(calibrate_onnx(path, feats, backend, tmp_path / "c1", batch_size=4))
+    assert len(held) == 3 and max(held) == 0  # one reduction per chunk of 4, nothing kept afterwards
+    whole = range_dict(calibrate_onnx(path, feats, backend, tmp_path / "c2", batch_size=12))
+    assert chunked.keys() == whole.keys() and len(whole) > 10
+    assert all(np.allclose(chunked[k], whole[k], atol=1e-5) for k in whole)
