@@ -1,7 +1,7 @@
 """Structured pruning: the pruned model vs the unpruned model it started from, side by side in one process.
 
-    nice -n 5 python scripts/bench_prune.py --base runs/movie-sentiment/distill --pruned runs/movie-sentiment/prune \
-        -o scripts/results/bench_prune.json
+    python scripts/bench_prune.py --base runs/movie-sentiment/distill --pruned runs/movie-sentiment/prune \
+        --threads 1 -o scripts/results/bench_prune.json
 
 Both load with plain ``AutoModelForSequenceClassification.from_pretrained`` (the pruned one through hf_optim's
 ``quantization_config``). Reported: test accuracy (1,000 movie-sentiment sentences), batch-1 latency, batch-32
@@ -32,7 +32,11 @@ def main() -> None:
     ap.add_argument("-o", "--output")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--throughput-samples", type=int, default=512)
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice); on a shared "
+                                                "machine 1 thread avoids spin-waiting against other processes")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     test = load_task("movie-sentiment")["test"]
     dirs = {"unpruned": Path(args.base), "pruned": Path(args.pruned)}
