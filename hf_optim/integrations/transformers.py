@@ -114,7 +114,8 @@ class HfOptimConfig(QuantizationConfigMixin):
                 if not isinstance(spec.get(key), int) or spec[key] < 1:
                     raise _err(f"module {name!r}: {key} must be a positive integer, got {spec.get(key)!r}")
             gs = spec.get("group_size")
-            if gs is not None and (not isinstance(gs, int) or gs < 1 or spec["in_features"] % gs):
+            if gs is not None and (not isinstance(gs, int) or gs < 1
+                                   or (spec["in_features"] % gs and not spec.get("partial_groups"))):
                 raise _err(f"module {name!r}: group_size {gs!r} does not divide in_features {spec['in_features']}")
         for name, shape in self.linear_shapes.items():
             for key in ("in_features", "out_features"):

@@ -130,7 +130,8 @@ def check_group_sizes(layers: Iterable[tuple[str, nn.Linear]], group_size: int |
         names = ", ".join(n for n, _ in bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
         raise ValueError(f"group_size={group_size} does not divide the input size {', '.join(map(str, sizes))} of "
                          f"{len(bad)} target layer(s): {names}. Use a group size that does "
-                         f"({', '.join(map(str, fits)) or 'none of 16..256'}) or exclude those layers")
+                         f"({', '.join(map(str, fits)) or 'none of 16..256'}), exclude those layers, or allow a "
+                         "shorter last group (partial_groups=True)")
 
 
 def _targets(model: nn.Module, include, exclude, lm_head: bool) -> list[tuple[str, nn.Linear]]:
@@ -153,7 +154,8 @@ def _targets(model: nn.Module, include, exclude, lm_head: bool) -> list[tuple[st
 def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dynamic", group_size: int | None = None,
                     include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
                     ranges: Mapping[str, tuple[float, float]] | None = None, symmetric: bool = True,
-                    lm_head: bool = False, embeddings: str | None = None, activations: str = "tensor") -> nn.Module:
+                    lm_head: bool = False, embeddings: str | None = None, activations: str = "tensor",
+                    partial_groups: bool = False) -> nn.Module:
     """Quantize ``model`` in place by round-to-nearest and describe it in ``model.config.quantization_config``.
 
     Args:
@@ -173,6 +175,8 @@ def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dyn
             (group size and symmetry as for the Linear layers where they divide its width).
         activations (`str`, *optional*, defaults to ``"tensor"``): ``int8_dynamic`` only: ``"token"`` gives each
             token its own activation scale (causal LMs).
+        partial_groups (`bool`, *optional*, defaults to `False`): allow a shorter last group where ``group_size``
+            does not divide a layer's input size (e.g. group 128 on 576 inputs: 4 groups of 128 + one of 64).
 
     Returns:
         The same ``model``.
@@ -183,7 +187,7 @@ def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dyn
         include, exclude = cfg.include, cfg.exclude
         symmetric, lm_head = cfg.symmetric, cfg.lm_head
         embeddings = None if cfg.embeddings == "float" else cfg.embeddings
-        activations = cfg.activations
+        activations, partial_groups = cfg.activations, cfg.partial_groups
     if scheme in _DTYPES:
         nn.Module.to(model, getattr(torch, _DTYPES[scheme]))
         describe_(model, scheme)
@@ -204,7 +208,8 @@ def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dyn
         raise ValueError(f"embeddings={embeddings!r}: use 'int8', 'int4' or None (float)")
     cls = module_for_scheme(scheme)
     targets = _targets(model, include, exclude, lm_head)
-    check_group_sizes(targets, group_size)
+    if not partial_groups:
+        check_group_sizes(targets, group_size)
     for name, lin in targets:
         if scheme == "int8_static":
             if name not in ranges:
@@ -215,14 +220,15 @@ def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dyn
             new = cls.from_linear(lin, group_size=group_size)
             new.activations = activations
         else:
-            new = cls.from_linear(lin, group_size=group_size, symmetric=symmetric)
+            new = cls.from_linear(lin, group_size=group_size, symmetric=symmetric, partial_groups=partial_groups)
         _swap(model, name, new)
     if embeddings:
         bits = 4 if embeddings == "int4" else 8
         # int8 rows need one scale each; int4 rows need groups (the scheme's, or 32).
         quantize_embeddings_(model, bits, (group_size or 32) if bits == 4 else None,
                              symmetric if scheme.endswith("weight_only") else True)
-    describe_(model, scheme, group_size=group_size, symmetric=None if symmetric else False)
+    describe_(model, scheme, group_size=group_size, symmetric=None if symmetric else False,
+              partial_groups=partial_groups or None)
     return model
 
 

@@ -29,6 +29,8 @@ class QuantizeConfig(StageConfig):
         group_size (`int`, *optional*): weight-only schemes: input features per scale (must divide the input
             size of every target Linear, else quantizing raises naming the layers: exclude them or pick another
             size). Unset: one scale per output channel for int8, 32 for int4.
+        partial_groups (`bool`, *optional*, defaults to `False`): let the last group of a row be shorter where
+            ``group_size`` does not divide the input size (group 128 on 576 inputs: 4 x 128 + 64).
         symmetric (`bool`, *optional*, defaults to `True`): weight-only schemes: ``False`` stores a zero point
             per group next to its scale (asymmetric range, min..max of the group).
         method (`str`, *optional*, defaults to ``"rtn"``): weight-only schemes: ``rtn`` (round to nearest) or
@@ -49,7 +51,8 @@ class QuantizeConfig(StageConfig):
             layers are quantized. Empty: every Linear.
         exclude (`list[str]`, *optional*, defaults to the classifier/score/lm_head heads): regexes of
             Linear layers to keep in float.
-        task (`str` or `dict`, *optional*, defaults to ``"movie-sentiment"``): data for calibration and QAT.
+        task (`str` or `dict`, *optional*, defaults to ``"movie-sentiment"``): data for calibration and QAT; a
+            text corpus name (``bbc-news``) is the default ``calibration_text`` of a causal LM.
         observer (`str`, *optional*, defaults to ``"minmax"``): static int8 activation ranges: ``minmax``
             (overall min/max), ``moving_average`` (mean of per-batch min/max) or ``percentile``.
         percentile (`float`, *optional*, defaults to 99.99): the ``percentile`` observer's upper percentile
@@ -73,6 +76,7 @@ class QuantizeConfig(StageConfig):
     scheme: Literal["int8_dynamic", "int8_static", "int8_qat", "int8_weight_only", "int4_weight_only",
                     "fp16", "bf16"] = "int8_dynamic"
     group_size: Optional[int] = None
+    partial_groups: bool = False
     symmetric: bool = True
     method: Literal["rtn", "gptq"] = "rtn"
     calibration_text: Optional[str] = None
@@ -95,13 +99,18 @@ class QuantizeConfig(StageConfig):
     qat_freeze_observers: float = 0.5
 
     def validate(self) -> None:
-        TaskSpec.coerce(self.task)
+        from ..data import BUILTIN_TEXTS
+
+        if not (isinstance(self.task, str) and self.task in BUILTIN_TEXTS):  # a text corpus serves causal LMs
+            TaskSpec.coerce(self.task)
         if self.group_size is not None:
             if self.scheme not in ("int8_weight_only", "int4_weight_only"):
                 self._fail("group_size", f"only applies to weight-only schemes, not {self.scheme!r}; remove it")
             if self.group_size < 2 or self.group_size & (self.group_size - 1):
                 self._fail("group_size", "must be a power of two >= 2 (e.g. 32, 64, 128) or unset")
         weight_only = self.scheme in ("int8_weight_only", "int4_weight_only")
+        if self.partial_groups and not (weight_only and self.group_size):
+            self._fail("partial_groups", "applies to weight-only schemes with a group_size")
         if not self.symmetric and not weight_only:
             self._fail("symmetric", f"zero points apply to weight-only schemes, not {self.scheme!r}; remove it")
         if self.method == "gptq" and not weight_only:
@@ -135,6 +144,15 @@ class QuantizeConfig(StageConfig):
             self._fail("qat_max_train_samples", "must be >= 1 or unset")
         if not 0 <= self.qat_freeze_observers <= 1:
             self._fail("qat_freeze_observers", "must be in [0, 1]")
+
+    @property
+    def text_corpus(self) -> Optional[str]:
+        """The text a causal LM is calibrated and probed on (``calibration_text``, or ``task`` if it names one)."""
+        from ..data import BUILTIN_TEXTS
+
+        if self.calibration_text:
+            return self.calibration_text
+        return self.task if isinstance(self.task, str) and self.task in BUILTIN_TEXTS else None
 
     @property
     def effective_group_size(self) -> Optional[int]:

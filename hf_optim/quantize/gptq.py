@@ -28,7 +28,7 @@ logger = logging.getLogger("hf_optim")
 
 @torch.no_grad()
 def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None,
-                         symmetric: bool = True, damp: float = 0.01, block_size: int = 128
+                         symmetric: bool = True, damp: float = 0.01, block_size: int = 128, partial: bool = False
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Quantize a ``[out, in]`` weight with GPTQ given the ``[in, in]`` Hessian of its inputs.
 
@@ -38,7 +38,7 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     """
     W = weight.detach().float().clone()
     out_f, in_f = W.shape
-    kernels.check_group_size(group_size, in_f)
+    kernels.check_group_size(group_size, in_f, partial=partial)
     H = hessian.detach().double().clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
@@ -52,7 +52,7 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()
 
     gs = group_size or in_f
-    groups = in_f // gs
+    groups = kernels.num_groups(in_f, gs)
     scale = torch.zeros(out_f, groups)
     zero = None if symmetric else torch.zeros(out_f, groups)
     if group_size is None:  # per channel: one grid from the whole (original) row
@@ -110,7 +110,7 @@ class _Captured(Exception):
 def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], scheme: str = "int4_weight_only",
                    group_size: int | None = 128, symmetric: bool = True, include: Iterable[str] | None = None,
                    exclude: Iterable[str] | None = None, damp: float = 0.01, lm_head: bool = False,
-                   embeddings: str | None = None) -> dict[str, Any]:
+                   embeddings: str | None = None, partial_groups: bool = False) -> dict[str, Any]:
     """Quantize the decoder layers' Linear weights of a causal LM with GPTQ, in place, layer by layer.
 
     Args:
@@ -123,6 +123,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
         damp (`float`, *optional*, defaults to 0.01): Hessian damping (fraction of its mean diagonal).
         lm_head (`bool`, *optional*) / embeddings (`str`, *optional*): as in :func:`quantize_model_`; both are
             rounded to nearest (the head's inputs come after the last layer).
+        partial_groups (`bool`, *optional*, defaults to `False`): allow a shorter last group where
+            ``group_size`` does not divide a layer's input size (otherwise that raises).
 
     Returns:
         `dict`: calibration tokens, layers and modules quantized, mean relative output error of the layers.
@@ -134,7 +136,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
     bits = 4 if scheme == "int4_weight_only" else 8
     cls = module_for_scheme(scheme)
     targets = dict(_targets(model, include, exclude, lm_head))
-    check_group_sizes(targets.items(), group_size)
+    if not partial_groups:
+        check_group_sizes(targets.items(), group_size)
     layers = decoder_layers(model)
     layer_prefix = {id(layer): None for layer in layers}
     for name, mod in model.named_modules():
@@ -213,7 +216,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             for h in handles:
                 h.remove()
         for name, lin in mine.items():
-            q, scale, zero = gptq_quantize_weight(lin.weight, hessians[name], bits, group_size, symmetric, damp)
+            q, scale, zero = gptq_quantize_weight(lin.weight, hessians[name], bits, group_size, symmetric, damp,
+                                                  partial=partial_groups)
             _swap(model, name, cls.from_quantized(q, scale, zero, lin.bias, group_size=group_size))
             done.append(name)
         hessians.clear()
@@ -229,12 +233,13 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
     # What the layers did not cover (lm_head after the last layer) is rounded to nearest.
     rest = [(n, m) for n, m in targets.items() if n not in set(done)]
     for name, lin in rest:
-        _swap(model, name, cls.from_linear(lin, group_size=group_size, symmetric=symmetric))
+        _swap(model, name, cls.from_linear(lin, group_size=group_size, symmetric=symmetric,
+                                           partial_groups=partial_groups))
     if embeddings:
         quantize_embeddings_(model, 4 if embeddings == "int4" else 8,
                              (group_size or 32) if embeddings == "int4" else None, symmetric)
     describe_(model, scheme, group_size=group_size, symmetric=None if symmetric else False, method="gptq",
-              calibration_tokens=tokens)
+              calibration_tokens=tokens, partial_groups=partial_groups or None)
     logger.info("GPTQ: %d modules in %d layers on %d calibration tokens", len(done), len(errors), tokens)
     return {"method": "gptq", "calibration_tokens": tokens, "modules_gptq": len(done), "modules_rtn": len(rest),
             "layer_output_rel_error_mean": round(sum(errors) / max(1, len(errors)), 5)}

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 __all__ = ["ACT_QMIN", "ACT_QMAX", "pack_int8", "linear_dynamic_int8", "linear_static_int8", "linear_token_int8",
            "quantize_weight", "quantize_weight_affine", "weight_qparams", "quantize_with_qparams",
-           "dequantize_weight", "pack_int4", "unpack_int4", "check_group_size"]
+           "dequantize_weight", "pack_int4", "unpack_int4", "check_group_size", "num_groups"]
 
 # Activations are quantized to 7 bits (quint8 values 0..127). FBGEMM's u8*s8 path can saturate 16-bit
 # intermediate sums on CPUs without VNNI when activations use the full 8 bits; the reduced range is the
@@ -30,16 +30,46 @@ ACT_QMIN, ACT_QMAX = 0, 127
 REDUCE_RANGE = True
 
 
-def check_group_size(group_size: int | None, in_features: int, name: str = "") -> None:
-    """Raise ``ValueError`` unless ``group_size`` (``None`` = per channel) divides ``in_features``."""
+def _has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read(1 << 16)
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+# Per-token activations (causal LMs) use all 8 bits where the CPU has VNNI, whose int8 dot products accumulate
+# in 32 bits and cannot saturate; elsewhere 7 bits as above. On SmolLM2-135M 7-bit per-token activations cost
+# ~5 % perplexity and 8-bit ~1.5 %, so outputs of a per-token model depend on the CPU's int8 instructions.
+TOKEN_REDUCE_RANGE = not _has_vnni()
+
+
+def check_group_size(group_size: int | None, in_features: int, name: str = "", partial: bool = False) -> None:
+    """Raise ``ValueError`` unless ``group_size`` (``None`` = per channel) divides ``in_features``.
+
+    ``partial=True`` allows a shorter last group per row (``ceil(in_features / group_size)`` groups).
+    """
     if group_size is None:
         return
-    if not isinstance(group_size, int) or group_size < 1 or in_features % group_size:
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size={group_size!r} must be a positive integer")
+    if in_features % group_size and not partial:
         fits = [g for g in (16, 32, 64, 128, 256) if in_features % g == 0]
-        where = f"{name} " if name else ""
-        raise ValueError(f"group_size={group_size} does not divide the input size {in_features} of {where}(a group "
-                         f"holds group_size consecutive input features); group sizes that fit: "
-                         f"{', '.join(map(str, fits)) or 'none of 16..256'}, or exclude the layer")
+        where = f" of {name}" if name else ""
+        raise ValueError(f"group_size={group_size} does not divide the input size {in_features}{where}; group sizes "
+                         f"that fit: {', '.join(map(str, fits)) or 'none of 16..256'} (or allow a shorter last "
+                         "group with partial_groups=True, or exclude the layer)")
+
+
+def num_groups(in_features: int, group_size: int | None) -> int:
+    return -(-in_features // group_size) if group_size else 1
+
+
+def _pad_to_groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    # A shorter last group is padded with copies of its last column: its min/max (and so its grid) are unchanged.
+    pad = num_groups(w.shape[1], group_size) * group_size - w.shape[1]
+    return torch.cat([w, w[:, -1:].expand(-1, pad)], 1) if pad else w
 
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -75,20 +105,21 @@ def quantize_with_qparams(w: torch.Tensor, scale: torch.Tensor, zero_point: torc
     return torch.round(x).clamp(qmin, qmax).to(torch.int8)
 
 
-def quantize_weight_affine(weight: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = True
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def quantize_weight_affine(weight: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = True,
+                           partial: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Round-to-nearest quantization of a ``[out, in]`` weight, per channel (``group_size=None``) or group-wise.
 
     Returns ``(q, scale, zero_point)``: ``q`` int8 ``[out, in]``, float32 ``scale`` and ``zero_point``
-    ``[out, in // group_size]`` (``zero_point`` is ``None`` when ``symmetric``).
+    ``[out, groups]`` (``zero_point`` is ``None`` when ``symmetric``). ``partial``: see :func:`check_group_size`.
     """
     w = weight.detach().float()
     out_f, in_f = w.shape
-    check_group_size(group_size, in_f)
+    check_group_size(group_size, in_f, partial=partial)
     gs = group_size or in_f
-    g = w.reshape(out_f, in_f // gs, gs)
+    g = _pad_to_groups(w, gs).reshape(out_f, num_groups(in_f, gs), gs)
     scale, zp = weight_qparams(g, bits, symmetric)
-    return quantize_with_qparams(g, scale, zp, bits, symmetric).reshape(out_f, in_f), scale, zp
+    q = quantize_with_qparams(g, scale, zp, bits, symmetric).reshape(out_f, -1)[:, :in_f]
+    return q.contiguous(), scale, zp
 
 
 def quantize_weight(weight: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,14 +133,16 @@ def quantize_weight(weight: torch.Tensor, bits: int, group_size: int | None) -> 
 
 
 def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32,
-                      zero_point: torch.Tensor | None = None) -> torch.Tensor:
-    """Inverse of :func:`quantize_weight_affine`: ``(q - zero_point) * scale`` per group."""
+                      zero_point: torch.Tensor | None = None, group_size: int | None = None) -> torch.Tensor:
+    """Inverse of :func:`quantize_weight_affine`: ``(q - zero_point) * scale`` per group (``group_size`` needed
+    only when the last group is shorter)."""
     out_f, in_f = q.shape
     groups = scale.shape[1]
-    w = q.reshape(out_f, groups, in_f // groups).to(torch.float32)
+    gs = group_size or in_f // groups
+    w = _pad_to_groups(q, gs).reshape(out_f, groups, gs).to(torch.float32)
     if zero_point is not None:
         w = w - zero_point[..., None]
-    return (w * scale[..., None]).reshape(out_f, in_f).to(dtype)
+    return (w * scale[..., None]).reshape(out_f, -1)[:, :in_f].to(dtype)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -151,20 +184,22 @@ def linear_static_int8(x: torch.Tensor, packed, scale: float, zero_point: int) -
     return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
 
 
-def quantize_rows_(x: torch.Tensor) -> torch.Tensor:
+def quantize_rows_(x: torch.Tensor, reduce_range: bool = True) -> torch.Tensor:
     """Fake-quantize each row of ``x`` (``[m, k]``) as :func:`linear_dynamic_int8` quantizes a one-row input:
-    asymmetric 7-bit with the range widened to include 0."""
+    asymmetric 7-bit (``reduce_range``) or 8-bit, with the range widened to include 0."""
+    qmax = ACT_QMAX if reduce_range else 255
     lo = x.amin(-1, keepdim=True).clamp(max=0)
     hi = x.amax(-1, keepdim=True).clamp(min=0)
-    scale = ((hi - lo) / (ACT_QMAX - ACT_QMIN)).clamp(min=1e-8)
-    zp = torch.round(ACT_QMIN - lo / scale).clamp(ACT_QMIN, ACT_QMAX)
-    return (torch.round(x / scale + zp).clamp(ACT_QMIN, ACT_QMAX) - zp) * scale
+    scale = ((hi - lo) / qmax).clamp(min=1e-8)
+    zp = torch.round(-lo / scale).clamp(0, qmax)
+    return (torch.round(x / scale + zp).clamp(0, qmax) - zp) * scale
 
 
 def linear_token_int8(x: torch.Tensor, packed, dequantized: torch.Tensor, bias: torch.Tensor | None,
                       rows_per_call: int = 8) -> torch.Tensor:
     """Dynamic int8 with one activation scale **per token** (row): LLM activations have outlier channels that a
-    single per-tensor scale over a whole sequence cannot represent.
+    single per-tensor scale over a whole sequence cannot represent. 8-bit activations on VNNI CPUs, else 7-bit
+    (:data:`TOKEN_REDUCE_RANGE`).
 
     Up to ``rows_per_call`` rows (decoding) run FBGEMM's int8 GEMM once per row, where per-tensor is per-token;
     longer inputs (prefill, perplexity) fake-quantize each row the same way and multiply by the dequantized
@@ -174,10 +209,10 @@ def linear_token_int8(x: torch.Tensor, packed, dequantized: torch.Tensor, bias: 
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).float().contiguous()
     if x2.shape[0] <= rows_per_call:
-        y = torch.cat([torch.ops.quantized.linear_dynamic(x2[i:i + 1], packed, REDUCE_RANGE)
+        y = torch.cat([torch.ops.quantized.linear_dynamic(x2[i:i + 1], packed, TOKEN_REDUCE_RANGE)
                        for i in range(x2.shape[0])]) if x2.shape[0] else x2.new_zeros(0, dequantized.shape[0])
     else:
-        y = F.linear(quantize_rows_(x2), dequantized, None if bias is None else bias.float())
+        y = F.linear(quantize_rows_(x2, TOKEN_REDUCE_RANGE), dequantized, None if bias is None else bias.float())
     return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
 
 

@@ -42,15 +42,15 @@ class QuantLinear(nn.Module):
     weight_only: ClassVar[bool] = False
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
-                 device=None, symmetric: bool = True):
+                 device=None, symmetric: bool = True, partial_groups: bool = False):
         super().__init__()
-        kernels.check_group_size(group_size, in_features)
+        kernels.check_group_size(group_size, in_features, partial=partial_groups)
         if not symmetric and not self.weight_only:
             raise ValueError(f"{self.scheme} stores symmetric weights; asymmetric (zero points) is for the "
                              "weight-only schemes int8_weight_only / int4_weight_only")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.symmetric = symmetric
-        groups = in_features // group_size if group_size else 1
+        groups = kernels.num_groups(in_features, group_size)
         numel = out_features * in_features
         if self.packed_int4:
             if numel % 2:
@@ -69,9 +69,9 @@ class QuantLinear(nn.Module):
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int | None = None, symmetric: bool = True,
-                    **extra: Any) -> "QuantLinear":
+                    partial_groups: bool = False, **extra: Any) -> "QuantLinear":
         """Quantize a float ``nn.Linear`` by round-to-nearest (its weights are read, not changed)."""
-        q, scale, zp = kernels.quantize_weight_affine(linear.weight, cls.bits, group_size, symmetric)
+        q, scale, zp = kernels.quantize_weight_affine(linear.weight, cls.bits, group_size, symmetric, partial_groups)
         mod = cls.from_quantized(q, scale, zp, linear.bias, group_size=group_size)
         mod._init_extra(linear, **extra)
         return mod
@@ -81,8 +81,9 @@ class QuantLinear(nn.Module):
                        bias: torch.Tensor | None = None, group_size: int | None = None, **kwargs: Any):
         """Build the module from already quantized values (int8 ``[out, in]``), scales and zero points."""
         out_f, in_f = q.shape
+        partial = bool(group_size and in_f % group_size)
         mod = cls(in_f, out_f, bias is not None, group_size=group_size, device=q.device,
-                  symmetric=zero_point is None, **kwargs)
+                  symmetric=zero_point is None, **({"partial_groups": True} if partial else {}), **kwargs)
         with torch.no_grad():
             mod.weight.copy_(kernels.pack_int4(q) if cls.packed_int4 else q.reshape(-1))
             mod.weight_scale.copy_(scale)
@@ -96,7 +97,8 @@ class QuantLinear(nn.Module):
     def from_spec(cls, spec: dict[str, Any], device=None) -> "QuantLinear":
         """An empty module (to be filled by ``load_state_dict``) for a ``quantization_config.modules`` entry."""
         return cls(spec["in_features"], spec["out_features"], bias=bool(spec.get("bias", True)),
-                   group_size=spec.get("group_size"), device=device, symmetric=bool(spec.get("symmetric", True)))
+                   group_size=spec.get("group_size"), device=device, symmetric=bool(spec.get("symmetric", True)),
+                   partial_groups=bool(spec.get("partial_groups", False)))
 
     def _init_extra(self, linear: nn.Linear, **extra: Any) -> None:
         if extra:
@@ -108,6 +110,8 @@ class QuantLinear(nn.Module):
                "bias": self.bias is not None, "group_size": self.group_size}
         if not self.symmetric:  # only written when set: older checkpoints stay byte-identical
             out["symmetric"] = False
+        if self.group_size and self.in_features % self.group_size:
+            out["partial_groups"] = True
         return out
 
     # -- helpers --------------------------------------------------------------------------------------
@@ -119,7 +123,7 @@ class QuantLinear(nn.Module):
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return kernels.dequantize_weight(self.int_weight(), self.weight_scale, dtype,
-                                         None if self.symmetric else self.weight_zero_point)
+                                         None if self.symmetric else self.weight_zero_point, self.group_size)
 
     def check_loaded(self, name: str = "") -> None:
         """Raise ``ValueError`` if a tensor is missing (still on meta / NaN) or has the wrong shape."""
@@ -159,8 +163,8 @@ class Int8DynamicLinear(QuantLinear):
     scheme = "int8_dynamic"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
-                 device=None, symmetric: bool = True, activations: str = "tensor"):
-        super().__init__(in_features, out_features, bias, group_size, device, symmetric)
+                 device=None, symmetric: bool = True, activations: str = "tensor", partial_groups: bool = False):
+        super().__init__(in_features, out_features, bias, group_size, device, symmetric, partial_groups)
         if group_size is not None:
             raise ValueError(f"{self.scheme} uses one scale per output channel; group_size must be unset")
         if activations not in ("tensor", "token"):
@@ -200,8 +204,9 @@ class Int8StaticLinear(Int8DynamicLinear):
     scheme = "int8_static"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, group_size: int | None = None,
-                 device=None, symmetric: bool = True):
-        super().__init__(in_features, out_features, bias, group_size, device, symmetric)
+                 device=None, symmetric: bool = True, partial_groups: bool = False):
+        super().__init__(in_features, out_features, bias, group_size, device, symmetric,
+                         partial_groups=partial_groups)
         self.register_buffer("input_scale", torch.full((1,), float("nan"), device=device))
         self.register_buffer("input_zero_point", torch.zeros(1, dtype=torch.int32, device=device))
 
@@ -309,7 +314,7 @@ class QuantEmbedding(nn.Module):
         else:
             q = self.weight.view(self.num_embeddings, dim)[ids]
         zp = None if self.symmetric else self.weight_zero_point[ids]
-        return kernels.dequantize_weight(q, self.weight_scale[ids], dtype, zp)
+        return kernels.dequantize_weight(q, self.weight_scale[ids], dtype, zp, self.group_size)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         flat = input_ids.reshape(-1)

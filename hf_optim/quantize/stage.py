@@ -143,15 +143,17 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     config = config or QuantizeConfig(**{"model": str(model_dir), **kwargs})
-    spec = TaskSpec.coerce(config.task)
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = _auto_class(model_dir).from_pretrained(model_dir).eval()
     before = linear_weight_bytes(model)
-    lm_calibration = config.calibration_text is not None
+    corpus = config.text_corpus or ("bbc-news" if type(model).__name__.endswith("ForCausalLM") else None)
+    lm_calibration = corpus is not None
+    spec = None if lm_calibration and config.text_corpus == config.task else TaskSpec.coerce(config.task)
     if lm_calibration:
-        chunks = text_chunks(tokenizer, config.calibration_text, config.calibration_split,
-                             config.calibration_samples + 2, config.max_length, seed)
+        chunks = text_chunks(tokenizer, corpus, config.calibration_split,
+                             (config.calibration_samples if config.method == "gptq" else 0) + 2, config.max_length,
+                             seed)
         probe = {"input_ids": chunks[-2:]}  # held out from calibration
         chunks = chunks[:-2]
     else:
@@ -170,7 +172,8 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
             batches = list(_batches(tokenizer, texts, config.batch_size, config.max_length))
         metrics.update(gptq_quantize_(model, batches, config.scheme, config.effective_group_size, config.symmetric,
                                       config.include, config.exclude, config.gptq_damp, config.lm_head,
-                                      None if config.embeddings == "float" else config.embeddings))
+                                      None if config.embeddings == "float" else config.embeddings,
+                                      config.partial_groups))
     elif config.scheme == "int8_static":
         texts = _texts(spec, config.calibration_split, config.calibration_samples, seed)
         ranges = calibrate(model, _batches(tokenizer, texts, config.batch_size, config.max_length), config.observer,
