@@ -11,6 +11,8 @@ number is the median over rounds, so a shared, noisy machine slows every row ali
 ``ORTModelForSequenceClassification`` with the same session options.
 
     python scripts/bench_export.py --model runs/movie-sentiment/teacher -o scripts/results/bench_export.json
+    python scripts/bench_export.py --model runs/movie-sentiment/teacher --threads 1 \
+        -o scripts/results/bench_export_threads1.json       # compute-bound: less sensitive to a busy machine
     python scripts/bench_export.py            # minilm-l6 with an untrained 2-way head: speed numbers only
 """
 
