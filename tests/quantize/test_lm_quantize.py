@@ -260,3 +260,30 @@ def test_quantize_dir_gptq_calibrates_on_text(tiny_llama_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
     assert isinstance(model.model.layers[0].self_attn.q_proj, Int4WeightOnlyLinear)
     assert model.config.quantization_config.provenance["method"] == "gptq"
+
+
+def test_lm_recipe_quantizes_and_evaluates(tiny_llama_dir, tmp_path):
+    """The smollm2-int4 recipe's stage shapes (text task, GPTQ with partial groups: 64 on 32-wide inputs, per-token
+    int8, LM evaluate)."""
+    from hf_optim.recipe import Recipe
+    from hf_optim.runner import run
+
+    ev = {"kind": "evaluate", "lm_tokens": 256, "context": 64, "stride": 32, "prompt_tokens": 8, "new_tokens": 4,
+          "generate_batch_sizes": [1, 2], "generate_repeats": 1, "measure_memory": False}
+    recipe = Recipe.from_dict({"name": "lm", "task": "bbc-news", "stages": [
+        {"name": "gptq", "kind": "quantize", "model": str(tiny_llama_dir), "scheme": "int4_weight_only",
+         "group_size": 64, "partial_groups": True, "symmetric": False, "method": "gptq", "calibration_samples": 4,
+         "max_length": 32, "batch_size": 2, "lm_head": True, "embeddings": "int8"},
+        {"name": "eval-gptq", "model": "gptq", **ev},
+        {"name": "token", "kind": "quantize", "model": str(tiny_llama_dir), "scheme": "int8_dynamic",
+         "activations": "token", "lm_head": True},
+        {"name": "eval-token", "model": "token", **ev},
+        {"name": "eval-fp32", "model": str(tiny_llama_dir), **ev}]})
+    result = run(recipe, tmp_path / "run", progress=False)
+    stages = {s["name"]: s["metrics"] for s in result.report["stages"]}
+    assert stages["gptq"]["method"] == "gptq" and stages["gptq"]["modules_quantized"] == 16  # 14 + head + emb
+    for name in ("eval-gptq", "eval-token", "eval-fp32"):
+        assert stages[name]["metric"] == "perplexity" and stages[name]["generation"]["batch_2"]["ttft_ms"] > 0
+    # random tiny weights: quantization moves perplexity, but not wildly
+    assert abs(stages["eval-token"]["perplexity"] / stages["eval-fp32"]["perplexity"] - 1) < 0.05
+    assert abs(stages["eval-gptq"]["perplexity"] / stages["eval-fp32"]["perplexity"] - 1) < 0.3
