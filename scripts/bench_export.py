@@ -88,7 +88,8 @@ def _ratios(rows: dict, base: str, anchor: str) -> None:
         for key, ref in (("vs_torch_fp32", rows[base]), ("vs_int8_anchor", rows[anchor])):
             m[key] = {"latency_p50_speedup": round(ref["latency_ms"]["p50"] / m["latency_ms"]["p50"], 3),
                       "latency_p95_speedup": round(ref["latency_ms"]["p95"] / m["latency_ms"]["p95"], 3),
-                      "throughput_ratio": round(m["throughput"]["samples_per_s"] / ref["throughput"]["samples_per_s"], 3),
+                      "throughput_ratio": round(m["throughput"]["samples_per_s"]
+                                                / ref["throughput"]["samples_per_s"], 3),
                       "size_ratio": round(m["size_mb"] / ref["size_mb"], 3),
                       "accuracy_delta": round(m["accuracy"] - ref["accuracy"], 4)}
 
@@ -101,7 +102,8 @@ def _build_optimum_rows(src: Path, work: Path, session_options, tok, errors: dic
     from hf_optim.export.ort_quant import cpu_has_vnni
 
     def load(folder, name):
-        return ORTModelForSequenceClassification.from_pretrained(folder, file_name=name, session_options=session_options)
+        return ORTModelForSequenceClassification.from_pretrained(folder, file_name=name,
+                                                                 session_options=session_options)
 
     exported = ORTModelForSequenceClassification.from_pretrained(src, export=True)
     exported.save_pretrained(work / "optimum-onnx")
@@ -119,7 +121,8 @@ def _build_optimum_rows(src: Path, work: Path, session_options, tok, errors: dic
         qdir, fname = ((work / "optimum-onnx", "model.onnx") if level == "none"
                        else (work / f"optimum-{level.lower()}", "model_optimized.onnx"))
         try:
-            ORTQuantizer.from_pretrained(qdir, file_name=fname).quantize(save_dir=work / name, quantization_config=qconfig)
+            ORTQuantizer.from_pretrained(qdir, file_name=fname).quantize(save_dir=work / name,
+                                                                         quantization_config=qconfig)
             qfile = next((work / name).glob("*_quantized.onnx"))
             rows[name] = (_OptimumClassifier(load(work / name, qfile.name), tok), qfile)
         except Exception as e:  # noqa: BLE001 - the point is to record which anchor paths fail

@@ -212,7 +212,8 @@ def guard_groups(path: str | Path, ranges: dict | None = None) -> list[tuple[str
     groups = [
         ("layernorm", [n.name for n in nodes if n.op_type in _NORM_OPS]),
         ("gelu", [n.name for n in nodes if n.op_type in _GELU_OPS or "act_fn" in n.name or "/activation" in n.name]),
-        ("residual-add", [n.name for n in nodes if n.op_type in ("Add", "Sum") and any(o in feeds_norm for o in n.output)]),
+        ("residual-add", [n.name for n in nodes
+                          if n.op_type in ("Add", "Sum") and any(o in feeds_norm for o in n.output)]),
     ]
     per_layer: dict[str, list] = {}
     for n in nodes:
