@@ -106,8 +106,7 @@ def _optimize_and_quantize_common(onnx_path: Path, work: Path, config: ExportCon
     info: dict[str, Any] = {}
     current = onnx_path
     if level != "none":
-        current = optimize_onnx(current, current.parent / "model_optimized.onnx", level, backend,
-                                embed_layer_norm=getattr(config, "embeddings", "float") == "float")
+        current = optimize_onnx(current, current.parent / "model_optimized.onnx", level, backend)
     info["optimization"] = level
     return current, info
 
