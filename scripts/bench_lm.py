@@ -63,7 +63,10 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", default="", help="comma-separated variant names (debugging)")
+    ap.add_argument("--only", default="", help="comma-separated variant names")
+    ap.add_argument("--scratch", help="checkpoint folder of an earlier run to reuse (derived variants)")
+    ap.add_argument("--merge", action="store_true", help="update the variants of an existing output file")
+    ap.add_argument("--no-decode", action="store_true", help="skip the decode-speed measurement")
     ap.add_argument("-o", "--output", default=str(Path(__file__).parent / "results" / "bench_lm.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,7 +74,7 @@ def main() -> None:
     src = builtin_model("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(src)
     ids = text_token_ids(tok, "bbc-news", "test", args.tokens)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-lm-"))
+    scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="bench-lm-"))
     t_start = time.time()
 
     def build(name):
@@ -87,13 +90,18 @@ def main() -> None:
             _, _, g, kind = name.split("-")
             quantize_model_(model, "int4_weight_only", group_size=int(g[1:]), symmetric=kind == "sym",
                             partial_groups=True)
-        elif name.startswith("int4-gptq"):
+        elif name in ("int4-gptq-g128-asym", "int4-gptq-g128-asym-clip"):
             cal = text_chunks(tok, "bbc-news", "train", args.calibration_samples, args.calibration_length)
             batches = [{"input_ids": cal[i:i + 4]} for i in range(0, len(cal), 4)]
-            all_linear = name.endswith("all-linear")
             info = gptq_quantize_(model, batches, "int4_weight_only", group_size=128, symmetric=False,
-                                  lm_head=all_linear, embeddings="int8" if all_linear else None,
-                                  partial_groups=True)
+                                  partial_groups=True, clip_search=name.endswith("clip"))
+        elif name.startswith("int4-gptq-g128-asym-") and name.endswith("head") or name.endswith("all-linear"):
+            # The GPTQ checkpoint of this run (reloaded), with the head and the embedding table quantized too.
+            model = load(scratch / "int4-gptq-g128-asym")
+            head = ("int8_weight_only", None) if name.endswith("int8-head") else ("int4_weight_only", 128)
+            quantize_model_(model, head[0], group_size=head[1], symmetric=head[0] == "int8_weight_only",
+                            partial_groups=head[1] is not None, include=[r"^lm_head$"], lm_head=True,
+                            embeddings="int8")
         elif name == "int8-dynamic-token":
             quantize_model_(model, "int8_dynamic", activations="token", lm_head=True, embeddings="int8")
         else:
@@ -105,26 +113,34 @@ def main() -> None:
         "fp32": "float32 (as packaged)",
         "int8-dynamic-token": "int8 weights per channel + int8 activations per token (FBGEMM), lm_head int8 "
                               "(untied), input embeddings int8",
-        "int4-gptq-g128-asym-all-linear": "as int4-gptq-g128-asym + lm_head int4 g128 (untied, round-to-nearest) "
-                                          "+ input embeddings int8 per row: every Linear in int4",
         "int4-gptq-g128-asym": "int4 weight-only, group 128 (576 = 4x128 + 64), asymmetric, GPTQ on bbc-news "
-                               "train; decoder Linear layers",
+                               "train; decoder Linear layers (lm_head tied to the float embeddings)",
+        "int4-gptq-g128-asym-clip": "int4-gptq-g128-asym with each group's range shrunk (1.0 .. 0.7) to the "
+                                    "least squared rounding error (GPTQ's MSE grid)",
+        "int4-gptq-g128-asym-int8-head": "int4-gptq-g128-asym + lm_head int8 per channel (untied) + input "
+                                         "embeddings int8 per row",
+        "int4-gptq-g128-asym-all-linear": "int4-gptq-g128-asym + lm_head int4 g128 asymmetric (untied, "
+                                          "round-to-nearest) + input embeddings int8 per row: every Linear in int4",
         **{f"int4-rtn-g{g}-{'sym' if s else 'asym'}": f"int4 weight-only, group {g}, "
            f"{'symmetric' if s else 'asymmetric (zero points)'}, round-to-nearest; decoder Linear layers"
            for g, s in sorted(RTN_GRID, key=lambda r: -r[0])},
         "int8-rtn": "int8 weight-only, per output channel, round-to-nearest; decoder Linear layers",
     }
-    speed_names = ("fp32", "int8-dynamic-token", "int4-gptq-g128-asym-all-linear")
+    speed_names = ("fp32", "int8-dynamic-token", "int4-gptq-g128-asym-int8-head")
     only = [v for v in args.only.split(",") if v]
     rows, speed, speed_models = {}, {}, {}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.read_text()) if args.merge and out.is_file() else {}
+    if previous:
+        rows.update(previous.get("variants", {}))
+        speed.update(previous.get("decode", {}))
 
     def measure_speed():
         # Decode speed, interleaved: batch 1 for every speed model, batch 8 for fp32 and int8-dynamic-token.
         prompts = {b: ids[0, :b * 64].reshape(b, 64) for b in (1, 8)}
         for b in (1, 8):
-            names = [n for n in speed_models if b == 1 or n != "int4-gptq-g128-asym-all-linear"]
+            names = [n for n in speed_models if b == 1 or not n.startswith("int4")]
             times = {n: {"first": [], "total": []} for n in names}
             for n in names:
                 _generate(speed_models[n], prompts[b], 2)  # warm-up
@@ -159,7 +175,9 @@ def main() -> None:
             "model": "SmolLM2-135M-Instruct (builtin_model('smollm2-135m')); weights dequantized from a Q4_1 (4-bit "
                      "asymmetric, group-32) GGUF, so int4 asymmetric group-32 re-quantization is near-lossless by "
                      "construction",
-            "command": "HF_HUB_OFFLINE=1 nice -n 5 .venv/bin/python scripts/bench_lm.py " + " ".join(sys.argv[1:]),
+            "command": " ; ".join(([previous["command"]] if previous else []) +
+                                  ["HF_HUB_OFFLINE=1 nice -n 5 .venv/bin/python scripts/bench_lm.py " +
+                                   " ".join(sys.argv[1:])]),
             "perplexity_setup": {"text": "load_text('bbc-news')['test'], documents in stored order joined by a "
                                          "blank line", "tokens": args.tokens, "context": args.context,
                                  "stride": args.stride, "tokens_scored": args.tokens - 1},
@@ -172,7 +190,7 @@ def main() -> None:
             "decode": speed,
             "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                         "torch": torch.__version__, "load_average": os.getloadavg()},
-            "elapsed_s": round(time.time() - t_start, 1),
+            "elapsed_s": round(time.time() - t_start + (previous.get("elapsed_s", 0) if previous else 0), 1),
         }
         out.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -189,7 +207,7 @@ def main() -> None:
             rows[name] = {"what": what, "error": f"{type(e).__name__}: {e}"}
             model = None
         print(json.dumps({name: rows[name]}), flush=True)
-        if model is not None and name in speed_names:
+        if model is not None and name in speed_names and not args.no_decode:
             speed_models[name] = model
         if speed_models and (len(speed_models) == len([n for n in speed_names if not only or n in only])):
             measure_speed()

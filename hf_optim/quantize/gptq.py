@@ -28,14 +28,16 @@ logger = logging.getLogger("hf_optim")
 
 @torch.no_grad()
 def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None,
-                         symmetric: bool = True, damp: float = 0.01, block_size: int = 128, partial: bool = False
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                         symmetric: bool = True, damp: float = 0.01, block_size: int = 128, partial: bool = False,
+                         clip_search: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Quantize a ``[out, in]`` weight with GPTQ given the ``[in, in]`` Hessian of its inputs.
 
     Returns ``(q, scale, zero_point)`` in the layout of :func:`kernels.quantize_weight_affine`. Groups are
     consecutive input columns; each group's scale/zero point is chosen from the error-updated columns when
-    the group is reached.
+    the group is reached (``clip_search``: the range shrink with the least rounding error,
+    :func:`kernels.weight_qparams_mse`).
     """
+    qparams = kernels.weight_qparams_mse if clip_search else kernels.weight_qparams
     W = weight.detach().float().clone()
     out_f, in_f = W.shape
     kernels.check_group_size(group_size, in_f, partial=partial)
@@ -56,7 +58,7 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     scale = torch.zeros(out_f, groups)
     zero = None if symmetric else torch.zeros(out_f, groups)
     if group_size is None:  # per channel: one grid from the whole (original) row
-        s0, z0 = kernels.weight_qparams(W, bits, symmetric)
+        s0, z0 = qparams(W, bits, symmetric)
         scale[:, 0] = s0
         if zero is not None:
             zero[:, 0] = z0
@@ -72,7 +74,7 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
         for i in range(i2 - i1):
             col = i1 + i
             if group_size and col % gs == 0:
-                s, z = kernels.weight_qparams(W1[:, i:i + gs], bits, symmetric)
+                s, z = qparams(W1[:, i:i + gs], bits, symmetric)
                 scale[:, col // gs] = s
                 if zero is not None:
                     zero[:, col // gs] = z
@@ -110,7 +112,8 @@ class _Captured(Exception):
 def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], scheme: str = "int4_weight_only",
                    group_size: int | None = 128, symmetric: bool = True, include: Iterable[str] | None = None,
                    exclude: Iterable[str] | None = None, damp: float = 0.01, lm_head: bool = False,
-                   embeddings: str | None = None, partial_groups: bool = False) -> dict[str, Any]:
+                   embeddings: str | None = None, partial_groups: bool = False, clip_search: bool = False
+                   ) -> dict[str, Any]:
     """Quantize the decoder layers' Linear weights of a causal LM with GPTQ, in place, layer by layer.
 
     Args:
@@ -125,6 +128,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             rounded to nearest (the head's inputs come after the last layer).
         partial_groups (`bool`, *optional*, defaults to `False`): allow a shorter last group where
             ``group_size`` does not divide a layer's input size (otherwise that raises).
+        clip_search (`bool`, *optional*, defaults to `False`): choose each group's range by the least squared
+            rounding error over a few shrink factors instead of its full min..max.
 
     Returns:
         `dict`: calibration tokens, layers and modules quantized, mean relative output error of the layers.
@@ -217,7 +222,7 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                 h.remove()
         for name, lin in mine.items():
             q, scale, zero = gptq_quantize_weight(lin.weight, hessians[name], bits, group_size, symmetric, damp,
-                                                  partial=partial_groups)
+                                                  partial=partial_groups, clip_search=clip_search)
             _swap(model, name, cls.from_quantized(q, scale, zero, lin.bias, group_size=group_size))
             done.append(name)
         hessians.clear()
@@ -241,5 +246,5 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
     describe_(model, scheme, group_size=group_size, symmetric=None if symmetric else False, method="gptq",
               calibration_tokens=tokens, partial_groups=partial_groups or None)
     logger.info("GPTQ: %d modules in %d layers on %d calibration tokens", len(done), len(errors), tokens)
-    return {"method": "gptq", "calibration_tokens": tokens, "modules_gptq": len(done), "modules_rtn": len(rest),
+    return {"method": "gptq", "clip_search": clip_search, "calibration_tokens": tokens, "modules_gptq": len(done), "modules_rtn": len(rest),
             "layer_output_rel_error_mean": round(sum(errors) / max(1, len(errors)), 5)}

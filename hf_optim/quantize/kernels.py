@@ -95,6 +95,34 @@ def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool = True) -> tuple[
     return scale, qmin - lo / scale
 
 
+def weight_qparams_mse(w: torch.Tensor, bits: int, symmetric: bool = True,
+                       shrink: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`weight_qparams` with the range shrunk per group by the factor (of ``shrink``) that minimises the
+    group's squared rounding error: clipping a few extreme weights buys a finer grid for all the others."""
+    w = w.float()
+    best_s, best_z, best_err = None, None, None
+    for p in shrink:
+        s, z = weight_qparams(w * p, bits, symmetric)
+        err = (dequantize_grouped(quantize_with_qparams(w, s, z, bits, symmetric), s, z) - w).pow(2).sum(-1)
+        if best_err is None:
+            best_s, best_z, best_err = s, z, err
+            continue
+        better = err < best_err
+        best_s = torch.where(better, s, best_s)
+        best_z = None if z is None else torch.where(better, z, best_z)
+        best_err = torch.minimum(err, best_err)
+    return best_s, best_z
+
+
+def dequantize_grouped(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None) -> torch.Tensor:
+    """``(q - zero_point) * scale`` for ``q`` ``[..., n]`` and per-group ``scale``/``zero_point`` ``[...]``."""
+    x = q.float()
+    if zero_point is not None:
+        x = x - zero_point[..., None]
+    return x * scale[..., None]
+
+
 def quantize_with_qparams(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, bits: int,
                           symmetric: bool = True) -> torch.Tensor:
     """Round ``w`` (``[..., n]``) onto the grid of ``scale``/``zero_point`` (``[...]``); int8 values."""
@@ -209,8 +237,17 @@ def linear_token_int8(x: torch.Tensor, packed, dequantized: torch.Tensor, bias: 
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).float().contiguous()
     if x2.shape[0] <= rows_per_call:
-        y = torch.cat([torch.ops.quantized.linear_dynamic(x2[i:i + 1], packed, TOKEN_REDUCE_RANGE)
-                       for i in range(x2.shape[0])]) if x2.shape[0] else x2.new_zeros(0, dequantized.shape[0])
+        # One thread: a one-row int8 GEMM is ~30 us; FBGEMM's multi-threaded path measured ~10 ms per call on a
+        # shared 2-core machine (threads waiting for each other).
+        threads = torch.get_num_threads()
+        if threads > 1:
+            torch.set_num_threads(1)
+        try:
+            y = torch.cat([torch.ops.quantized.linear_dynamic(x2[i:i + 1], packed, TOKEN_REDUCE_RANGE)
+                           for i in range(x2.shape[0])]) if x2.shape[0] else x2.new_zeros(0, dequantized.shape[0])
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
     else:
         y = F.linear(quantize_rows_(x2, TOKEN_REDUCE_RANGE), dequantized, None if bias is None else bias.float())
     return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
