@@ -145,7 +145,7 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
 
     from ..evaluation.classifier import load_classifier
     from .onnx import copy_preprocessors
-    from .validate import check_budget, compare, load_validation, predict_all
+    from .validate import check_budget, compare, latency_vs_source, load_validation, predict_all
 
     config = config or CompileConfig(model=str(model_dir), **kwargs)
     src, out = Path(model_dir), Path(output_dir)
@@ -166,6 +166,7 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
                                  config.max_length, params)
         validation = compare(source_logits, predict_all(clf.predict_logits, data), data)
         check_budget(validation, config.max_metric_drop, f"compile ({config.method})")
+        validation["latency"] = latency_vs_source(source.predict_logits, clf.predict_logits, data)
         record = {"format": 1, "kind": "compile", "method": config.method, "source": str(src),
                   "file_name": _FILES.get(config.method), "input_names": info["names"],
                   "lengths": clf.lengths, "build_seconds": round(build_s, 2),

@@ -122,7 +122,6 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
     source = load_classifier(src, max_length=config.max_length)
     source_logits = predict_all(source.predict_logits, data)
     tokenizer = source.tokenizer
-    del source
 
     onnx_path = export_onnx(src, work / "export", "sequence-classification", backend, config.opset)
     fp32_ops = op_counts(onnx_path)
@@ -153,6 +152,11 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
         current, record["guard"] = _static_with_guard(optimized, work, config, backend, tokenizer, data, score)
     validation = record.pop("_validation", None) or score(current)
     record["validation"] = validation
+    if validation["drop"] <= config.max_metric_drop + 1e-9:
+        from .validate import latency_vs_source
+
+        clf = OrtClassifier(current, tokenizer=tokenizer, max_length=config.max_length)
+        validation["latency"] = latency_vs_source(source.predict_logits, clf.predict_logits, data)
     record["ops"] = op_counts(current)
     record["ops_fp32_export"] = fp32_ops
     record["size_mb"] = round(current.stat().st_size / 2**20, 3)

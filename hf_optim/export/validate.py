@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import StageError
 
-__all__ = ["ValidationData", "load_validation", "predict_all", "compare", "check_budget", "causal_lm_perplexity"]
+__all__ = ["ValidationData", "load_validation", "predict_all", "compare", "check_budget", "causal_lm_perplexity",
+           "latency_vs_source"]
 
 
 @dataclasses.dataclass
@@ -66,6 +67,27 @@ def compare(source_logits: np.ndarray, logits: np.ndarray, data: ValidationData)
         "agreement": round(float((source_logits.argmax(-1) == logits.argmax(-1)).mean()), 6),
         "max_logit_diff": round(float(np.abs(source_logits - logits).max()), 6),
     }
+
+
+def latency_vs_source(source: Callable, candidate: Callable, data: ValidationData, n: int = 50) -> dict[str, Any]:
+    """Batch-1 latency of source and candidate on the first ``n`` validation texts, alternating calls (so a
+    busy machine slows both alike): p50 of each in ms and the speedup. Indicative; the ``evaluate`` stage and
+    ``scripts/`` benchmarks measure properly."""
+    import time
+
+    texts = data.texts[:n]
+    pairs = data.pairs[:n] if data.pairs else [None] * len(texts)
+    times: dict[str, list[float]] = {"source": [], "candidate": []}
+    for fn in (source, candidate):  # warm-up
+        fn(texts[:1], [pairs[0]] if pairs[0] is not None else None)
+    for text, pair in zip(texts, pairs):
+        for name, fn in (("source", source), ("candidate", candidate)):
+            start = time.perf_counter()
+            fn([text], [pair] if pair is not None else None)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    src, cand = float(np.median(times["source"])), float(np.median(times["candidate"]))
+    return {"batch_size": 1, "n": len(texts), "source_p50_ms": round(src, 3), "candidate_p50_ms": round(cand, 3),
+            "speedup": round(src / cand, 3) if cand > 0 else None}
 
 
 def check_budget(result: dict, budget: float, what: str) -> None:

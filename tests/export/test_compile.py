@@ -25,6 +25,7 @@ def test_saved_artifacts_reload_and_match(method, expected_file, bert_dir, tmp_p
     assert (out / expected_file).is_file() and not list(out.glob("*.safetensors"))
     assert json.loads((out / "hf_optim_compile.json").read_text())["method"] == method
     assert rec["validation"]["drop"] == 0.0 and rec["validation"]["max_logit_diff"] < 1e-4
+    assert rec["validation"]["latency"]["n"] == 32 and rec["validation"]["latency"]["candidate_p50_ms"] > 0
     assert rec["deprecated"] is (method == "torchscript")
     ref = load_classifier(bert_dir, max_length=64).predict_logits(TEXTS)
     clf = load_classifier(out, max_length=64)  # dispatches on the record

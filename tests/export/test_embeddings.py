@@ -27,6 +27,8 @@ def test_pruned_model_exports_with_int4_embeddings(tmp_path, pruned_dir):
     assert small["int4_embedding_tables"] == 1 and small["ops"]["GatherBlockQuantized"] == 1
     assert "EmbedLayerNormalization" not in small["ops"]
     assert small["validation"]["drop"] <= 0.05 and small["validation"]["agreement"] >= 0.9
+    lat = small["validation"]["latency"]  # batch-1 p50 of source and export, measured alternately
+    assert lat["n"] == 32 and lat["source_p50_ms"] > 0 and lat["candidate_p50_ms"] > 0
     # 2048 x 32 table: int8 (plain, 64 KiB) -> int4 + one float scale per 32 values (40 KiB)
     assert small["size_mb"] < plain["size_mb"] - 0.015
     graph = onnx.load(str(tmp_path / "emb4" / "model.onnx"))
