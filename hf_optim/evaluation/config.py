@@ -26,10 +26,10 @@ class EvalConfig(StageConfig):
         measure_memory (`bool`, *optional*, defaults to `True`): measure peak memory in a fresh process.
         threads (`int`, *optional*): torch intra-op threads while measuring (default: torch's choice).
         task_type (`str`, *optional*, defaults to ``"auto"``): ``sequence-classification``, ``causal-lm`` or
-            ``auto`` (from the model's ``config.json`` architectures). Causal LMs are measured with
-            :func:`hf_optim.evaluation.lm.evaluate_lm` on the text named by ``task`` (``bbc-news``; a
-            classification task name falls back to ``bbc-news``) and ``split``: perplexity, time to first
-            token, decode tokens/s, size, peak memory.
+            ``auto`` (causal LM when ``task`` names a text corpus, ``bbc-news``). Causal LMs are measured with
+            :func:`hf_optim.evaluation.lm.evaluate_lm` on that text (``bbc-news`` for ``causal-lm`` with a
+            classification task) and ``split``: perplexity, time to first token, decode tokens/s, size, peak
+            memory.
         lm_tokens (`int`, *optional*, defaults to 4096): causal LMs: tokens of the fixed perplexity slice.
         context (`int`, *optional*, defaults to 512) / stride (`int`, *optional*, defaults to 256): causal LMs:
             the sliding perplexity window (each window scores the tokens the previous one did not).

@@ -83,9 +83,12 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
 
 
 def _causal_lm(model_dir, config: EvalConfig) -> bool:
-    from .lm import is_causal_lm
+    from ..data import BUILTIN_TEXTS
 
-    return config.task_type == "causal-lm" or (config.task_type == "auto" and is_causal_lm(model_dir))
+    # auto: a text corpus as the task means language-model evaluation; a classification task keeps the
+    # classifier path (which says so when the model is not a classifier).
+    return config.task_type == "causal-lm" or (config.task_type == "auto" and isinstance(config.task, str)
+                                               and config.task in BUILTIN_TEXTS)
 
 
 def _evaluate_lm(model_dir, config: EvalConfig) -> dict:
