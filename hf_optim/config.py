@@ -164,9 +164,10 @@ class OptimConfig:
 
     # -- serialization ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON/YAML-ready dict with ``kind`` and ``version`` first."""
+        """JSON/YAML-ready dict with ``kind`` and ``version`` first, then the fields (shared keyword-only ones,
+        such as the training settings, last)."""
         out: dict[str, Any] = {"kind": self.kind, "version": self.version}
-        for f in dataclasses.fields(self):
+        for f in sorted(dataclasses.fields(self), key=lambda f: f.kw_only is True):
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out

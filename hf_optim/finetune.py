@@ -13,8 +13,23 @@ from .registry import register
 logger = logging.getLogger("hf_optim")
 
 
+@dataclasses.dataclass(kw_only=True)
+class TrainingFields:
+    """Training settings shared by every stage that trains (``finetune``, ``distill``, ``prune``); see
+    :class:`FinetuneConfig` for their meaning. Keyword-only; stages may override a default."""
+
+    epochs: float = 2.0
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    max_length: int = 128
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+
+
 @dataclasses.dataclass
-class FinetuneConfig(StageConfig):
+class FinetuneConfig(StageConfig, TrainingFields):
     """Fine-tune ``model`` on ``task`` with ``transformers.Trainer``.
 
     Args:
@@ -35,14 +50,6 @@ class FinetuneConfig(StageConfig):
 
     model: str
     task: Union[str, dict] = "movie-sentiment"
-    epochs: float = 2.0
-    learning_rate: float = 1e-4
-    batch_size: int = 32
-    max_length: int = 128
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
 
     def validate(self) -> None:
         TaskSpec.coerce(self.task)

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, ClassVar, Literal, Optional, Union
 
 from ..data.tasks import TaskSpec
-from ..finetune import validate_training_fields
+from ..finetune import TrainingFields, validate_training_fields
 from ..errors import ConfigError
 from ..recipe import StageConfig
 
@@ -28,7 +28,7 @@ def _check_layer_map(cfg, field: str) -> None:
 
 
 @dataclasses.dataclass
-class DistillConfig(StageConfig):
+class DistillConfig(StageConfig, TrainingFields):
     """Knowledge distillation of a student from a teacher with :class:`~hf_optim.distill.DistillationTrainer`.
 
     Used both as a recipe stage (``kind: distill``; then ``model`` and ``teacher`` are required) and from Python
@@ -83,14 +83,7 @@ class DistillConfig(StageConfig):
     task_type: Literal["auto", "sequence", "token", "causal_lm"] = "auto"
     kl_chunk_size: int = 2048
     cache_teacher_outputs: bool = False
-    epochs: float = 3.0
-    learning_rate: float = 1e-4
-    batch_size: int = 32
-    max_length: int = 128
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
+    epochs: float = dataclasses.field(default=3.0, kw_only=True)  # + the other TrainingFields
 
     def validate(self) -> None:
         TaskSpec.coerce(self.task)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
-from ..finetune import validate_training_fields
+from ..finetune import TrainingFields, validate_training_fields
 from ..recipe import StageConfig
 
 __all__ = ["PruneConfig", "DEFAULT_EXCLUDE"]
@@ -18,7 +18,7 @@ GRADIENT_IMPORTANCE = ("movement", "taylor")
 
 
 @dataclasses.dataclass
-class PruneConfig(StageConfig):
+class PruneConfig(StageConfig, TrainingFields):
     """Prune a model while it trains (:class:`~hf_optim.prune.PruningCallback`), optionally distilling from a teacher.
 
     Three granularities:
@@ -97,14 +97,7 @@ class PruneConfig(StageConfig):
     temperature: float = 2.0
     alpha: float = 0.5
     cache_teacher_outputs: bool = True
-    epochs: float = 3.0
-    learning_rate: float = 1e-4
-    batch_size: int = 32
-    max_length: int = 128
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
+    epochs: float = dataclasses.field(default=3.0, kw_only=True)  # + the other TrainingFields
 
     def validate(self) -> None:
         TaskSpec.coerce(self.task)

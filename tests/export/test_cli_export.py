@@ -21,3 +21,13 @@ def test_default_recipe_has_export_stages():
     recipe = Recipe.from_yaml(Path(__file__).resolve().parents[2] / "recipes" / "movie-sentiment.yaml")
     kinds = {s.name: s.config.kind for s in recipe.stages}
     assert kinds["export"] == "export" and kinds["eval-export"] == "evaluate"
+
+
+def test_cli_export_int4_embeddings(bert_dir, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "emb4"
+    assert main(["export", str(bert_dir), "-o", str(out), "--backend", "torch", "--validation-samples", "16",
+                 "--embeddings", "int4"]) == 0
+    record = json.loads((out / "hf_optim_export.json").read_text())
+    assert record["config"]["embeddings"] == "int4" and record["ops"]["GatherBlockQuantized"] == 1
