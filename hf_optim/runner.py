@@ -251,6 +251,8 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file
             report["stages"].append({"name": stage.name, "kind": stage.config.kind, "fingerprint": fp,
                                      "status": "failed", "error": f"{type(e).__name__}: {e}"})
             _write_report(out, report, status="failed")
+            if isinstance(e, Exception):  # report.md shows what completed (not on Ctrl-C: stop promptly)
+                _write_run_report(out, report, recipe)
             raise
         logger.info("[%d/%d] %s: done in %.1f s", i, total, stage.name, entry["seconds"])
         report["stages"].append({**entry, "status": "ran"})

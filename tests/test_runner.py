@@ -112,6 +112,7 @@ def test_crash_mid_stage_leaves_nothing_complete_and_resumes(tmp_path):
     assert partial["status"] == "failed"
     assert [(s["name"], s["status"]) for s in partial["stages"]] == [("a", "ran"), ("b", "failed")]
     assert "simulated crash" in partial["stages"][1]["error"]
+    assert "failed" in (out / "report.md").read_text()  # the human-readable report of how far it got
     log = next((out / "logs").glob("run-*.log")).read_text()
     assert "Traceback" in log and "simulated crash" in log  # details go to the log file
     CALLS.clear()
