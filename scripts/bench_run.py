@@ -53,17 +53,16 @@ def main() -> None:
             if isinstance(clf, OrtClassifier):
                 clf.session = make_session(clf.path, args.threads)
     rows = side_by_side(clfs, test["text"], test["label"], rounds=args.rounds, baseline=args.baseline)
-    ref = args.reference
+    ref, base = args.reference, args.baseline or names[0]
     for n in names:
         rows[n]["size"] = dir_size_mb(run / n)
         if ref:
             rows[n]["throughput_vs_reference"] = round(
                 rows[n]["throughput"]["samples_per_s"] / rows[ref]["throughput"]["samples_per_s"], 3)
             rows[n]["accuracy_vs_reference_points"] = round(100 * (rows[n]["accuracy"] - rows[ref]["accuracy"]), 2)
-        base = args.baseline or names[0]
         rows[n]["size_ratio_vs_baseline"] = round(rows[n]["size"]["weights_mb"] / rows[base]["size"]["weights_mb"], 4)
     report = {"run": str(run), "task": args.task, "split": "test", "examples": len(test),
-              "baseline": args.baseline or names[0], "reference": ref,
+              "baseline": base, "reference": ref,
               "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                           "torch": torch.__version__},
               "rows": rows}

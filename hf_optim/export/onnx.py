@@ -150,8 +150,8 @@ def optimize_onnx(onnx_path: str | Path, out_path: str | Path, level: str, backe
     cfg = json.loads((onnx_path.parent / "config.json").read_text())
     # Structurally pruned models have per-layer head counts: ORT's fusion reads each layer's from the graph
     # (it prefers the detected value over the one passed; 0 = detect only). Validation checks the result.
-    pruned = bool(((cfg.get("quantization_config") or {}).get("module_attrs")
-                   or (cfg.get("quantization_config") or {}).get("linear_shapes")))
+    qc = cfg.get("quantization_config") or {}
+    pruned = bool(qc.get("module_attrs") or qc.get("linear_shapes"))
     if backend == "optimum":
         from optimum.onnxruntime import ORTOptimizer
         from optimum.onnxruntime.configuration import AutoOptimizationConfig

@@ -223,7 +223,7 @@ class Pruner:
                 if bool(keep.all()):
                     continue
                 for part, lin in g.linears(self.model):
-                    wmask, bmask = unit_mask(g, part, keep, lin)
+                    wmask, bmask = unit_mask(part, keep, lin)
                     lin.weight.mul_(wmask)
                     if bmask is not None:
                         lin.bias.mul_(bmask)
@@ -291,19 +291,12 @@ class PruningCallback(TrainerCallback, ExportableState):
     def state(self) -> dict:
         return {"args": {"config": self.config.to_dict()}, "attributes": {"history": self.history}}
 
-    def _progress(self, step: int) -> float:
-        cfg = self.config
-        start, end = self._bounds
-        schedule = "oneshot" if cfg.granularity == "nm" else cfg.schedule
-        return sparsity_at(step, 1.0, schedule, start, end)
-
     def _maybe_update(self, step: int) -> None:
-        cfg = self.config
         start, end = self._bounds
-        schedule = "oneshot" if cfg.granularity == "nm" else cfg.schedule
-        if not is_update_step(step, schedule, start, end, cfg.frequency):
+        schedule = "oneshot" if self.config.granularity == "nm" else self.config.schedule
+        if not is_update_step(step, schedule, start, end, self.config.frequency):
             return
-        progress = self._progress(step)
+        progress = sparsity_at(step, 1.0, schedule, start, end)
         self.pruner.update(progress)
         entry = {"step": step, "target": round(progress, 6), **self.pruner.stats()}
         self.history.append(entry)
@@ -369,5 +362,5 @@ class PruningCallback(TrainerCallback, ExportableState):
         if self.config.granularity != "structured":
             return {}
         model = model if model is not None else self.pruner.model
-        pruned = pruned_units(model, [g for g in find_unit_groups(model)])
+        pruned = pruned_units(model)
         return prune_structured_(model, heads=pruned["heads"], ffn=pruned["ffn"])

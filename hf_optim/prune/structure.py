@@ -128,7 +128,7 @@ def unit_scores(group: UnitGroup, model: nn.Module, importance: Mapping[str, tor
     return total.sqrt() if reduce == "l2" else total
 
 
-def unit_mask(group: UnitGroup, part: Part, keep: torch.Tensor, linear: nn.Linear) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+def unit_mask(part: Part, keep: torch.Tensor, linear: nn.Linear) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Weight (and bias) masks of ``part`` for the kept units ``keep`` (bool, one per unit)."""
     rows = keep.repeat_interleave(part.block).to(linear.weight.device)
     if part.dim == 0:
