@@ -121,6 +121,12 @@ def _coerce(value: Any, tp: Any) -> Any:
     return value if isinstance(value, tp) else _NO
 
 
+def added_field(default: Any) -> Any:
+    """A config field added after the first release: left at ``default`` it is not part of a stage's
+    fingerprint (see :meth:`OptimConfig.fingerprint_dict`)."""
+    return dataclasses.field(default=default, metadata={"added": True})
+
+
 @dataclasses.dataclass
 class OptimConfig:
     """Base class of every hf_optim config.
@@ -170,6 +176,16 @@ class OptimConfig:
         for f in sorted(dataclasses.fields(self), key=lambda f: f.kw_only is True):
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields declared with :func:`added_field` that hold their default: a field
+        added in a later release changes a stage's fingerprint only when it is set, so upgrading hf_optim does
+        not re-run finished stages."""
+        out = self.to_dict()
+        for f in dataclasses.fields(self):
+            if f.metadata.get("added") and f.default is not dataclasses.MISSING and getattr(self, f.name) == f.default:
+                out.pop(f.name)
         return out
 
     def to_json(self) -> str:

@@ -76,6 +76,11 @@ class Stage:
         d.pop("version")
         return {"name": self.name, **d}
 
+    def fingerprint_dict(self) -> dict[str, Any]:
+        d = self.config.fingerprint_dict()
+        d.pop("version")
+        return {"name": self.name, **d}
+
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
@@ -212,7 +217,8 @@ class Recipe:
             task = getattr(stage.config, "task", None)
             if isinstance(task, dict) and task.get("dataset") and Path(task["dataset"]).exists():
                 upstream["dataset"] = _path_identity(Path(task["dataset"]))  # edited data -> re-run
-            payload = {"format": STAGE_FORMAT, "seed": self.seed, "stage": stage.to_dict(), "upstream": upstream}
+            payload = {"format": STAGE_FORMAT, "seed": self.seed, "stage": stage.fingerprint_dict(),
+                       "upstream": upstream}
             fps[stage.name] = _digest(payload)
         return fps
 

@@ -13,6 +13,8 @@ Modes:
   fixed_batching  the engine with a single length bucket: batches of up to max_batch_size, padded to the
                   longest member of the batch (dynamic batching without length bucketing);
   engine          the engine with length buckets;
+  engine_merged   the engine with length buckets and ``merge_padding`` (``--merge-padding``): a batch run before
+                  it is full is topped up from neighbouring buckets while its padded share stays within bounds;
   engine_cache    the engine with a result cache (repeat stream only; ``engine`` on the same stream is the
                   reference).
 
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--buckets", default="16,24,32,48,64,128", help="length bucket bounds (tokens)")
+    ap.add_argument("--merge-padding", type=float, default=0.3,
+                    help="merge_padding of the engine_merged mode (0 leaves that mode out)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
     ap.add_argument("--repeat-rate", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
@@ -118,6 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
               "max_queue": 100_000}
     engines = {"fixed_batching": InferenceEngine(model, tok, length_buckets=(max_len,), **common),
                "engine": InferenceEngine(model, tok, length_buckets=buckets, **common)}
+    if args.merge_padding > 0:
+        engines["engine_merged"] = InferenceEngine(model, tok, length_buckets=buckets,
+                                                   merge_padding=args.merge_padding, **common)
     modes = {"one_at_a_time": one_at_a_time,
              **{name: (lambda e: lambda text: e.submit(text).result())(e) for name, e in engines.items()}}
 
@@ -201,13 +208,19 @@ def main(argv: list[str] | None = None) -> dict:
         "model": str(args.model), "sentences": len(texts), "clients": args.clients, "rounds": args.rounds,
         "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
         "engine_config": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
-                          "length_buckets": list(buckets), "fixed_batching_buckets": [max_len]},
+                          "length_buckets": list(buckets), "fixed_batching_buckets": [max_len],
+                          "merge_padding": args.merge_padding},
         "modes": summary,
         "ratios": {"engine_vs_one_at_a_time": round(eng / summary["one_at_a_time"]["requests_per_s"], 3),
                    "engine_vs_fixed_batching": round(eng / summary["fixed_batching"]["requests_per_s"], 3),
                    "engine_vs_offline_ceiling": round(eng / summary["offline_sorted_batches"]["requests_per_s"], 3),
                    "ceiling_vs_one_at_a_time": round(summary["offline_sorted_batches"]["requests_per_s"]
-                                                     / summary["one_at_a_time"]["requests_per_s"], 3)},
+                                                     / summary["one_at_a_time"]["requests_per_s"], 3),
+                   **({"engine_merged_vs_one_at_a_time": round(summary["engine_merged"]["requests_per_s"]
+                                                               / summary["one_at_a_time"]["requests_per_s"], 3),
+                       "engine_merged_vs_fixed_batching": round(summary["engine_merged"]["requests_per_s"]
+                                                                / summary["fixed_batching"]["requests_per_s"], 3)}
+                      if "engine_merged" in summary else {})},
         "targets": {"engine_vs_one_at_a_time": 3.0, "engine_vs_fixed_batching": 1.3},
         "cache": cache_summary,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,

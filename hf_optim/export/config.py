@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal, Optional, Union
 
 from ..data.tasks import TaskSpec
+from ..config import added_field
 from ..recipe import StageConfig
 
 __all__ = ["ExportConfig", "CompileConfig"]
@@ -51,6 +52,8 @@ class ExportConfig(StageConfig):
         guard (`bool`, *optional*, defaults to `True`): for ``static``, keep nodes in float (LayerNorm, Gelu,
             residual Add, then whole layers) until the metric drop is within ``max_metric_drop``.
         int4_block_size (`int`, *optional*, defaults to 32): block size of ``int4`` weights.
+        int4_symmetric (`bool`, *optional*, defaults to `True`): ``False`` stores a zero point per block
+            (``MatMulNBits`` with ``zero_points``): a block's range need not be centred on zero.
         int4_min_size (`int`, *optional*, defaults to 65536): only MatMuls with at least this many weights go int4.
         max_metric_drop (`float`, *optional*, defaults to 0.01): the stage fails (and writes nothing) when the
             validation metric drops more than this vs the source model (metric units; for causal LMs, the
@@ -79,6 +82,7 @@ class ExportConfig(StageConfig):
     calibration_batch_size: int = 16
     guard: bool = True
     int4_block_size: int = 32
+    int4_symmetric: bool = added_field(True)
     int4_min_size: int = 65536
     max_metric_drop: float = 0.01
     validation_samples: Optional[int] = 500

@@ -161,9 +161,10 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, backend: str, ranges:
     return dst
 
 
-def quantize_int4_onnx(src: str | Path, dst: str | Path, block_size: int = 32, min_size: int = 65536) -> tuple[Path, int]:
-    """INT4 weight-only (``MatMulNBits``, symmetric, per block) for MatMuls whose weight has >= ``min_size``
-    elements; returns the output path and the number of MatMuls converted."""
+def quantize_int4_onnx(src: str | Path, dst: str | Path, block_size: int = 32, min_size: int = 65536,
+                       symmetric: bool = True) -> tuple[Path, int]:
+    """INT4 weight-only (``MatMulNBits``, per block; ``symmetric=False`` adds a zero point per block) for MatMuls
+    whose weight has >= ``min_size`` elements; returns the output path and the number of MatMuls converted."""
     import numpy as np
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -181,7 +182,7 @@ def quantize_int4_onnx(src: str | Path, dst: str | Path, block_size: int = 32, m
             small.append(node.name)
         else:
             large += 1
-    quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True, nodes_to_exclude=small)
+    quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=symmetric, nodes_to_exclude=small)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), False)
     return dst, large

@@ -146,7 +146,7 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
                                         config.per_channel)
     elif q == "int4":
         current, n = quantize_int4_onnx(optimized, optimized.parent / "model_int4.onnx", config.int4_block_size,
-                                        config.int4_min_size)
+                                        config.int4_min_size, config.int4_symmetric)
         record["int4_matmuls"] = n
     elif q == "static":
         current, record["guard"] = _static_with_guard(optimized, work, config, backend, tokenizer, data, score)
@@ -215,8 +215,6 @@ def _static_with_guard(src: Path, work: Path, config: ExportConfig, backend: str
 
 
 def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str) -> tuple[Path, dict]:
-    import numpy as np
-
     from .onnx import export_onnx, op_counts
     from .ort_quant import quantize_dynamic_onnx, quantize_int4_onnx
 
@@ -239,7 +237,8 @@ def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str)
         current = quantize_dynamic_onnx(current, current.parent / "model_quantized.onnx", backend, config.per_channel)
     elif q == "int4":
         current, record["int4_matmuls"] = quantize_int4_onnx(current, current.parent / "model_int4.onnx",
-                                                             config.int4_block_size, config.int4_min_size)
+                                                             config.int4_block_size, config.int4_min_size,
+                                                             config.int4_symmetric)
     record["validation"] = _validate_causal_lm(src, current, config)
     record["ops"] = op_counts(current)
     record["size_mb"] = round(current.stat().st_size / 2**20, 3)
@@ -250,7 +249,6 @@ def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str)
         raise StageError(f"export (causal LM): perplexity rose {100 * v['drop']:.1f}% ({v['source']:.3f} -> "
                          f"{v['candidate']:.3f}), more than max_metric_drop={config.max_metric_drop} (relative); "
                          "nothing was written")
-    del np
     return current, record
 
 

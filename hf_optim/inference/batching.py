@@ -2,8 +2,13 @@
 
 A request of ``n`` tokens belongs to the first bucket whose bound is ``>= n``. Each bucket is a FIFO; a bucket
 is *ready* when it holds ``max_batch_size`` requests or its oldest request has waited ``max_wait_s``. A batch
-is padded only to its own longest member, so a batch never holds more than ``bound`` tokens per row and short
-requests never pay for long ones from another bucket. The engine guards :class:`BucketQueue` with its lock.
+is padded only to its own longest member, so a batch never holds more than ``bound`` tokens per row.
+
+With ``merge_padding > 0`` a ready batch that is not full is topped up with waiting requests of the nearest
+other buckets as long as the batch's padded share stays within ``merge_padding``: fewer, larger model calls
+for some padding, which pays where a call has a high fixed cost (an accelerator, a remote runtime). The batch
+then belongs to the largest bucket it holds and is still padded only to its longest member.
+The engine guards :class:`BucketQueue` with its lock.
 """
 
 from __future__ import annotations
@@ -62,12 +67,18 @@ class BucketQueue:
         buckets (`LengthBuckets`): the bounds.
         max_batch_size (`int`): a bucket holding this many requests is flushed at once.
         max_wait_s (`float`): a bucket whose oldest request waited this long is flushed even if not full.
+        merge_padding (`float`, *optional*, defaults to 0): largest padded share of a batch topped up from other
+            buckets (0 = never mix buckets).
     """
 
-    def __init__(self, buckets: LengthBuckets, max_batch_size: int, max_wait_s: float):
+    def __init__(self, buckets: LengthBuckets, max_batch_size: int, max_wait_s: float, merge_padding: float = 0.0):
+        if not 0 <= merge_padding < 1:
+            raise ConfigError(f"merge_padding = {merge_padding!r}: expected a padded share in [0, 1)",
+                              field="merge_padding")
         self.buckets = buckets
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
+        self.merge_padding = merge_padding
         self._queues: list[deque] = [deque() for _ in buckets.bounds]
         self._size = 0
 
@@ -82,7 +93,8 @@ class BucketQueue:
         """The next batch to run as ``(bucket_index, items)``, or None when no bucket is ready.
 
         Full buckets go first, then buckets past their deadline; among several, the one whose oldest request
-        has waited longest (so no bucket starves). With ``drain=True`` every non-empty bucket is ready.
+        has waited longest (so no bucket starves). With ``drain=True`` every non-empty bucket is ready. A batch
+        topped up from other buckets (``merge_padding``) reports the largest bucket it holds.
         """
         best, best_t, best_full = None, None, False
         for i, q in enumerate(self._queues):
@@ -98,8 +110,28 @@ class BucketQueue:
             return None
         q = self._queues[best]
         items = [q.popleft() for _ in range(min(len(q), self.max_batch_size))]
+        bucket = best
+        if self.merge_padding > 0 and len(items) < self.max_batch_size:
+            bucket = self._top_up(best, items)
         self._size -= len(items)
-        return best, items
+        return bucket, items
+
+    def _top_up(self, best: int, items: list[Any]) -> int:
+        """Add heads of the nearest buckets (closest first, FIFO) while the padded share stays within bounds."""
+        width = max(it.length for it in items)
+        real = sum(it.length for it in items)
+        bucket = best
+        n = len(self._queues)
+        for j in sorted((j for j in range(n) if j != best), key=lambda j: (abs(j - best), j)):
+            q = self._queues[j]
+            while q and len(items) < self.max_batch_size:
+                w = max(width, q[0].length)
+                if 1 - (real + q[0].length) / ((len(items) + 1) * w) > self.merge_padding:
+                    break
+                it = q.popleft()
+                items.append(it)
+                width, real, bucket = w, real + it.length, max(bucket, j)
+        return bucket
 
     def next_deadline(self) -> float | None:
         """Clock time at which the oldest pending request's bucket becomes ready (None when empty)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional
 
-from ..config import OptimConfig
+from ..config import OptimConfig, added_field
 
 __all__ = ["InferenceConfig"]
 
@@ -22,6 +22,9 @@ class InferenceConfig(OptimConfig):
             bounds. Requests are batched only with requests of the same bucket, and a batch is padded to its
             own longest member, so no row is ever padded past its bucket's bound. The last bound is the
             longest accepted input.
+        merge_padding (`float`, *optional*, defaults to 0.0): a batch that is run before it is full is topped up
+            with waiting requests of the nearest other buckets while at most this share of its tokens is
+            padding (0 = batches never mix buckets). More rows per call at the price of some padding.
         truncation (`bool`, *optional*, defaults to `False`): cut inputs longer than the last bucket instead
             of failing them with :class:`~hf_optim.inference.InputTooLong`.
         max_queue (`int`, *optional*, defaults to 4096): most requests waiting to be batched.
@@ -47,6 +50,7 @@ class InferenceConfig(OptimConfig):
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     length_buckets: tuple[int, ...] = (16, 32, 64, 128)
+    merge_padding: float = added_field(0.0)
     truncation: bool = False
     max_queue: int = 4096
     on_full: Literal["raise", "block"] = "raise"
@@ -65,6 +69,8 @@ class InferenceConfig(OptimConfig):
         b = self.length_buckets
         if not b or any(x < 1 for x in b) or list(b) != sorted(set(b)):
             self._fail("length_buckets", "expected strictly increasing positive token counts, e.g. [16, 32, 64, 128]")
+        if not 0 <= self.merge_padding < 1:
+            self._fail("merge_padding", "must be a padded share in [0, 1) (0 = never mix buckets)")
         if self.max_queue < 1:
             self._fail("max_queue", "must be >= 1")
         if self.submit_timeout_s is not None and self.submit_timeout_s < 0:

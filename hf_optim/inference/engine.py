@@ -300,7 +300,8 @@ class InferenceEngine:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)   # the worker waits here for ready buckets
         self._room = threading.Condition(self._lock)   # blocking submitters wait here for queue room
-        self._queue = BucketQueue(self._buckets, config.max_batch_size, config.max_wait_ms / 1e3)
+        self._queue = BucketQueue(self._buckets, config.max_batch_size, config.max_wait_ms / 1e3,
+                                  config.merge_padding)
         self._inflight: dict[bytes, _Pending] = {}
         self._closing = False
         self._stats_lock = threading.Lock()

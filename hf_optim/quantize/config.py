@@ -7,6 +7,7 @@ import re
 from typing import Literal, Optional, Union
 
 from ..data.tasks import TaskSpec
+from ..config import added_field
 from ..recipe import StageConfig
 
 SCHEMES = ("int8_dynamic", "int8_static", "int8_qat", "int8_weight_only", "int4_weight_only", "fp16", "bf16")
@@ -41,6 +42,10 @@ class QuantizeConfig(StageConfig):
             ``max_length`` tokens. Unset: the texts of ``task``.
         gptq_damp (`float`, *optional*, defaults to 0.01): ``gptq``: fraction of the mean Hessian diagonal added
             to its diagonal (numerical stability).
+        gptq_act_order (`bool`, *optional*, defaults to `True`): ``gptq``: quantize each weight's input columns
+            in order of decreasing activation energy, with static groups (every group's grid from the original
+            weights, so the stored layout is unchanged). On SmolLM2-135M int4 group 128 it halves the perplexity
+            rise of column order (README, "Large language models").
         lm_head (`bool`, *optional*, defaults to `False`): quantize the output head too; a head tied to the
             input embeddings is untied (stored separately) first.
         embeddings (`str`, *optional*, defaults to ``"float"``): ``int8`` (one scale per row) or ``int4``
@@ -81,6 +86,7 @@ class QuantizeConfig(StageConfig):
     method: Literal["rtn", "gptq"] = "rtn"
     calibration_text: Optional[str] = None
     gptq_damp: float = 0.01
+    gptq_act_order: bool = added_field(True)
     lm_head: bool = False
     embeddings: Literal["float", "int8", "int4"] = "float"
     activations: Literal["tensor", "token"] = "tensor"

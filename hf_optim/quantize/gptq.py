@@ -29,13 +29,19 @@ logger = logging.getLogger("hf_optim")
 @torch.no_grad()
 def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None,
                          symmetric: bool = True, damp: float = 0.01, block_size: int = 128, partial: bool = False,
-                         clip_search: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                         clip_search: bool = False, act_order: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Quantize a ``[out, in]`` weight with GPTQ given the ``[in, in]`` Hessian of its inputs.
 
     Returns ``(q, scale, zero_point)`` in the layout of :func:`kernels.quantize_weight_affine`. Groups are
     consecutive input columns; each group's scale/zero point is chosen from the error-updated columns when
     the group is reached (``clip_search``: the range shrink with the least rounding error,
     :func:`kernels.weight_qparams_mse`).
+
+    ``act_order`` quantizes the columns in order of decreasing Hessian diagonal (the inputs with the most energy
+    first, while the most columns are left to absorb their error) with *static* groups: every group's grid is
+    chosen from the original weights before any update, so groups stay consecutive input columns and the
+    stored layout is unchanged (no column permutation at inference).
     """
     qparams = kernels.weight_qparams_mse if clip_search else kernels.weight_qparams
     W = weight.detach().float().clone()
@@ -45,6 +51,21 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
+    gs = group_size or in_f
+    groups = kernels.num_groups(in_f, gs)
+    scale = torch.zeros(out_f, groups)
+    zero = None if symmetric else torch.zeros(out_f, groups)
+    static = group_size is None or act_order
+    if static:  # every grid from the original weights: per channel, or static groups for act_order
+        for g in range(groups):
+            s0, z0 = qparams(W[:, g * gs:(g + 1) * gs], bits, symmetric)
+            scale[:, g] = s0
+            if zero is not None:
+                zero[:, g] = z0
+    perm = None
+    if act_order:  # quantize the highest-energy inputs first
+        perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+        W, H = W[:, perm], H[perm][:, perm]
     H += damp * torch.mean(torch.diag(H)) * torch.eye(in_f, dtype=H.dtype)
     try:
         L = torch.linalg.cholesky(H)
@@ -53,15 +74,6 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
         L = torch.linalg.cholesky(H)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True).float()
 
-    gs = group_size or in_f
-    groups = kernels.num_groups(in_f, gs)
-    scale = torch.zeros(out_f, groups)
-    zero = None if symmetric else torch.zeros(out_f, groups)
-    if group_size is None:  # per channel: one grid from the whole (original) row
-        s0, z0 = qparams(W, bits, symmetric)
-        scale[:, 0] = s0
-        if zero is not None:
-            zero[:, 0] = z0
     qmin, qmax = kernels.qrange(bits, symmetric)
     Q = torch.zeros(out_f, in_f, dtype=torch.int8)
     # Blocks hold whole groups so a group's grid is chosen from columns that already carry the block's updates.
@@ -72,8 +84,8 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = i1 + i
-            if group_size and col % gs == 0:
+            col = i1 + i if perm is None else int(perm[i1 + i])
+            if not static and col % gs == 0:
                 s, z = qparams(W1[:, i:i + gs], bits, symmetric)
                 scale[:, col // gs] = s
                 if zero is not None:
@@ -112,8 +124,8 @@ class _Captured(Exception):
 def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], scheme: str = "int4_weight_only",
                    group_size: int | None = 128, symmetric: bool = True, include: Iterable[str] | None = None,
                    exclude: Iterable[str] | None = None, damp: float = 0.01, lm_head: bool = False,
-                   embeddings: str | None = None, partial_groups: bool = False, clip_search: bool = False
-                   ) -> dict[str, Any]:
+                   embeddings: str | None = None, partial_groups: bool = False, clip_search: bool = False,
+                   act_order: bool = True) -> dict[str, Any]:
     """Quantize the decoder layers' Linear weights of a causal LM with GPTQ, in place, layer by layer.
 
     Args:
@@ -130,6 +142,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             ``group_size`` does not divide a layer's input size (otherwise that raises).
         clip_search (`bool`, *optional*, defaults to `False`): choose each group's range by the least squared
             rounding error over a few shrink factors instead of its full min..max.
+        act_order (`bool`, *optional*, defaults to `True`): quantize each weight's columns in order of decreasing
+            input energy, with static groups (see :func:`gptq_quantize_weight`).
 
     Returns:
         `dict`: calibration tokens, layers and modules quantized, mean relative output error of the layers.
@@ -222,7 +236,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                 h.remove()
         for name, lin in mine.items():
             q, scale, zero = gptq_quantize_weight(lin.weight, hessians[name], bits, group_size, symmetric, damp,
-                                                  partial=partial_groups, clip_search=clip_search)
+                                                  partial=partial_groups, clip_search=clip_search,
+                                                  act_order=act_order)
             _swap(model, name, cls.from_quantized(q, scale, zero, lin.bias, group_size=group_size))
             done.append(name)
         hessians.clear()
@@ -246,5 +261,6 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
     describe_(model, scheme, group_size=group_size, symmetric=None if symmetric else False, method="gptq",
               calibration_tokens=tokens, partial_groups=partial_groups or None)
     logger.info("GPTQ: %d modules in %d layers on %d calibration tokens", len(done), len(errors), tokens)
-    return {"method": "gptq", "clip_search": clip_search, "calibration_tokens": tokens, "modules_gptq": len(done), "modules_rtn": len(rest),
+    return {"method": "gptq", "clip_search": clip_search, "act_order": act_order, "calibration_tokens": tokens,
+            "modules_gptq": len(done), "modules_rtn": len(rest),
             "layer_output_rel_error_mean": round(sum(errors) / max(1, len(errors)), 5)}

@@ -79,6 +79,28 @@ def test_static_int8_guard_and_int4(backend, bert_dir, tmp_path, clean_cwd):
     assert rec4["validation"]["max_logit_diff"] < 0.05
 
 
+@needs_optimum
+def test_causal_lm_int4_asymmetric_matmulnbits_generates(tiny_llama_dir, tmp_path, clean_cwd):
+    import onnx
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "lm4"
+    rec = export_model(tiny_llama_dir, out, ExportConfig(model=str(tiny_llama_dir), task="bbc-news",
+                                                         optimization="none", quantization="int4", int4_block_size=16,
+                                                         int4_symmetric=False, int4_min_size=1024,
+                                                         max_metric_drop=0.1))
+    assert rec["int4_matmuls"] == rec["ops"]["MatMulNBits"] >= 4
+    assert abs(rec["validation"]["drop"]) < 0.1
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all(len(n.input) >= 4 and n.input[3] for n in nbits)   # a zero point per block
+    model = ORTModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    gen = model.generate(**tok("the film", return_tensors="pt"), max_new_tokens=4, do_sample=False)
+    assert gen.shape[1] == len(tok("the film")["input_ids"]) + 4
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_split_skip_layernorm_keeps_numerics_and_is_not_refused(backend, bert_dir, tmp_path, clean_cwd):
     """SkipLayerNormalization -> Sum + LayerNormalization and BiasGelu -> Add + Gelu: same logits, and a session

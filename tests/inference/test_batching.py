@@ -83,3 +83,32 @@ def test_pad_batch_pads_to_longest_member_only():
     left, _ = pad_batch(rows, pad_token_id=99, padding_side="left")
     assert left["input_ids"].tolist() == [[5, 6, 7], [99, 99, 9]]
     assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_merge_padding_tops_up_from_the_nearest_buckets_within_the_padding_bound():
+    q = BucketQueue(LengthBuckets([8, 16, 32, 64]), max_batch_size=4, max_wait_s=0.0, merge_padding=0.3)
+    q.push(Req(14, 0.0))      # bucket 1, the oldest: it is run first
+    q.push(Req(7, 0.1))       # bucket 0: 14 + 7 over 2 x 14 -> 25 % padding: taken
+    q.push(Req(2, 0.2))       # bucket 0: 23 over 3 x 14 -> 45 % padding: left
+    q.push(Req(18, 0.3))      # bucket 2: 41 over 3 x 18 -> 24 %: taken, the batch now belongs to bucket 2
+    q.push(Req(60, 0.4))      # bucket 3: far too wide
+    bucket, items = q.pop_ready(now=1.0)
+    assert bucket == 2 and [r.length for r in items] == [14, 7, 18]
+    width = max(r.length for r in items)
+    assert 1 - sum(r.length for r in items) / (len(items) * width) <= 0.3 and width <= 32
+    assert len(q) == 2 and q.sizes() == [1, 0, 0, 1]
+    assert [r.length for r in q.pop_ready(now=1.0)[1]] == [2]   # the next oldest head, alone
+    assert [r.length for r in q.pop_ready(now=1.0)[1]] == [60]
+
+
+def test_merge_padding_never_grows_a_full_batch_and_zero_never_mixes_buckets():
+    for merge in (0.0, 0.9):
+        q = BucketQueue(LengthBuckets([8, 16]), max_batch_size=2, max_wait_s=0.0, merge_padding=merge)
+        for n, t in ((10, 0.0), (12, 0.1), (8, 0.2)):
+            q.push(Req(n, t))
+        assert [r.length for r in q.pop_ready(now=1.0)[1]] == [10, 12]     # full: nothing added
+        q.push(Req(15, 0.3))
+        bucket, items = q.pop_ready(now=1.0)
+        assert [r.length for r in items] == ([8] if merge == 0 else [8, 15])
+    with pytest.raises(ConfigError, match="merge_padding"):
+        BucketQueue(LengthBuckets([8]), 2, 0.0, merge_padding=1.0)

@@ -61,6 +61,37 @@ def test_thousands_of_concurrent_requests_none_lost_or_duplicated(echo):
     assert 0 < s["padding_ratio"] < 0.5
 
 
+def test_merged_batches_stay_within_their_padding_bound_and_lose_nothing(echo):
+    buckets, merge = (8, 16, 32, 64), 0.25
+    engine = InferenceEngine(echo, max_batch_size=16, max_wait_ms=1, length_buckets=buckets, merge_padding=merge)
+    rng = np.random.default_rng(3)
+    reqs = [_ids(rng, int(rng.integers(1, 65))) for _ in range(2000)]
+    futs = []
+
+    def client(chunk):
+        futs.extend((ids, engine.submit({"input_ids": ids})) for ids in chunk)
+
+    threads = [threading.Thread(target=client, args=(reqs[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for ids, fut in futs:
+        assert fut.result(30).tolist() == EchoModel.expected(ids)
+    engine.close()
+    assert sum(len(lengths) for _, lengths in echo.batches) == len(reqs)
+    bounds = np.array(buckets)
+    mixed = 0
+    for width, lengths in echo.batches:
+        assert width == max(lengths) <= 64 and len(lengths) <= 16
+        home = {int(np.searchsorted(bounds, n)) for n in lengths}
+        if len(home) > 1:   # topped up from other buckets: within the bound (its first bucket alone may pad more)
+            mixed += 1
+            assert width <= buckets[max(home)]
+    assert mixed > 0
+    assert all(int(w) <= int(b) for b, w in engine.stats()["batches"]["max_width_per_bucket"].items())
+
+
 def _reference(model_dir, texts):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
