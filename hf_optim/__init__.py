@@ -43,6 +43,7 @@ _LAZY = {
     "InferenceConfig": "hf_optim.inference",
     "InferenceEngine": "hf_optim.inference",
     "InferenceCache": "hf_optim.inference",
+    "tune_allocator": "hf_optim.cpu",
 }
 
 __all__ = ["__version__", *_LAZY]

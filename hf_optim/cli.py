@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("hf_optim").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from .cpu import tune_allocator
+
+    tune_allocator()  # this process only runs hf_optim's own work (HF_OPTIM_ALLOCATOR=default: glibc's defaults)
     try:
         return args.fn(args)
     except HfOptimError as e:

@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians are reported")
     ap.add_argument("--repeat-rate", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
+                    help="tuned: hf_optim.tune_allocator() before anything runs (every mode benefits alike)")
     ap.add_argument("--out", type=Path, help="write the JSON here (it is always printed)")
     args = ap.parse_args(argv)
 
@@ -100,6 +102,10 @@ def main(argv: list[str] | None = None) -> dict:
     from hf_optim.data import builtin_model, load_task
     from hf_optim.inference import InferenceEngine
 
+    from hf_optim.cpu import allocator_state, tune_allocator
+
+    if args.allocator == "tuned":
+        tune_allocator()
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     path = builtin_model(args.model) if not Path(args.model).exists() else Path(args.model)
@@ -205,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         e.close()
 
     report = {
+        "command": "python scripts/bench_inference.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": str(args.model), "sentences": len(texts), "clients": args.clients, "rounds": args.rounds,
         "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
         "engine_config": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
@@ -225,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cache": cache_summary,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "transformers": transformers.__version__, "cpus": os.cpu_count(),
-                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
+                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "allocator": allocator_state()},
     }
     text = json.dumps(report, indent=2)
     print(text)

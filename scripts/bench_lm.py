@@ -44,6 +44,16 @@ from hf_optim.quantize.stage import text_chunks  # noqa: E402
 RTN_GRID = [(gs, sym) for gs in (32, 64, 128) for sym in (True, False)]
 
 
+# GPTQ settings of each GPTQ variant (column order unless act_order)
+GPTQ_VARIANTS = {
+    "int4-gptq-g128-asym": {"act_order": False},
+    "int4-gptq-g128-asym-clip": {"act_order": False, "clip_search": True},
+    "int4-gptq-g128-asym-act": {"act_order": True},
+    "int4-gptq-g128-asym-act-refit": {"act_order": True, "refit": True},
+    "int4-gptq-g128-asym-act-refit-clip": {"act_order": True, "refit": True, "clip_search": True},
+}
+
+
 def load(path):
     return AutoModelForCausalLM.from_pretrained(path).eval()
 
@@ -90,11 +100,11 @@ def main() -> None:
             _, _, g, kind = name.split("-")
             quantize_model_(model, "int4_weight_only", group_size=int(g[1:]), symmetric=kind == "sym",
                             partial_groups=True)
-        elif name in ("int4-gptq-g128-asym", "int4-gptq-g128-asym-clip"):
+        elif name in GPTQ_VARIANTS:
             cal = text_chunks(tok, "bbc-news", "train", args.calibration_samples, args.calibration_length)
             batches = [{"input_ids": cal[i:i + 4]} for i in range(0, len(cal), 4)]
             info = gptq_quantize_(model, batches, "int4_weight_only", group_size=128, symmetric=False,
-                                  partial_groups=True, clip_search=name.endswith("clip"))
+                                  partial_groups=True, **GPTQ_VARIANTS[name])
         elif name.startswith("int4-gptq-g128-asym-") and name.endswith("head") or name.endswith("all-linear"):
             # The GPTQ checkpoint of this run (reloaded), with the head and the embedding table quantized too.
             model = load(scratch / "int4-gptq-g128-asym")
@@ -117,6 +127,12 @@ def main() -> None:
                                "train; decoder Linear layers (lm_head tied to the float embeddings)",
         "int4-gptq-g128-asym-clip": "int4-gptq-g128-asym with each group's range shrunk (1.0 .. 0.7) to the "
                                     "least squared rounding error (GPTQ's MSE grid)",
+        "int4-gptq-g128-asym-act": "int4-gptq-g128-asym with act-order (columns by decreasing input energy, "
+                                   "static groups)",
+        "int4-gptq-g128-asym-act-refit": "int4-gptq-g128-asym-act + scales and zero points re-solved by least "
+                                         "squares on each layer's output error",
+        "int4-gptq-g128-asym-act-refit-clip": "int4-gptq-g128-asym-act-refit with each group's range shrunk to "
+                                              "the least squared rounding error",
         "int4-gptq-g128-asym-int8-head": "int4-gptq-g128-asym + lm_head int8 per channel (untied) + input "
                                          "embeddings int8 per row",
         "int4-gptq-g128-asym-all-linear": "int4-gptq-g128-asym + lm_head int4 g128 asymmetric (untied, "

@@ -45,7 +45,11 @@ class QuantizeConfig(StageConfig):
         gptq_act_order (`bool`, *optional*, defaults to `True`): ``gptq``: quantize each weight's input columns
             in order of decreasing activation energy, with static groups (every group's grid from the original
             weights, so the stored layout is unchanged). On SmolLM2-135M int4 group 128 it halves the perplexity
-            rise of column order (README, "Large language models").
+            rise of column order (README, "Causal language models").
+        gptq_refit (`bool`, *optional*, defaults to `False`): ``gptq``: after a layer's values are chosen,
+            re-solve its scales and zero points by least squares on the layer's output error.
+        gptq_clip_search (`bool`, *optional*, defaults to `False`): ``gptq``: shrink each group's range to the
+            factor (1.0 .. 0.7) with the least squared rounding error before quantizing.
         lm_head (`bool`, *optional*, defaults to `False`): quantize the output head too; a head tied to the
             input embeddings is untied (stored separately) first.
         embeddings (`str`, *optional*, defaults to ``"float"``): ``int8`` (one scale per row) or ``int4``
@@ -87,6 +91,8 @@ class QuantizeConfig(StageConfig):
     calibration_text: Optional[str] = None
     gptq_damp: float = 0.01
     gptq_act_order: bool = added_field(True)
+    gptq_refit: bool = added_field(False)
+    gptq_clip_search: bool = added_field(False)
     lm_head: bool = False
     embeddings: Literal["float", "int8", "int4"] = "float"
     activations: Literal["tensor", "token"] = "tensor"

@@ -29,7 +29,7 @@ logger = logging.getLogger("hf_optim")
 @torch.no_grad()
 def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None,
                          symmetric: bool = True, damp: float = 0.01, block_size: int = 128, partial: bool = False,
-                         clip_search: bool = False, act_order: bool = False
+                         clip_search: bool = False, act_order: bool = False, refit: bool = False
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Quantize a ``[out, in]`` weight with GPTQ given the ``[in, in]`` Hessian of its inputs.
 
@@ -42,12 +42,16 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     first, while the most columns are left to absorb their error) with *static* groups: every group's grid is
     chosen from the original weights before any update, so groups stay consecutive input columns and the
     stored layout is unchanged (no column permutation at inference).
+
+    ``refit`` then re-solves every row's scales (and zero points) for the chosen integer values by least squares
+    on the output error (:func:`refit_qparams`).
     """
     qparams = kernels.weight_qparams_mse if clip_search else kernels.weight_qparams
     W = weight.detach().float().clone()
     out_f, in_f = W.shape
     kernels.check_group_size(group_size, in_f, partial=partial)
     H = hessian.detach().double().clone()
+    H0 = H.clone() if refit else None
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -103,7 +107,51 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
             W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    if refit:
+        scale, zero = refit_qparams(weight, H0, Q, scale, zero, gs)
     return Q, scale, zero
+
+
+@torch.no_grad()
+def refit_qparams(weight: torch.Tensor, hessian: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
+                  zero: torch.Tensor | None, group_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scales (and zero points) that minimise each row's output error for fixed integer values ``q``.
+
+    Row ``w`` is approximated by ``a_g * q + b_g`` on each group ``g``; the ``a``/``b`` minimising
+    ``(w - ŵ)ᵀ H (w - ŵ)`` (the squared error of the row's output on the calibration inputs) solve a small
+    linear system per row (2 unknowns per group; 1 when symmetric). A row keeps its old parameters unless
+    the new ones have positive scales and a lower error, so the error never grows.
+    """
+    W = weight.detach().double()
+    H = hessian.detach().double()
+    out_f, in_f = W.shape
+    G = scale.shape[1]
+    member = torch.nn.functional.one_hot(torch.arange(in_f) // group_size, G).t().double()   # [G, in]
+    M = q.double()[:, None, :] * member[None]                                               # [out, G, in]
+    if zero is not None:
+        M = torch.cat([M, member[None].expand(out_f, G, in_f)], 1)                         # [out, 2G, in]
+    MH = M @ H
+    lhs = MH @ M.transpose(1, 2)
+    lhs = lhs + 1e-9 * lhs.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(lhs.shape[1], dtype=lhs.dtype)
+    theta = torch.linalg.solve(lhs, (MH @ W[:, :, None]))[..., 0]
+    a = theta[:, :G]
+    new_scale = a.float()
+    new_zero = None if zero is None else (-theta[:, G:] / a).float()
+
+    def row_error(s, z):
+        w_hat = kernels.dequantize_weight(q, s, zero_point=z, group_size=group_size).double()
+        e = W - w_hat
+        return ((e @ H) * e).sum(-1)
+
+    ok = torch.isfinite(theta).all(-1) & (a > 0).all(-1)
+    new_scale = torch.where(ok[:, None], new_scale, scale)
+    if zero is not None:
+        new_zero = torch.where(ok[:, None], new_zero, zero)
+    better = row_error(new_scale, new_zero) < row_error(scale, zero)
+    scale = torch.where(better[:, None], new_scale, scale)
+    if zero is not None:
+        zero = torch.where(better[:, None], new_zero, zero)
+    return scale, zero
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -125,7 +173,7 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                    group_size: int | None = 128, symmetric: bool = True, include: Iterable[str] | None = None,
                    exclude: Iterable[str] | None = None, damp: float = 0.01, lm_head: bool = False,
                    embeddings: str | None = None, partial_groups: bool = False, clip_search: bool = False,
-                   act_order: bool = True) -> dict[str, Any]:
+                   act_order: bool = True, refit: bool = False) -> dict[str, Any]:
     """Quantize the decoder layers' Linear weights of a causal LM with GPTQ, in place, layer by layer.
 
     Args:
@@ -144,6 +192,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             rounding error over a few shrink factors instead of its full min..max.
         act_order (`bool`, *optional*, defaults to `True`): quantize each weight's columns in order of decreasing
             input energy, with static groups (see :func:`gptq_quantize_weight`).
+        refit (`bool`, *optional*, defaults to `False`): re-solve the scales and zero points by least squares on
+            each layer's output error after its values are chosen (:func:`refit_qparams`).
 
     Returns:
         `dict`: calibration tokens, layers and modules quantized, mean relative output error of the layers.
@@ -237,7 +287,7 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
         for name, lin in mine.items():
             q, scale, zero = gptq_quantize_weight(lin.weight, hessians[name], bits, group_size, symmetric, damp,
                                                   partial=partial_groups, clip_search=clip_search,
-                                                  act_order=act_order)
+                                                  act_order=act_order, refit=refit)
             _swap(model, name, cls.from_quantized(q, scale, zero, lin.bias, group_size=group_size))
             done.append(name)
         hessians.clear()

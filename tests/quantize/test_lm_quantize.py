@@ -329,3 +329,26 @@ def test_gptq_act_order_keeps_the_layout_and_lowers_the_output_error_on_outlier_
     s_rtn, z_rtn = kernels.weight_qparams(w.reshape(64, 4, 32), 4, False)
     _, s_act, z_act = gptq_quantize_weight(w, h, 4, 32, symmetric=False, act_order=True)
     assert torch.allclose(s_act, s_rtn) and torch.equal(z_act, z_rtn)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_refit_never_raises_a_rows_output_error_and_keeps_the_values(symmetric):
+    from hf_optim.quantize.gptq import refit_qparams
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(48, 160, generator=g)
+    x = torch.randn(1024, 24, generator=g) @ torch.randn(24, 160, generator=g) + 0.1 * torch.randn(1024, 160, generator=g)
+    h = 2 * x.t() @ x / len(x)
+
+    def row_err(q, s, z):
+        e = x @ (kernels.dequantize_weight(q, s, zero_point=z, group_size=64) - w).t()
+        return e.pow(2).mean(0)
+
+    for act in (False, True):  # partial groups: 160 = 64 + 64 + 32
+        q, s, z = gptq_quantize_weight(w, h, 4, 64, symmetric=symmetric, act_order=act, partial=True)
+        q2, s2, z2 = gptq_quantize_weight(w, h, 4, 64, symmetric=symmetric, act_order=act, partial=True, refit=True)
+        assert torch.equal(q, q2) and s2.shape == s.shape and bool((s2 > 0).all())
+        before, after = row_err(q, s, z), row_err(q2, s2, z2)
+        assert bool((after <= before * (1 + 1e-4)).all()) and float(after.sum()) < 0.95 * float(before.sum())
+        s3, z3 = refit_qparams(w, h, q2, s2, z2, 64)   # a fixed point: refitting again changes nothing
+        assert torch.allclose(s3, s2, rtol=1e-4) and (z3 is None or torch.allclose(z3, z2, rtol=1e-4, atol=1e-4))
