@@ -14,7 +14,6 @@ here so they can be swapped without changing the stored format (int8 values + fl
 
 from __future__ import annotations
 
-import threading
 import warnings
 
 import torch
@@ -39,15 +38,6 @@ def _has_vnni() -> bool:
         return False
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
-
-# Dynamic int8 with one activation scale per tensor: on CPUs with VNNI the weights are packed for oneDNN, whose
-# int8 GEMM needs no reduced range (8-bit activations) and was ~3 % faster than FBGEMM's per-channel path on a
-# fine-tuned MiniLM at batch 32 (scripts/bench_quant_minilm.py); elsewhere FBGEMM with 7-bit activations as
-# above. Packed weights are derived at load time, so a checkpoint is the same file either way; its outputs are
-# bit-identical on reload on the same machine and follow the machine's int8 instructions across machines.
-DYNAMIC_ENGINE = ("onednn" if _has_vnni() and "onednn" in torch.backends.quantized.supported_engines else None)
-DYNAMIC_REDUCE_RANGE = DYNAMIC_ENGINE is None
-_ENGINE_LOCK = threading.Lock()
 
 # Per-token activations (causal LMs) use all 8 bits where the CPU has VNNI, whose int8 dot products accumulate
 # in 32 bits and cannot saturate; elsewhere 7 bits as above. On SmolLM2-135M 7-bit per-token activations cost
@@ -196,30 +186,20 @@ def unpack_int4(packed: torch.Tensor, out_features: int, in_features: int) -> to
     return (torch.stack((lo, hi), -1).reshape(out_features, in_features) - 8)
 
 
-def pack_int8(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, engine: str | None = None):
-    """Packed int8 weight from int8 ``[out, in]`` values and per-channel float32 scales ``[out]``, for the
-    quantized engine ``engine`` (``None``: the current one, FBGEMM on x86)."""
+def pack_int8(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """FBGEMM packed weight from int8 ``[out, in]`` values and per-channel float32 scales ``[out]``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qw = torch._make_per_channel_quantized_tensor(
             q.contiguous(), scale.reshape(-1).double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
-        b = None if bias is None else bias.detach().float()
-        if engine is None or engine == torch.backends.quantized.engine:
-            return torch.ops.quantized.linear_prepack(qw, b)
-        with _ENGINE_LOCK:  # the engine is process-wide: switch it only around the packing
-            previous = torch.backends.quantized.engine
-            torch.backends.quantized.engine = engine
-            try:
-                return torch.ops.quantized.linear_prepack(qw, b)
-            finally:
-                torch.backends.quantized.engine = previous
+        return torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
 
 
-def linear_dynamic_int8(x: torch.Tensor, packed, reduce_range: bool = REDUCE_RANGE) -> torch.Tensor:
+def linear_dynamic_int8(x: torch.Tensor, packed) -> torch.Tensor:
     """int8 x int8 GEMM with the activation quantized per tensor at run time; float32 out."""
     _check_cpu(x)
     shape = x.shape
-    y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float().contiguous(), packed, reduce_range)
+    y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float().contiguous(), packed, REDUCE_RANGE)
     return y.reshape(*shape[:-1], y.shape[-1]).to(x.dtype)
 
 

@@ -183,15 +183,11 @@ class Int8DynamicLinear(QuantLinear):
             out["activations"] = self.activations
         return out
 
-    def _per_tensor_dynamic(self) -> bool:
-        return type(self).scheme == "int8_dynamic" and getattr(self, "activations", "tensor") == "tensor"
-
     def _packed(self):
         key = self._key()
         if self._cache_key != key:
             dq = self.dequantized_weight() if getattr(self, "activations", "tensor") == "token" else None
-            engine = kernels.DYNAMIC_ENGINE if self._per_tensor_dynamic() else None
-            self._cache = (kernels.pack_int8(self.int_weight(), self.weight_scale, self.bias, engine), dq)
+            self._cache = (kernels.pack_int8(self.int_weight(), self.weight_scale, self.bias), dq)
             self._cache_key = key
         return self._cache
 
@@ -199,7 +195,7 @@ class Int8DynamicLinear(QuantLinear):
         packed, dq = self._packed()
         if dq is not None:
             return kernels.linear_token_int8(x, packed, dq, self.bias)
-        return kernels.linear_dynamic_int8(x, packed, kernels.DYNAMIC_REDUCE_RANGE)
+        return kernels.linear_dynamic_int8(x, packed)
 
 
 class Int8StaticLinear(Int8DynamicLinear):
