@@ -55,7 +55,10 @@ def tiny_bert_tokenizer(directory: str | Path | None = None):
     """A ``BertTokenizerFast`` over :func:`tiny_vocab` (written to ``directory`` or a temp dir)."""
     from transformers import BertTokenizerFast
 
-    directory = Path(directory or tempfile.mkdtemp(prefix="hf_optim-tok-"))
+    if directory is None:  # the vocabulary is read into memory: the folder is not needed afterwards
+        with tempfile.TemporaryDirectory(prefix="hf_optim-tok-") as tmp:
+            return tiny_bert_tokenizer(tmp)
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # transformers 5 ignores BertTokenizerFast(vocab_file=...); loading from a folder works on both.
     (directory / "vocab.txt").write_text("\n".join(tiny_vocab()) + "\n")

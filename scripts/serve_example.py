@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.self_test:
         from hf_optim.testing import save_tiny_bert
 
-        model = save_tiny_bert(os.path.join(tempfile.mkdtemp(prefix="hf_optim-serve-"), "tiny-bert"))
+        scratch = tempfile.mkdtemp(prefix="hf_optim-serve-")  # removed when the self-test ends
+        model = save_tiny_bert(os.path.join(scratch, "tiny-bert"))
         args.port = 0
     elif model is None:
         ap.error("a model directory is required (or --self-test)")
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     server.shutdown()
     server.server_close()
     engine.close()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
