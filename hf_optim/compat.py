@@ -14,7 +14,7 @@ import importlib.util
 
 from .errors import HfOptimError
 
-__all__ = ["FeatureUnavailable", "has_optimum", "require_optimum", "transformers_major"]
+__all__ = ["FeatureUnavailable", "has_optimum", "require_optimum", "transformers_major", "cache_kwarg"]
 
 
 class FeatureUnavailable(HfOptimError, ImportError):
@@ -42,3 +42,12 @@ def require_optimum(feature: str) -> None:
     else:
         why = "install it with `pip install 'hf-optim[optimum]'` (or `make setup`)"
     raise FeatureUnavailable(f"{feature} needs Optimum's ONNX Runtime integration (optimum-onnx): {why}.")
+
+
+def cache_kwarg(model) -> str:
+    """Name of the KV-cache argument of ``model.forward``: ``cache`` on transformers 5 (``past_key_values`` is a
+    deprecated alias there), ``past_key_values`` on 4.x."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"

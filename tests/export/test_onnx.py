@@ -169,10 +169,157 @@ def test_budget_exceeded_writes_nothing(bert_dir, tmp_path, monkeypatch):
     assert not (tmp_path / "x" / "out").exists() and list((tmp_path / "x").iterdir()) == []
 
 
-def test_torch_backend_refuses_causal_lm_clearly(tiny_llama_dir, tmp_path):
-    with pytest.raises(FeatureUnavailable, match="causal LM"):
-        export_model(tiny_llama_dir, tmp_path / "o", ExportConfig(model=str(tiny_llama_dir), backend="torch",
-                                                                  task_type="causal-lm", task="bbc-news"))
+def _lm_runner(path):
+    """``run(ids, mask=None, past=None) -> (logits, presents)`` over an ORT session of a graph laid out as
+    Optimum's text-generation-with-past (an empty past when ``past`` is None; positions from the mask)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i.shape for i in sess.get_inputs()}
+    outputs = [o.name for o in sess.get_outputs()]
+    past_names = [n for n in inputs if n.startswith("past_key_values.")]
+
+    def run(ids, mask=None, past=None):
+        if past is None:
+            past = {n: np.zeros((ids.shape[0], inputs[n][1], 0, inputs[n][3]), np.float32) for n in past_names}
+        start = past[past_names[0]].shape[2]
+        mask = np.ones((ids.shape[0], start + ids.shape[1]), np.int64) if mask is None else mask
+        positions = np.clip(mask.cumsum(-1) - 1, 0, None)[:, start:]
+        out = dict(zip(outputs, sess.run(None, {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+                                                **past})))
+        return out["logits"], {n: out[n.replace("past_key_values.", "present.")] for n in past_names}
+
+    return run, inputs, outputs
+
+
+# Bounds on logits (this tiny model's are within +-0.5): vs torch, and a run in two chunks vs a whole run.
+# fp32 is the model; INT8/int4 move logits by ~0.006/~0.04 here; dynamic INT8 scales depend on each input,
+# so a chunked run differs slightly from a whole one, while int4 weights give the same result either way.
+LM_CASES = [
+    pytest.param("none", {}, 1e-4, 1e-5, id="fp32"),
+    pytest.param("dynamic", {}, 0.02, 0.02, id="dynamic"),
+    pytest.param("int4", dict(int4_block_size=16, int4_min_size=1024), 0.08, 1e-5, id="int4"),
+]
+
+
+@pytest.mark.parametrize("quantization, extra, vs_torch, vs_whole", LM_CASES)
+def test_torch_backend_exports_causal_lm_with_past(quantization, extra, vs_torch, vs_whole, tiny_llama_dir,
+                                                   tmp_path, clean_cwd):
+    """The torch.onnx fallback: Optimum's text-generation-with-past layout, an empty or a non-empty past, and the
+    record's perplexity check; fp32 greedy decoding over the session gives the tokens ``generate`` gives."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / f"lm-{quantization}"
+    rec = export_model(tiny_llama_dir, out, ExportConfig(model=str(tiny_llama_dir), task="bbc-news",
+                                                         task_type="causal-lm", backend="torch", optimization="none",
+                                                         quantization=quantization, max_metric_drop=0.05, **extra))
+    assert rec["backend"] == "torch" and rec["task_type"] == "causal-lm" and rec["validation"]["metric"] == "perplexity"
+    assert abs(rec["validation"]["drop"]) < 0.05
+    ops = rec["ops"]
+    # 2 layers x (q, k, v, o, gate, up, down) + lm_head = 15 MatMuls with weights
+    if quantization == "none":
+        assert rec["validation"]["drop"] == pytest.approx(0, abs=1e-4) and rec["validation"]["max_logit_diff"] < 1e-4
+        assert ops["MatMul"] >= 15 and "MatMulInteger" not in ops and "MatMulNBits" not in ops
+    elif quantization == "dynamic":
+        assert ops.get("MatMulInteger") == 15 and ops.get("DynamicQuantizeLinear", 0) >= 1
+    else:  # k/v projections (32 x 16 = 512 weights) stay below int4_min_size
+        assert rec["int4_matmuls"] == ops.get("MatMulNBits") == 11
+    assert {"model.onnx", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "hf_optim_export.json"} <= {p.name for p in out.iterdir()}
+    assert len(list(out.glob("*.onnx"))) == 1 and not list(out.glob(".*"))
+
+    run, inputs, outputs = _lm_runner(out / "model.onnx")
+    past_names = [f"past_key_values.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
+    assert list(inputs) == ["input_ids", "attention_mask", "position_ids"] + past_names
+    assert outputs == ["logits"] + [n.replace("past_key_values.", "present.") for n in past_names]
+    assert inputs["attention_mask"] == ["batch_size", "past_sequence_length + sequence_length"]
+    assert inputs["past_key_values.0.key"] == ["batch_size", 2, "past_sequence_length", 8]
+
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    # (a) whole sequences, left-padded batch: every real position's logits match torch's
+    tok.padding_side = "left"
+    enc = tok(["the plot is thin but the actors are great", "a good film"], padding=True, return_tensors="np")
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    logits, presents = run(ids, mask)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                    position_ids=torch.from_numpy(np.clip(mask.cumsum(-1) - 1, 0, None))).logits.numpy()
+    real = mask.astype(bool)
+    assert np.abs(logits - ref)[real].max() < vs_torch
+    assert presents["past_key_values.1.value"].shape == (2, 2, ids.shape[1], 8)
+    # (b) the prefix, then the rest with the prefix's presents as past: the whole run's last logits
+    split = ids.shape[1] - 3
+    _, past = run(ids[:, :split], mask[:, :split])
+    rest, presents = run(ids[:, split:], mask, past)
+    assert rest.shape == (2, 3, logits.shape[-1]) and presents["past_key_values.0.key"].shape[2] == ids.shape[1]
+    assert np.abs(rest[:, -1] - logits[:, -1]).max() < vs_whole
+    assert np.abs(rest[:, -1] - ref[:, -1]).max() < vs_torch
+
+    # greedy decoding with the KV cache, one token per step
+    prompt = tok("the film", return_tensors="np")["input_ids"].astype(np.int64)
+    logits, past = run(prompt)
+    mask = np.ones_like(prompt)
+    new = []
+    for _ in range(5):
+        new.append(int(logits[0, -1].argmax()))
+        mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+        logits, past = run(np.array([[new[-1]]], np.int64), mask, past)
+    ref_ids = model.generate(torch.from_numpy(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
+                             max_new_tokens=5, do_sample=False)[0, prompt.shape[1]:].tolist()
+    if quantization == "none":
+        assert new[:len(ref_ids)] == ref_ids
+    else:
+        assert new[0] == ref_ids[0]
+    if has_optimum() and quantization == "none":  # the primary stack's loader takes the fallback's graph too
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        gen = ORTModelForCausalLM.from_pretrained(out).generate(torch.from_numpy(prompt), max_new_tokens=5,
+                                                                 do_sample=False)
+        assert gen[0, prompt.shape[1]:].tolist() == ref_ids
+
+
+def test_torch_backend_causal_lm_sliding_window(tmp_path, clean_cwd):
+    """A Mistral whose window (3) is shorter than the sequence: the graph limits attention as the model does."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from hf_optim.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64, sliding_window=3)
+    model = MistralForCausalLM(cfg).eval()
+    model.save_pretrained(tmp_path / "mistral")
+    path = export_onnx(tmp_path / "mistral", tmp_path / "onnx", "causal-lm", "torch")
+    run, _, _ = _lm_runner(path)
+    ids = np.random.default_rng(0).integers(0, 100, (1, 10)).astype(np.int64)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(ids)).logits.numpy()
+    logits, past = run(ids[:, :6])
+    rest, _ = run(ids[:, 6:], past=past)
+    assert np.abs(logits - ref[:, :6]).max() < 1e-4 and np.abs(rest - ref[:, 6:]).max() < 1e-4
+
+
+def test_torch_backend_refuses_what_it_cannot_export(tmp_path, monkeypatch):
+    from transformers import Gemma2Config
+
+    from hf_optim.export.onnx import export_onnx
+    from hf_optim.testing import save_tiny_llama
+
+    # layers alternating full and sliding-window attention: refused from the config, before loading weights
+    Gemma2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=8, intermediate_size=64, sliding_window=4).save_pretrained(tmp_path / "gemma2")
+    with pytest.raises(FeatureUnavailable, match="gemma2 causal LM .* mix attention kinds .* Optimum"):
+        export_onnx(tmp_path / "gemma2", tmp_path / "o1", "causal-lm", "torch")
+    # a graph that does not reproduce the model (here: a window the model does not have) is not kept
+    monkeypatch.setattr("hf_optim.export.onnx._attention_window", lambda config: 2)
+    src = save_tiny_llama(tmp_path / "llama")
+    with pytest.raises(FeatureUnavailable, match="llama causal LM .* logits differ"):
+        export_onnx(src, tmp_path / "o2", "causal-lm", "torch")
+    with pytest.raises(FeatureUnavailable, match="token-classification"):
+        export_onnx(src, tmp_path / "o3", "token-classification", "torch")
 
 
 @pytest.mark.skipif(has_optimum(), reason="checks the error shown when optimum-onnx is missing")
