@@ -197,8 +197,10 @@ def main() -> None:
             "perplexity_setup": {"text": "load_text('bbc-news')['test'], documents in stored order joined by a "
                                          "blank line", "tokens": args.tokens, "context": args.context,
                                  "stride": args.stride, "tokens_scored": args.tokens - 1},
-            "calibration": {"text": "load_text('bbc-news')['train'], shuffled (seed 42), joined, cut into chunks",
-                            "samples": args.calibration_samples, "length": args.calibration_length},
+            "calibration": {"text": "load_text('bbc-news')['train'], shuffled (seed 42), joined, cut into chunks "
+                                    f"of {args.calibration_length} tokens; each GPTQ variant records its "
+                                    "calibration_tokens (runs merged with --merge may differ)",
+                            "length": args.calibration_length},
             "decode_setup": {"prompt_tokens": 64, "new_tokens": args.new_tokens, "repeats": args.repeats,
                              "greedy": True, "kv_cache": True, "threads": args.threads,
                              "note": "median over interleaved rounds; decode = total - time to first token"},

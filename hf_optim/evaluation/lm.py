@@ -142,14 +142,20 @@ def lm_peak_memory_mb(model_dir: str | Path, prompt_tokens: int = 64, new_tokens
                                                 "new_tokens": new_tokens}, timeout)
 
 
-def load_causal_lm(model_dir: str | Path):
+def load_causal_lm(model_dir: str | Path, threads: int | None = None):
     """A torch ``AutoModelForCausalLM`` (hf_optim checkpoints included) or, for an ONNX export directory,
-    Optimum's ``ORTModelForCausalLM``."""
+    Optimum's ``ORTModelForCausalLM`` with ``threads`` intra-op threads (default: torch's current count, so an
+    ONNX and a torch variant are measured with the same number of threads)."""
     model_dir = Path(model_dir)
     if any(model_dir.glob("*.onnx")):
+        import onnxruntime as ort
+        import torch
         from optimum.onnxruntime import ORTModelForCausalLM
 
-        return ORTModelForCausalLM.from_pretrained(model_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        return ORTModelForCausalLM.from_pretrained(model_dir, session_options=options)
     import hf_optim  # noqa: F401 - registers the loader for quantized checkpoints
     from transformers import AutoModelForCausalLM
 
@@ -185,7 +191,7 @@ def evaluate_lm(model_dir: str | Path, corpus: str = "bbc-news", split: str = "t
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ids = text_token_ids(tokenizer, corpus, split, max(max_tokens, max(batch_sizes or [1]) * prompt_tokens))
-    model = model if model is not None else load_causal_lm(model_dir)
+    model = model if model is not None else load_causal_lm(model_dir, threads)
     prev = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
