@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--task-type", default="auto", choices=["auto", "sequence-classification", "causal-lm"])
     ex.add_argument("--backend", default="auto", choices=["auto", "optimum", "torch"])
     ex.add_argument("--optimization", default="O2", choices=["none", "O1", "O2", "O3"])
-    ex.add_argument("--quantization", default="dynamic", choices=["none", "dynamic", "static", "int4"])
+    ex.add_argument("--quantization", default="dynamic", choices=["none", "dynamic", "static", "int4", "int8_weight_only"])
     ex.add_argument("--per-channel", action="store_true")
     ex.add_argument("--embeddings", default="float", choices=["float", "int4"],
                     help="int4: the token-embedding table in 4 bits (classifiers; most of a small encoder's size)")

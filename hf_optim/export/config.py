@@ -44,17 +44,23 @@ class ExportConfig(StageConfig):
             (basic), ``O2`` (+ Attention/SkipLayerNorm/Gelu fusion), ``O3`` (+ approximate Gelu).
         quantization (`str`, *optional*, defaults to ``"dynamic"``): ``none``, ``dynamic`` (int8 weights,
             activations quantized at run time), ``static`` (int8 QDQ with MinMax calibration and the accuracy
-            guard) or ``int4`` (weight-only ``MatMulNBits`` on large MatMuls).
+            guard), ``int4`` or ``int8_weight_only`` (weight-only ``MatMulNBits`` on large MatMuls, 4 or 8 bits
+            per weight, one scale per block of ``int4_block_size`` inputs; activations stay float, which suits
+            LLMs whose activation outliers per-tensor ``dynamic`` int8 cannot represent).
         per_channel (`bool`, *optional*, defaults to `False`): per-channel int8 weight scales.
         calibration_samples (`int`, *optional*, defaults to 128): training examples used to calibrate ``static``.
         calibration_batch_size (`int`, *optional*, defaults to 16): examples per calibration chunk; ranges are
             reduced after every chunk, so memory is bounded by one chunk's activations.
         guard (`bool`, *optional*, defaults to `True`): for ``static``, keep nodes in float (LayerNorm, Gelu,
             residual Add, then whole layers) until the metric drop is within ``max_metric_drop``.
-        int4_block_size (`int`, *optional*, defaults to 32): block size of ``int4`` weights.
+        int4_block_size (`int`, *optional*, defaults to 32): block size of ``int4`` / ``int8_weight_only`` weights.
         int4_symmetric (`bool`, *optional*, defaults to `True`): ``False`` stores a zero point per block
             (``MatMulNBits`` with ``zero_points``): a block's range need not be centred on zero.
-        int4_min_size (`int`, *optional*, defaults to 65536): only MatMuls with at least this many weights go int4.
+        int4_min_size (`int`, *optional*, defaults to 65536): only MatMuls with at least this many weights are
+            quantized by ``int4`` / ``int8_weight_only``.
+        accuracy_level (`int`, *optional*): ``MatMulNBits``' compute type: unset (ONNX Runtime's default), 1
+            (fp32), 2 (fp16), 3 (bf16) or 4 (int8: activations quantized per block at run time, the fast CPU
+            path).
         max_metric_drop (`float`, *optional*, defaults to 0.01): the stage fails (and writes nothing) when the
             validation metric drops more than this vs the source model (metric units; for causal LMs, the
             relative perplexity increase).
@@ -76,7 +82,7 @@ class ExportConfig(StageConfig):
     task_type: Literal["auto", "sequence-classification", "causal-lm"] = "auto"
     backend: Literal["auto", "optimum", "torch"] = "auto"
     optimization: Literal["none", "O1", "O2", "O3"] = "O2"
-    quantization: Literal["none", "dynamic", "static", "int4"] = "dynamic"
+    quantization: Literal["none", "dynamic", "static", "int4", "int8_weight_only"] = "dynamic"
     per_channel: bool = False
     calibration_samples: int = 128
     calibration_batch_size: int = 16
@@ -84,6 +90,7 @@ class ExportConfig(StageConfig):
     int4_block_size: int = 32
     int4_symmetric: bool = added_field(True)
     int4_min_size: int = 65536
+    accuracy_level: Optional[int] = added_field(None)
     max_metric_drop: float = 0.01
     validation_samples: Optional[int] = 500
     max_length: int = 128
@@ -101,6 +108,8 @@ class ExportConfig(StageConfig):
         for f in ("calibration_samples", "calibration_batch_size", "int4_min_size"):
             if getattr(self, f) < 1:
                 self._fail(f, "must be >= 1")
+        if self.accuracy_level is not None and self.accuracy_level not in (0, 1, 2, 3, 4):
+            self._fail("accuracy_level", "must be 1 (fp32), 2 (fp16), 3 (bf16), 4 (int8) or unset")
         if self.int4_block_size < 16 or self.int4_block_size & (self.int4_block_size - 1):
             self._fail("int4_block_size", "must be a power of two >= 16 (16, 32, 64, 128)")
         if self.opset is not None and not 11 <= self.opset <= 23:

@@ -162,9 +162,10 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, backend: str, ranges:
 
 
 def quantize_int4_onnx(src: str | Path, dst: str | Path, block_size: int = 32, min_size: int = 65536,
-                       symmetric: bool = True) -> tuple[Path, int]:
-    """INT4 weight-only (``MatMulNBits``, per block; ``symmetric=False`` adds a zero point per block) for MatMuls
-    whose weight has >= ``min_size`` elements; returns the output path and the number of MatMuls converted."""
+                       symmetric: bool = True, bits: int = 4, accuracy_level: int | None = None) -> tuple[Path, int]:
+    """Weight-only ``MatMulNBits`` (``bits`` 4 or 8 per weight, per block; ``symmetric=False`` adds a zero point per
+    block; ``accuracy_level`` is the kernel's compute type) for MatMuls whose weight has >= ``min_size``
+    elements; returns the output path and the number of MatMuls converted."""
     import numpy as np
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -182,7 +183,8 @@ def quantize_int4_onnx(src: str | Path, dst: str | Path, block_size: int = 32, m
             small.append(node.name)
         else:
             large += 1
-    quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=symmetric, nodes_to_exclude=small)
+    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
+                                     accuracy_level=accuracy_level, nodes_to_exclude=small)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), False)
     return dst, large

@@ -18,6 +18,9 @@ from .config import ExportConfig
 
 logger = logging.getLogger("hf_optim")
 
+# weight-only MatMulNBits schemes: bits per weight
+NBITS = {"int4": 4, "int8_weight_only": 8}
+
 __all__ = ["export_model", "RECORD_NAME"]
 
 RECORD_NAME = "hf_optim_export.json"
@@ -144,10 +147,10 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
     if q == "dynamic":
         current = quantize_dynamic_onnx(optimized, optimized.parent / "model_quantized.onnx", backend,
                                         config.per_channel)
-    elif q == "int4":
-        current, n = quantize_int4_onnx(optimized, optimized.parent / "model_int4.onnx", config.int4_block_size,
-                                        config.int4_min_size, config.int4_symmetric)
-        record["int4_matmuls"] = n
+    elif q in NBITS:
+        current, n = quantize_int4_onnx(optimized, optimized.parent / f"model_{q}.onnx", config.int4_block_size,
+                                        config.int4_min_size, config.int4_symmetric, NBITS[q], config.accuracy_level)
+        record[f"int{NBITS[q]}_matmuls"] = n
     elif q == "static":
         current, record["guard"] = _static_with_guard(optimized, work, config, backend, tokenizer, data, score)
     validation = record.pop("_validation", None) or score(current)
@@ -235,10 +238,10 @@ def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str)
     record["quantization"] = q
     if q == "dynamic":
         current = quantize_dynamic_onnx(current, current.parent / "model_quantized.onnx", backend, config.per_channel)
-    elif q == "int4":
-        current, record["int4_matmuls"] = quantize_int4_onnx(current, current.parent / "model_int4.onnx",
-                                                             config.int4_block_size, config.int4_min_size,
-                                                             config.int4_symmetric)
+    elif q in NBITS:
+        current, record[f"int{NBITS[q]}_matmuls"] = quantize_int4_onnx(
+            current, current.parent / f"model_{q}.onnx", config.int4_block_size, config.int4_min_size,
+            config.int4_symmetric, NBITS[q], config.accuracy_level)
     record["validation"] = _validate_causal_lm(src, current, config)
     record["ops"] = op_counts(current)
     record["size_mb"] = round(current.stat().st_size / 2**20, 3)

@@ -34,6 +34,7 @@ def test_round_trip_json_yaml(config):
     ({"max_metric_drop": -0.1}, "max_metric_drop"),
     ({"int4_block_size": 24}, "int4_block_size"),
     ({"calibration_samples": 0}, "calibration_samples"),
+    ({"quantization": "int8_weight_only", "accuracy_level": 5}, "accuracy_level"),
     ({"task_type": "causal-lm", "task": "bbc-news", "quantization": "static"}, "quantization"),
 ])
 def test_export_config_rejects(kwargs, field):

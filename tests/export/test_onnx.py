@@ -199,6 +199,7 @@ LM_CASES = [
     pytest.param("none", {}, 1e-4, 1e-5, id="fp32"),
     pytest.param("dynamic", {}, 0.02, 0.02, id="dynamic"),
     pytest.param("int4", dict(int4_block_size=16, int4_min_size=1024), 0.08, 1e-5, id="int4"),
+    pytest.param("int8_weight_only", dict(int4_block_size=16, int4_min_size=1024), 0.01, 1e-5, id="int8-weight-only"),
 ]
 
 
@@ -224,7 +225,12 @@ def test_torch_backend_exports_causal_lm_with_past(quantization, extra, vs_torch
     elif quantization == "dynamic":
         assert ops.get("MatMulInteger") == 15 and ops.get("DynamicQuantizeLinear", 0) >= 1
     else:  # k/v projections (32 x 16 = 512 weights) stay below int4_min_size
-        assert rec["int4_matmuls"] == ops.get("MatMulNBits") == 11
+        bits = 4 if quantization == "int4" else 8
+        assert rec[f"int{bits}_matmuls"] == ops.get("MatMulNBits") == 11
+        import onnx
+
+        graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+        assert {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"} == {bits}
     assert {"model.onnx", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "hf_optim_export.json"} <= {p.name for p in out.iterdir()}
     assert len(list(out.glob("*.onnx"))) == 1 and not list(out.glob(".*"))
