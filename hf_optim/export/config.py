@@ -58,6 +58,9 @@ class ExportConfig(StageConfig):
             (``MatMulNBits`` with ``zero_points``): a block's range need not be centred on zero.
         int4_min_size (`int`, *optional*, defaults to 65536): only MatMuls with at least this many weights are
             quantized by ``int4`` / ``int8_weight_only``.
+        int4_method (`str`, *optional*, defaults to ``"rtn"``): how ``int4`` / ``int8_weight_only`` weights are
+            rounded: ``rtn`` (round to nearest on each block's range) or ``hqq`` (each block's scale and float zero
+            point optimised for the least weight error, no calibration data; asymmetric).
         accuracy_level (`int`, *optional*): ``MatMulNBits``' compute type: unset (ONNX Runtime's default), 1
             (fp32), 2 (fp16), 3 (bf16) or 4 (int8: activations quantized per block at run time, the fast CPU
             path).
@@ -90,6 +93,7 @@ class ExportConfig(StageConfig):
     int4_block_size: int = 32
     int4_symmetric: bool = added_field(True)
     int4_min_size: int = 65536
+    int4_method: Literal["rtn", "hqq"] = added_field("rtn")
     accuracy_level: Optional[int] = added_field(None)
     max_metric_drop: float = 0.01
     validation_samples: Optional[int] = 500

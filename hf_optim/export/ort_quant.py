@@ -162,10 +162,15 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, backend: str, ranges:
 
 
 def quantize_int4_onnx(src: str | Path, dst: str | Path, block_size: int = 32, min_size: int = 65536,
-                       symmetric: bool = True, bits: int = 4, accuracy_level: int | None = None) -> tuple[Path, int]:
+                       symmetric: bool = True, bits: int = 4, accuracy_level: int | None = None,
+                       method: str = "rtn") -> tuple[Path, int]:
     """Weight-only ``MatMulNBits`` (``bits`` 4 or 8 per weight, per block; ``symmetric=False`` adds a zero point per
     block; ``accuracy_level`` is the kernel's compute type) for MatMuls whose weight has >= ``min_size``
-    elements; returns the output path and the number of MatMuls converted."""
+    elements; returns the output path and the number of MatMuls converted.
+
+    ``method="rtn"`` rounds to nearest on each block's range; ``"hqq"`` (Half-Quadratic Quantization, ONNX
+    Runtime's implementation) optimises each block's scale and float zero point for the least weight error,
+    asymmetric by construction; it needs no calibration data."""
     import numpy as np
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -183,8 +188,17 @@ def quantize_int4_onnx(src: str | Path, dst: str | Path, block_size: int = 32, m
             small.append(node.name)
         else:
             large += 1
-    quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
-                                     accuracy_level=accuracy_level, nodes_to_exclude=small)
+    if method == "hqq":
+        from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
+
+        algo = HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits)
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False,
+                                         accuracy_level=accuracy_level, nodes_to_exclude=small, algo_config=algo)
+    elif method == "rtn":
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
+                                         accuracy_level=accuracy_level, nodes_to_exclude=small)
+    else:
+        raise ValueError(f"method={method!r}: use 'rtn' or 'hqq'")
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), False)
     return dst, large

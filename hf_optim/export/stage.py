@@ -149,7 +149,8 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
                                         config.per_channel)
     elif q in NBITS:
         current, n = quantize_int4_onnx(optimized, optimized.parent / f"model_{q}.onnx", config.int4_block_size,
-                                        config.int4_min_size, config.int4_symmetric, NBITS[q], config.accuracy_level)
+                                        config.int4_min_size, config.int4_symmetric, NBITS[q], config.accuracy_level,
+                                        config.int4_method)
         record[f"int{NBITS[q]}_matmuls"] = n
     elif q == "static":
         current, record["guard"] = _static_with_guard(optimized, work, config, backend, tokenizer, data, score)
@@ -241,7 +242,7 @@ def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str)
     elif q in NBITS:
         current, record[f"int{NBITS[q]}_matmuls"] = quantize_int4_onnx(
             current, current.parent / f"model_{q}.onnx", config.int4_block_size, config.int4_min_size,
-            config.int4_symmetric, NBITS[q], config.accuracy_level)
+            config.int4_symmetric, NBITS[q], config.accuracy_level, config.int4_method)
     record["validation"] = _validate_causal_lm(src, current, config)
     record["ops"] = op_counts(current)
     record["size_mb"] = round(current.stat().st_size / 2**20, 3)

@@ -35,6 +35,7 @@ def test_round_trip_json_yaml(config):
     ({"int4_block_size": 24}, "int4_block_size"),
     ({"calibration_samples": 0}, "calibration_samples"),
     ({"quantization": "int8_weight_only", "accuracy_level": 5}, "accuracy_level"),
+    ({"quantization": "int4", "int4_method": "awq"}, "int4_method"),
     ({"task_type": "causal-lm", "task": "bbc-news", "quantization": "static"}, "quantization"),
 ])
 def test_export_config_rejects(kwargs, field):

@@ -200,6 +200,7 @@ LM_CASES = [
     pytest.param("dynamic", {}, 0.02, 0.02, id="dynamic"),
     pytest.param("int4", dict(int4_block_size=16, int4_min_size=1024), 0.08, 1e-5, id="int4"),
     pytest.param("int8_weight_only", dict(int4_block_size=16, int4_min_size=1024), 0.01, 1e-5, id="int8-weight-only"),
+    pytest.param("int4", dict(int4_block_size=16, int4_min_size=1024, int4_method="hqq"), 0.08, 1e-5, id="int4-hqq"),
 ]
 
 
@@ -231,6 +232,10 @@ def test_torch_backend_exports_causal_lm_with_past(quantization, extra, vs_torch
 
         graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
         assert {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"} == {bits}
+        if extra.get("int4_method") == "hqq":  # HQQ's zero points are floats (any offset), not packed integers
+            inits = {i.name: i.data_type for i in graph.initializer}
+            zps = [n.input[3] for n in graph.node if n.op_type == "MatMulNBits" and len(n.input) > 3 and n.input[3]]
+            assert len(zps) == 11 and {inits[z] for z in zps} == {onnx.TensorProto.FLOAT}
     assert {"model.onnx", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "hf_optim_export.json"} <= {p.name for p in out.iterdir()}
     assert len(list(out.glob("*.onnx"))) == 1 and not list(out.glob(".*"))
