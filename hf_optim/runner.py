@@ -298,6 +298,12 @@ def _artifact_table(stages: list[dict]) -> list[dict]:
             "size_mb": (m.get("size") or {}).get("weights_mb"),
             "peak_memory_mb": (m.get("memory") or {}).get("model_peak_mb"),
         })
+        gen = m.get("generation") or {}
+        for key, g in gen.items():  # causal LMs: time to first token and decode speed per batch size
+            if key.startswith("batch_") and isinstance(g, dict):
+                b = key.split("_", 1)[1]
+                rows[-1][f"ttft_ms_b{b}"] = g.get("ttft_ms")
+                rows[-1][f"decode_tokens_per_s_b{b}"] = g.get("decode_tokens_per_s")
     return rows
 
 

@@ -87,6 +87,27 @@ def _artifact_table(report: dict[str, Any]) -> list[str]:
     return table(header, out)
 
 
+def _generation_table(report: dict[str, Any]) -> list[str]:
+    """Causal LMs: time to first token and decode tokens/s per measured batch size, vs the baseline."""
+    rows = report["artifacts"]
+    sizes = sorted({int(k.rsplit("_b", 1)[1]) for r in rows for k in r if k.startswith("decode_tokens_per_s_b")})
+    if not sizes:
+        return []
+    base = next((r for r in rows if r.get("baseline")), None)
+    header = ["artifact", rows[0]["metric"]]
+    for b in sizes:
+        header += [f"TTFT ms (batch {b})", f"decode tokens/s (batch {b})", "vs baseline"]
+    out = []
+    for r in rows:
+        cells = [r["artifact"] + (" (baseline)" if r.get("baseline") else ""), fmt(r.get("value"), ".4f")]
+        for b in sizes:
+            tps = r.get(f"decode_tokens_per_s_b{b}")
+            cells += [fmt(r.get(f"ttft_ms_b{b}"), ".1f"), fmt(tps, ".2f"),
+                      _ratio(tps, base and base.get(f"decode_tokens_per_s_b{b}"))]
+        out.append(cells)
+    return table(header, out)
+
+
 def _cost(report: dict[str, Any]) -> list[str]:
     c = report["cost"]
     cur = c["currency"]
@@ -161,7 +182,14 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str] | None, plots_
                   + f". Latency is per request at batch size 1, throughput at batch size {throughput_batch(rows)}. "
                   f"Pareto: no other artifact has both a better {metric} "
                   f"({'higher' if higher_is_better(metric) else 'lower'} is better) and a lower p50 latency.", ""]
-        lines += _artifact_table(report) + ["", "## Plots", ""]
+        lines += _artifact_table(report) + [""]
+        generation = _generation_table(report)
+        if generation:
+            lines += ["## Generation", "",
+                      "Greedy decoding with the KV cache from prompts of the evaluation text: time to first token "
+                      "and decode tokens/s (all sequences of the batch together), medians of the measured repeats.",
+                      ""] + generation + [""]
+        lines += ["## Plots", ""]
         if plots:
             lines += [f"![{metric} vs latency]({plots['tradeoff']})", "", f"![size]({plots['size']})", ""]
         else:

@@ -154,3 +154,32 @@ def test_throughput_batch_size_is_read_from_the_measurements(tmp_path):
     assert {r["throughput_batch_size"] for r in summary["artifacts"]} == {64}
     md = (run_dir / "report.md").read_text()
     assert "| samples/s (batch 64) |" in md and "cost / 1M requests (batch 64)" in md and "batch-32" not in md
+
+
+def test_lm_runs_get_a_generation_table(tmp_path):
+    from hf_optim.runner import _artifact_table
+
+    from .helpers import eval_stage, stage
+
+    def lm_eval(name, model, ppl, b1, b8):
+        st = eval_stage(name, model, ppl, 0, 0, 100.0, metric="perplexity")
+        m = st["metrics"]
+        del m["latency_ms"], m["throughput"]
+        m["generation"] = {"prompt_tokens": 64, "new_tokens": 16,
+                           "batch_1": {"batch_size": 1, "ttft_ms": 200.0, "decode_tokens_per_s": b1},
+                           "batch_8": {"batch_size": 8, "ttft_ms": 900.0, "decode_tokens_per_s": b8}}
+        return st
+
+    stages = [lm_eval("eval-fp32", "builtin:smollm2-135m", 21.6, 17.0, 75.0),
+              stage("q", "quantize", 3.0, model="builtin:smollm2-135m", scheme="int8_dynamic"),
+              lm_eval("eval-q", "q", 22.0, 34.0, 150.0)]
+    report = {"recipe": "lm", "fingerprint": "x", "status": "complete", "stages": stages,
+              "artifacts": _artifact_table(stages)}
+    assert report["artifacts"][1]["decode_tokens_per_s_b8"] == 150.0 and report["artifacts"][1]["ttft_ms_b1"] == 200.0
+    run_dir = write_run(tmp_path / "run", report)
+    write_report(run_dir)
+    md = (run_dir / "report.md").read_text()
+    assert "## Generation" in md
+    assert "| q | 22.0000 | 200.0 | 34.00 | 2.00x | 900.0 | 150.00 | 2.00x |" in md
+    write_report(write_run(tmp_path / "cls", pipeline_report()))  # classifiers: no generation table
+    assert "## Generation" not in (tmp_path / "cls" / "report.md").read_text()
