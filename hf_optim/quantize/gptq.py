@@ -112,6 +112,9 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     return Q, scale, zero
 
 
+_REFIT_CHUNK = 1 << 25  # float64 values in one chunk's design matrix (rows x unknowns x inputs)
+
+
 @torch.no_grad()
 def refit_qparams(weight: torch.Tensor, hessian: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
                   zero: torch.Tensor | None, group_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -126,14 +129,19 @@ def refit_qparams(weight: torch.Tensor, hessian: torch.Tensor, q: torch.Tensor, 
     H = hessian.detach().double()
     out_f, in_f = W.shape
     G = scale.shape[1]
+    k = G if zero is None else 2 * G
     member = torch.nn.functional.one_hot(torch.arange(in_f) // group_size, G).t().double()   # [G, in]
-    M = q.double()[:, None, :] * member[None]                                               # [out, G, in]
-    if zero is not None:
-        M = torch.cat([M, member[None].expand(out_f, G, in_f)], 1)                         # [out, 2G, in]
-    MH = M @ H
-    lhs = MH @ M.transpose(1, 2)
-    lhs = lhs + 1e-9 * lhs.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(lhs.shape[1], dtype=lhs.dtype)
-    theta = torch.linalg.solve(lhs, (MH @ W[:, :, None]))[..., 0]
+    step = max(1, _REFIT_CHUNK // (k * in_f))  # rows per chunk: the design matrices stay within ~512 MB
+    thetas = []
+    for r0 in range(0, out_f, step):
+        M = q[r0:r0 + step].double()[:, None, :] * member[None]                              # [rows, G, in]
+        if zero is not None:
+            M = torch.cat([M, member[None].expand(len(M), G, in_f)], 1)                      # [rows, 2G, in]
+        MH = M @ H
+        lhs = MH @ M.transpose(1, 2)
+        lhs = lhs + 1e-9 * lhs.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(k, dtype=lhs.dtype)
+        thetas.append(torch.linalg.solve(lhs, MH @ W[r0:r0 + step, :, None])[..., 0])
+    theta = torch.cat(thetas)
     a = theta[:, :G]
     new_scale = a.float()
     new_zero = None if zero is None else (-theta[:, G:] / a).float()

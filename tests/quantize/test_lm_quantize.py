@@ -352,3 +352,18 @@ def test_refit_never_raises_a_rows_output_error_and_keeps_the_values(symmetric):
         assert bool((after <= before * (1 + 1e-4)).all()) and float(after.sum()) < 0.95 * float(before.sum())
         s3, z3 = refit_qparams(w, h, q2, s2, z2, 64)   # a fixed point: refitting again changes nothing
         assert torch.allclose(s3, s2, rtol=1e-4) and (z3 is None or torch.allclose(z3, z2, rtol=1e-4, atol=1e-4))
+
+
+def test_refit_in_row_chunks_equals_one_chunk(monkeypatch):
+    from hf_optim.quantize import gptq
+    from hf_optim.quantize.gptq import refit_qparams
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(20, 96, generator=g)
+    x = torch.randn(512, 96, generator=g)
+    h = 2 * x.t() @ x / len(x)
+    q, s, z = gptq_quantize_weight(w, h, 4, 32, symmetric=False)
+    whole = refit_qparams(w, h, q, s, z, 32)
+    monkeypatch.setattr(gptq, "_REFIT_CHUNK", 6 * 96 * 3)   # 3 rows per chunk, the last one shorter
+    chunked = refit_qparams(w, h, q, s, z, 32)
+    assert torch.allclose(whole[0], chunked[0]) and torch.allclose(whole[1], chunked[1])
