@@ -121,10 +121,15 @@ def _coerce(value: Any, tp: Any) -> Any:
     return value if isinstance(value, tp) else _NO
 
 
-def added_field(default: Any) -> Any:
-    """A config field added after the first release: left at ``default`` it is not part of a stage's
-    fingerprint (see :meth:`OptimConfig.fingerprint_dict`)."""
-    return dataclasses.field(default=default, metadata={"added": True})
+_SAME = object()
+
+
+def added_field(default: Any, legacy: Any = _SAME) -> Any:
+    """A config field added after the first release. While it holds ``legacy`` (the value that reproduces the
+    behaviour from before the field existed; by default ``default`` itself) it is not part of a stage's
+    fingerprint (see :meth:`OptimConfig.fingerprint_dict`): upgrading re-runs a stage only when its behaviour
+    changed."""
+    return dataclasses.field(default=default, metadata={"added": True, "legacy": default if legacy is _SAME else legacy})
 
 
 @dataclasses.dataclass
@@ -179,12 +184,12 @@ class OptimConfig:
         return out
 
     def fingerprint_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the fields declared with :func:`added_field` that hold their default: a field
-        added in a later release changes a stage's fingerprint only when it is set, so upgrading hf_optim does
-        not re-run finished stages."""
+        """:meth:`to_dict` without the fields declared with :func:`added_field` that hold their legacy value: a
+        field added in a later release changes a stage's fingerprint only when it changes what the stage does,
+        so upgrading hf_optim does not re-run finished stages."""
         out = self.to_dict()
         for f in dataclasses.fields(self):
-            if f.metadata.get("added") and f.default is not dataclasses.MISSING and getattr(self, f.name) == f.default:
+            if f.metadata.get("added") and getattr(self, f.name) == f.metadata["legacy"]:
                 out.pop(f.name)
         return out
 

@@ -52,20 +52,26 @@ def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 
         `bool`: whether the settings were applied (False where the C library is not glibc, or when the
         ``HF_OPTIM_ALLOCATOR`` environment variable is ``default``).
     """
-    if os.environ.get("HF_OPTIM_ALLOCATOR", "").lower() == "default":
-        return False
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold), ("top_pad", top_pad)):
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} = {value!r}: expected a byte count >= 0")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**31:
+            raise ValueError(f"{name} = {value!r}: expected a byte count in [0, 2 GiB)")
     if mmap_threshold > 32 << 20:
         raise ValueError(f"mmap_threshold = {mmap_threshold}: glibc accepts at most 32 MiB on 64-bit systems")
+    if os.environ.get("HF_OPTIM_ALLOCATOR", "").lower() == "default":
+        return False
     libc = _libc()
     if libc is None:
         return False
-    ok = all(libc.mallopt(param, value) == 1 for param, value in (
-        (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold), (_M_TOP_PAD, top_pad)))
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    applied = {}
+    for name, param, value in (("mmap_threshold", _M_MMAP_THRESHOLD, mmap_threshold),
+                               ("trim_threshold", _M_TRIM_THRESHOLD, trim_threshold), ("top_pad", _M_TOP_PAD, top_pad)):
+        if libc.mallopt(param, value) == 1:
+            applied[name] = value
+    ok = len(applied) == 3
+    _state.update(tuned=ok, **applied)  # what is in effect, even if only part of it was accepted
     if ok:
-        _state.update(tuned=True, mmap_threshold=mmap_threshold, trim_threshold=trim_threshold, top_pad=top_pad)
         logger.debug("glibc allocator tuned: mmap threshold %d, trim threshold %d", mmap_threshold, trim_threshold)
     return ok
 

@@ -105,24 +105,26 @@ def main(argv: list[str] | None = None) -> None:
             engine.close()
         return
 
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
 
-    def post(texts):
-        req = urllib.request.Request(url + "/predict", data=json.dumps({"texts": texts}).encode())
-        return json.loads(urllib.request.urlopen(req, timeout=30).read())
+        def post(texts):
+            req = urllib.request.Request(url + "/predict", data=json.dumps({"texts": texts}).encode())
+            return json.loads(urllib.request.urlopen(req, timeout=30).read())
 
-    clients = [threading.Thread(target=post, args=(["good film", "the plot was dull", "fun"],)) for _ in range(8)]
-    for c in clients:
-        c.start()
-    for c in clients:
-        c.join()
-    print(json.dumps(post(["a great story", 42, "a great story"]), indent=1))
-    stats = json.loads(urllib.request.urlopen(url + "/stats", timeout=30).read())
-    print(json.dumps({k: stats[k] for k in ("requests", "batches", "padding_ratio", "latency_ms")}, indent=1))
-    server.shutdown()
-    server.server_close()
-    engine.close()
-    shutil.rmtree(scratch, ignore_errors=True)
+        clients = [threading.Thread(target=post, args=(["good film", "the plot was dull", "fun"],)) for _ in range(8)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        print(json.dumps(post(["a great story", 42, "a great story"]), indent=1))
+        stats = json.loads(urllib.request.urlopen(url + "/stats", timeout=30).read())
+        print(json.dumps({k: stats[k] for k in ("requests", "batches", "padding_ratio", "latency_ms")}, indent=1))
+    finally:
+        server.shutdown()
+        server.server_close()
+        engine.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -120,3 +120,17 @@ def test_a_field_added_later_changes_the_fingerprint_only_when_set():
     cfg = ExportConfig(model="m", quantization="int4")
     assert "int4_symmetric" in cfg.to_dict() and "int4_symmetric" not in cfg.fingerprint_dict()
     assert ExportConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_a_changed_default_changes_the_fingerprint_and_unused_settings_do_not():
+    def fp(**stage):
+        data = {"name": "r", "stages": [{"name": "q", "kind": "quantize", "model": "builtin:smollm2-135m",
+                                         "task": "bbc-news", "scheme": "int4_weight_only", **stage}]}
+        return Recipe.from_dict(data).stage_fingerprints()["q"]
+
+    # GPTQ ran in column order before gptq_act_order existed: only that legacy value leaves the fingerprint alone
+    assert fp(method="gptq") == fp(method="gptq", gptq_act_order=True) != fp(method="gptq", gptq_act_order=False)
+    # round to nearest ignores the GPTQ settings: they never re-run it
+    assert fp() == fp(gptq_act_order=False)
+    with pytest.raises(RecipeError, match="gptq_refit"):
+        fp(gptq_refit=True)

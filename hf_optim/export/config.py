@@ -55,7 +55,8 @@ class ExportConfig(StageConfig):
             residual Add, then whole layers) until the metric drop is within ``max_metric_drop``.
         int4_block_size (`int`, *optional*, defaults to 32): block size of ``int4`` / ``int8_weight_only`` weights.
         int4_symmetric (`bool`, *optional*, defaults to `True`): ``False`` stores a zero point per block
-            (``MatMulNBits`` with ``zero_points``): a block's range need not be centred on zero.
+            (``MatMulNBits`` with ``zero_points``): a block's range need not be centred on zero. ``hqq`` is
+            always asymmetric and ignores it.
         int4_min_size (`int`, *optional*, defaults to 65536): only MatMuls with at least this many weights are
             quantized by ``int4`` / ``int8_weight_only``.
         int4_method (`str`, *optional*, defaults to ``"rtn"``): how ``int4`` / ``int8_weight_only`` weights are
@@ -112,8 +113,17 @@ class ExportConfig(StageConfig):
         for f in ("calibration_samples", "calibration_batch_size", "int4_min_size"):
             if getattr(self, f) < 1:
                 self._fail(f, "must be >= 1")
-        if self.accuracy_level is not None and self.accuracy_level not in (0, 1, 2, 3, 4):
-            self._fail("accuracy_level", "must be 1 (fp32), 2 (fp16), 3 (bf16), 4 (int8) or unset")
+        if self.accuracy_level is not None:
+            if self.accuracy_level not in (1, 2, 3, 4):
+                self._fail("accuracy_level", "must be 1 (fp32), 2 (fp16), 3 (bf16), 4 (int8) or unset")
+            if self.quantization not in ("int4", "int8_weight_only"):
+                self._fail("accuracy_level", "applies to int4 / int8_weight_only (MatMulNBits); remove it")
+            if self.int4_method == "hqq":
+                self._fail("accuracy_level", "HQQ's float zero points run in fp32 whatever the level (ONNX Runtime "
+                                             "ignores it); remove it, or use int4_method: rtn for int8 compute")
+        if self.int4_method == "hqq" and self.quantization != "int4":
+            self._fail("int4_method", "hqq is offered for quantization: int4 (ONNX Runtime has no 8-bit kernel "
+                                      "with float zero points); use int4_method: rtn")
         if self.int4_block_size < 16 or self.int4_block_size & (self.int4_block_size - 1):
             self._fail("int4_block_size", "must be a power of two >= 16 (16, 32, 64, 128)")
         if self.opset is not None and not 11 <= self.opset <= 23:

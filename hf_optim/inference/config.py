@@ -19,9 +19,9 @@ class InferenceConfig(OptimConfig):
         max_wait_ms (`float`, *optional*, defaults to 5.0): longest a request waits for batch-mates before its
             bucket is run anyway. Raise it for throughput under heavy load, lower it for latency.
         length_buckets (`list[int]`, *optional*, defaults to `[16, 32, 64, 128]`): strictly increasing token
-            bounds. Requests are batched only with requests of the same bucket, and a batch is padded to its
-            own longest member, so no row is ever padded past its bucket's bound. The last bound is the
-            longest accepted input.
+            bounds. Requests are batched with requests of the same bucket (unless ``merge_padding`` tops a batch
+            up from others), and a batch is padded to its own longest member, so no batch is ever wider than
+            the bound of the largest bucket it holds. The last bound is the longest accepted input.
         merge_padding (`float`, *optional*, defaults to 0.0): a batch that is run before it is full is topped up
             with waiting requests of the nearest other buckets while at most this share of its tokens is
             padding (0 = batches never mix buckets). More rows per call at the price of some padding.

@@ -90,7 +90,7 @@ class QuantizeConfig(StageConfig):
     method: Literal["rtn", "gptq"] = "rtn"
     calibration_text: Optional[str] = None
     gptq_damp: float = 0.01
-    gptq_act_order: bool = added_field(True)
+    gptq_act_order: bool = added_field(True, legacy=False)  # GPTQ ran in column order before the field existed
     gptq_refit: bool = added_field(False)
     gptq_clip_search: bool = added_field(False)
     lm_head: bool = False
@@ -131,6 +131,10 @@ class QuantizeConfig(StageConfig):
             self._fail("activations", f"applies to int8_dynamic only, not {self.scheme!r}; remove it")
         if not 0 < self.gptq_damp < 1:
             self._fail("gptq_damp", "must be in (0, 1), e.g. 0.01")
+        if self.method != "gptq":
+            for f in ("gptq_refit", "gptq_clip_search"):
+                if getattr(self, f):
+                    self._fail(f, "applies to method: gptq only; remove it or set method: gptq")
         if self.calibration_text is not None:
             from ..data import BUILTIN_TEXTS
 
@@ -156,6 +160,13 @@ class QuantizeConfig(StageConfig):
             self._fail("qat_max_train_samples", "must be >= 1 or unset")
         if not 0 <= self.qat_freeze_observers <= 1:
             self._fail("qat_freeze_observers", "must be in [0, 1]")
+
+    def fingerprint_dict(self) -> dict:
+        out = super().fingerprint_dict()
+        if self.method != "gptq":  # the GPTQ settings do nothing for round-to-nearest
+            for f in ("gptq_act_order", "gptq_refit", "gptq_clip_search"):
+                out.pop(f, None)
+        return out
 
     @property
     def text_corpus(self) -> Optional[str]:

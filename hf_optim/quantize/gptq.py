@@ -122,39 +122,46 @@ def refit_qparams(weight: torch.Tensor, hessian: torch.Tensor, q: torch.Tensor, 
 
     Row ``w`` is approximated by ``a_g * q + b_g`` on each group ``g``; the ``a``/``b`` minimising
     ``(w - ŵ)ᵀ H (w - ŵ)`` (the squared error of the row's output on the calibration inputs) solve a small
-    linear system per row (2 unknowns per group; 1 when symmetric). A row keeps its old parameters unless
-    the new ones have positive scales and a lower error, so the error never grows.
+    linear system per row (2 unknowns per group; 1 when symmetric). A group whose solution is not a positive
+    scale (no input energy, all-zero weights) keeps its parameters, and a row takes the new ones only when they
+    lower its error, so the error never grows.
     """
     W = weight.detach().double()
     H = hessian.detach().double()
     out_f, in_f = W.shape
     G = scale.shape[1]
     k = G if zero is None else 2 * G
-    member = torch.nn.functional.one_hot(torch.arange(in_f) // group_size, G).t().double()   # [G, in]
-    step = max(1, _REFIT_CHUNK // (k * in_f))  # rows per chunk: the design matrices stay within ~512 MB
+    member = torch.nn.functional.one_hot(torch.arange(in_f) // group_size, G).double()        # [in, G]
+    cols = [slice(g * group_size, min((g + 1) * group_size, in_f)) for g in range(G)]
+    ones_h = torch.stack([H[c].sum(0) for c in cols]) if zero is not None else None          # [G, in]
+    step = max(1, _REFIT_CHUNK // (k * in_f))  # rows per chunk: the products stay within ~512 MB
     thetas = []
     for r0 in range(0, out_f, step):
-        M = q[r0:r0 + step].double()[:, None, :] * member[None]                              # [rows, G, in]
-        if zero is not None:
-            M = torch.cat([M, member[None].expand(len(M), G, in_f)], 1)                      # [rows, 2G, in]
-        MH = M @ H
-        lhs = MH @ M.transpose(1, 2)
+        Q = q[r0:r0 + step].double()                                                        # [rows, in]
+        # row r's design matrix has a row q_r restricted to group g (scale terms) and, with zero points, the
+        # indicator of group g (offset terms); MH = design @ H, built group by group: rows x in^2 in all
+        MH = torch.stack([Q[:, c] @ H[c] for c in cols], 1)                                 # [rows, G, in]
+        if ones_h is not None:
+            MH = torch.cat([MH, ones_h[None].expand(len(Q), G, in_f)], 1)                   # [rows, 2G, in]
+        lhs = (MH * Q[:, None, :]) @ member                                                  # [rows, k, G]
+        if ones_h is not None:
+            lhs = torch.cat([lhs, MH @ member], 2)                                           # [rows, 2G, 2G]
         lhs = lhs + 1e-9 * lhs.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(k, dtype=lhs.dtype)
         thetas.append(torch.linalg.solve(lhs, MH @ W[r0:r0 + step, :, None])[..., 0])
     theta = torch.cat(thetas)
     a = theta[:, :G]
-    new_scale = a.float()
-    new_zero = None if zero is None else (-theta[:, G:] / a).float()
+    # per group: a group with no input energy or all-zero weights solves to a useless scale; it keeps its own
+    ok = torch.isfinite(a) & (a > 0)
+    if zero is not None:
+        ok &= torch.isfinite(theta[:, G:])
+    new_scale = torch.where(ok, a, scale.double()).float()
+    new_zero = None if zero is None else torch.where(ok, -theta[:, G:] / a, zero.double()).float()
 
     def row_error(s, z):
         w_hat = kernels.dequantize_weight(q, s, zero_point=z, group_size=group_size).double()
         e = W - w_hat
         return ((e @ H) * e).sum(-1)
 
-    ok = torch.isfinite(theta).all(-1) & (a > 0).all(-1)
-    new_scale = torch.where(ok[:, None], new_scale, scale)
-    if zero is not None:
-        new_zero = torch.where(ok[:, None], new_zero, zero)
     better = row_error(new_scale, new_zero) < row_error(scale, zero)
     scale = torch.where(better[:, None], new_scale, scale)
     if zero is not None:
@@ -319,6 +326,7 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
     describe_(model, scheme, group_size=group_size, symmetric=None if symmetric else False, method="gptq",
               calibration_tokens=tokens, partial_groups=partial_groups or None)
     logger.info("GPTQ: %d modules in %d layers on %d calibration tokens", len(done), len(errors), tokens)
-    return {"method": "gptq", "clip_search": clip_search, "act_order": act_order, "calibration_tokens": tokens,
+    return {"method": "gptq", "clip_search": clip_search, "act_order": act_order, "refit": refit,
+            "calibration_tokens": tokens,
             "modules_gptq": len(done), "modules_rtn": len(rest),
             "layer_output_rel_error_mean": round(sum(errors) / max(1, len(errors)), 5)}

@@ -36,6 +36,9 @@ def test_round_trip_json_yaml(config):
     ({"calibration_samples": 0}, "calibration_samples"),
     ({"quantization": "int8_weight_only", "accuracy_level": 5}, "accuracy_level"),
     ({"quantization": "int4", "int4_method": "awq"}, "int4_method"),
+    ({"quantization": "int8_weight_only", "int4_method": "hqq"}, "int4_method"),
+    ({"quantization": "int4", "int4_method": "hqq", "accuracy_level": 4}, "accuracy_level"),
+    ({"quantization": "dynamic", "accuracy_level": 4}, "accuracy_level"),
     ({"task_type": "causal-lm", "task": "bbc-news", "quantization": "static"}, "quantization"),
 ])
 def test_export_config_rejects(kwargs, field):

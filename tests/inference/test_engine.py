@@ -85,9 +85,10 @@ def test_merged_batches_stay_within_their_padding_bound_and_lose_nothing(echo):
     for width, lengths in echo.batches:
         assert width == max(lengths) <= 64 and len(lengths) <= 16
         home = {int(np.searchsorted(bounds, n)) for n in lengths}
-        if len(home) > 1:   # topped up from other buckets: within the bound (its first bucket alone may pad more)
+        if len(home) > 1:   # topped up from other buckets: every addition kept the padded share within the bound
             mixed += 1
             assert width <= buckets[max(home)]
+            assert 1 - sum(lengths) / (len(lengths) * width) <= merge + 1e-9
     assert mixed > 0
     assert all(int(w) <= int(b) for b, w in engine.stats()["batches"]["max_width_per_bucket"].items())
 

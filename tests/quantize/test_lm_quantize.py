@@ -367,3 +367,23 @@ def test_refit_in_row_chunks_equals_one_chunk(monkeypatch):
     monkeypatch.setattr(gptq, "_REFIT_CHUNK", 6 * 96 * 3)   # 3 rows per chunk, the last one shorter
     chunked = refit_qparams(w, h, q, s, z, 32)
     assert torch.allclose(whole[0], chunked[0]) and torch.allclose(whole[1], chunked[1])
+
+
+def test_refit_skips_a_dead_group_but_still_refits_the_others():
+    from hf_optim.quantize.gptq import refit_qparams
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(32, 128, generator=g)
+    x = torch.randn(1024, 16, generator=g) @ torch.randn(16, 128, generator=g)
+    x[:, 32:64] = 0  # the second group's inputs never fire
+    h = 2 * x.t() @ x / len(x)
+    q, s, z = gptq_quantize_weight(w, h, 4, 32, symmetric=False)
+    s2, z2 = refit_qparams(w, h, q, s, z, 32)
+    assert torch.equal(s2[:, 1], s[:, 1]) and torch.equal(z2[:, 1], z[:, 1])   # the dead group keeps its grid
+    changed = (s2 != s).any(1)
+    assert int(changed.sum()) >= 24                                            # most rows were refit
+
+    def err(sc, zp):
+        return float((x @ (kernels.dequantize_weight(q, sc, zero_point=zp) - w).t()).pow(2).mean())
+
+    assert err(s2, z2) < 0.95 * err(s, z)
