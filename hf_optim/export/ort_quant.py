@@ -188,6 +188,13 @@ def quantize_int4_onnx(src: str | Path, dst: str | Path, block_size: int = 32, m
             small.append(node.name)
         else:
             large += 1
+    import inspect
+
+    if bits != 4 and "bits" not in inspect.signature(MatMulNBitsQuantizer.__init__).parameters:
+        from ..compat import FeatureUnavailable
+
+        raise FeatureUnavailable(f"{bits}-bit MatMulNBits needs a newer onnxruntime (this one quantizes to 4 bits "
+                                 "only; tested with 1.32): upgrade onnxruntime or use quantization: int4")
     if method == "hqq":
         from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
