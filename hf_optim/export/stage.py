@@ -117,7 +117,7 @@ def _optimize_and_quantize_common(onnx_path: Path, work: Path, config: ExportCon
 def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str) -> tuple[Path, dict]:
     from ..evaluation.classifier import load_classifier
     from .onnx import export_onnx, op_counts
-    from .ort_quant import quantize_dynamic_onnx, quantize_int4_onnx
+    from .ort_quant import quantize_dynamic_onnx
     from .runtime import OrtClassifier
     from .validate import check_budget, compare, load_validation, predict_all
 
@@ -148,10 +148,7 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
         current = quantize_dynamic_onnx(optimized, optimized.parent / "model_quantized.onnx", backend,
                                         config.per_channel)
     elif q in NBITS:
-        current, n = quantize_int4_onnx(optimized, optimized.parent / f"model_{q}.onnx", config.int4_block_size,
-                                        config.int4_min_size, config.int4_symmetric, NBITS[q], config.accuracy_level,
-                                        config.int4_method)
-        record[f"int{NBITS[q]}_matmuls"] = n
+        current = _weight_only(optimized, config, record)
     elif q == "static":
         current, record["guard"] = _static_with_guard(optimized, work, config, backend, tokenizer, data, score)
     validation = record.pop("_validation", None) or score(current)
@@ -218,9 +215,20 @@ def _static_with_guard(src: Path, work: Path, config: ExportConfig, backend: str
     return dst, guard
 
 
+def _weight_only(src: Path, config: ExportConfig, record: dict) -> Path:
+    """``MatMulNBits`` weight-only quantization of ``src`` (int4 / int8_weight_only); counts go into ``record``."""
+    from .ort_quant import quantize_int4_onnx
+
+    bits = NBITS[config.quantization]
+    dst, record[f"int{bits}_matmuls"] = quantize_int4_onnx(
+        src, src.parent / f"model_{config.quantization}.onnx", config.int4_block_size, config.int4_min_size,
+        config.int4_symmetric, bits, config.accuracy_level, config.int4_method)
+    return dst
+
+
 def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str) -> tuple[Path, dict]:
     from .onnx import export_onnx, op_counts
-    from .ort_quant import quantize_dynamic_onnx, quantize_int4_onnx
+    from .ort_quant import quantize_dynamic_onnx
 
     onnx_path = export_onnx(src, work / "export", "causal-lm", backend, config.opset)
     record: dict[str, Any] = {}
@@ -240,9 +248,7 @@ def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str)
     if q == "dynamic":
         current = quantize_dynamic_onnx(current, current.parent / "model_quantized.onnx", backend, config.per_channel)
     elif q in NBITS:
-        current, record[f"int{NBITS[q]}_matmuls"] = quantize_int4_onnx(
-            current, current.parent / f"model_{q}.onnx", config.int4_block_size, config.int4_min_size,
-            config.int4_symmetric, NBITS[q], config.accuracy_level, config.int4_method)
+        current = _weight_only(current, config, record)
     record["validation"] = _validate_causal_lm(src, current, config)
     record["ops"] = op_counts(current)
     record["size_mb"] = round(current.stat().st_size / 2**20, 3)
