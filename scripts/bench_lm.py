@@ -51,6 +51,7 @@ GPTQ_VARIANTS = {
     "int4-gptq-g128-asym-act": {"act_order": True},
     "int4-gptq-g128-asym-act-refit": {"act_order": True, "refit": True},
     "int4-gptq-g128-asym-act-refit-clip": {"act_order": True, "refit": True, "clip_search": True},
+    "int4-gptq-g128-asym-act-tune": {"act_order": True, "tune_steps": 40},
 }
 
 
@@ -133,6 +134,8 @@ def main() -> None:
                                          "squares on each layer's output error",
         "int4-gptq-g128-asym-act-refit-clip": "int4-gptq-g128-asym-act-refit with each group's range shrunk to "
                                               "the least squared rounding error",
+        "int4-gptq-g128-asym-act-tune": "int4-gptq-g128-asym-act + each layer's scales and zero points tuned "
+                                        "(40 Adam steps) so its output follows the float model's",
         "int4-gptq-g128-asym-int8-head": "int4-gptq-g128-asym + lm_head int8 per channel (untied) + input "
                                          "embeddings int8 per row",
         "int4-gptq-g128-asym-all-linear": "int4-gptq-g128-asym + lm_head int4 g128 asymmetric (untied, "

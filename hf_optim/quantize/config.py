@@ -50,6 +50,13 @@ class QuantizeConfig(StageConfig):
             re-solve its scales and zero points by least squares on the layer's output error.
         gptq_clip_search (`bool`, *optional*, defaults to `False`): ``gptq``: shrink each group's range to the
             factor (1.0 .. 0.7) with the least squared rounding error before quantizing.
+        gptq_tune_steps (`int`, *optional*, defaults to 0): ``gptq``: then tune each decoder layer's scales and zero
+            points (integer values fixed) for this many Adam steps, one calibration batch per step, so the
+            layer's output follows the float model's on the float model's own hidden states; 0 skips it. On
+            SmolLM2-135M int4 group 128, 40 steps roughly halve GPTQ's perplexity rise (README, "Causal language
+            models").
+        gptq_tune_lr (`float`, *optional*, defaults to 0.005): ``gptq``: the tuning's Adam learning rate (on the
+            log of each scale and on each zero point in integer steps).
         lm_head (`bool`, *optional*, defaults to `False`): quantize the output head too; a head tied to the
             input embeddings is untied (stored separately) first.
         embeddings (`str`, *optional*, defaults to ``"float"``): ``int8`` (one scale per row) or ``int4``
@@ -93,6 +100,8 @@ class QuantizeConfig(StageConfig):
     gptq_act_order: bool = added_field(True, legacy=False)  # GPTQ ran in column order before the field existed
     gptq_refit: bool = added_field(False)
     gptq_clip_search: bool = added_field(False)
+    gptq_tune_steps: int = added_field(0)
+    gptq_tune_lr: float = added_field(5e-3)
     lm_head: bool = False
     embeddings: Literal["float", "int8", "int4"] = "float"
     activations: Literal["tensor", "token"] = "tensor"
@@ -131,8 +140,12 @@ class QuantizeConfig(StageConfig):
             self._fail("activations", f"applies to int8_dynamic only, not {self.scheme!r}; remove it")
         if not 0 < self.gptq_damp < 1:
             self._fail("gptq_damp", "must be in (0, 1), e.g. 0.01")
+        if self.gptq_tune_steps < 0:
+            self._fail("gptq_tune_steps", "must be >= 0 (0 skips tuning), e.g. 40")
+        if not 0 < self.gptq_tune_lr < 1:
+            self._fail("gptq_tune_lr", "must be in (0, 1), e.g. 0.005")
         if self.method != "gptq":
-            for f in ("gptq_refit", "gptq_clip_search"):
+            for f in ("gptq_refit", "gptq_clip_search", "gptq_tune_steps"):
                 if getattr(self, f):
                     self._fail(f, "applies to method: gptq only; remove it or set method: gptq")
         if self.calibration_text is not None:
@@ -164,8 +177,10 @@ class QuantizeConfig(StageConfig):
     def fingerprint_dict(self) -> dict:
         out = super().fingerprint_dict()
         if self.method != "gptq":  # the GPTQ settings do nothing for round-to-nearest
-            for f in ("gptq_act_order", "gptq_refit", "gptq_clip_search"):
+            for f in ("gptq_act_order", "gptq_refit", "gptq_clip_search", "gptq_tune_steps", "gptq_tune_lr"):
                 out.pop(f, None)
+        elif not self.gptq_tune_steps:  # no tuning: its learning rate does nothing
+            out.pop("gptq_tune_lr", None)
         return out
 
     @property

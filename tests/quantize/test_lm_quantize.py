@@ -239,6 +239,9 @@ def test_lm_configs_round_trip(config):
     ({"scheme": "int4_weight_only", "embeddings": "int2"}, "embeddings"),
     ({"scheme": "int4_weight_only", "gptq_damp": 0}, "gptq_damp"),
     ({"scheme": "int8_dynamic", "partial_groups": True}, "partial_groups"),
+    ({"scheme": "int4_weight_only", "gptq_tune_steps": 40}, "gptq_tune_steps"),      # needs method: gptq
+    ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_steps": -1}, "gptq_tune_steps"),
+    ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_lr": 0}, "gptq_tune_lr"),
 ])
 def test_bad_lm_config_names_the_field(changes, field):
     with pytest.raises(ConfigError) as e:
@@ -387,3 +390,44 @@ def test_refit_skips_a_dead_group_but_still_refits_the_others():
         return float((x @ (kernels.dequantize_weight(q, sc, zero_point=zp) - w).t()).pow(2).mean())
 
     assert err(s2, z2) < 0.95 * err(s, z)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_tuning_keeps_the_values_and_brings_the_model_closer_to_float(symmetric):
+    cal, held_out = _calibration(n=4), _calibration(n=1, seed=7)[0]
+    with torch.inference_mode():
+        ref = _llama()(**held_out).logits
+    models, infos = {}, {}
+    for steps in (0, 30):
+        models[steps] = _llama()
+        infos[steps] = gptq_quantize_(models[steps], cal, "int4_weight_only", group_size=16, symmetric=symmetric,
+                                      tune_steps=steps, tune_lr=1e-2)
+    assert "tune_steps" not in infos[0] and infos[30]["tune_steps"] == 30
+    assert infos[30]["tune_loss_reduction_mean"] > 0.05
+    changed = 0
+    for (name, plain), tuned in zip(models[0].named_modules(), models[30].modules()):
+        if isinstance(plain, Int4WeightOnlyLinear):
+            if ".layers.0." in name:  # the first layer's int4 values are GPTQ's (later layers see tuned inputs)
+                assert torch.equal(plain.weight, tuned.weight), name
+            changed += int(not torch.equal(plain.weight_scale, tuned.weight_scale))
+            if not symmetric:
+                changed += int(not torch.equal(plain.weight_zero_point, tuned.weight_zero_point))
+    assert changed >= 14
+    with torch.inference_mode():
+        err = {k: float((m(**held_out).logits - ref).norm() / ref.norm()) for k, m in models.items()}
+    assert err[30] < err[0]                                                        # on text it was not tuned on
+
+
+def test_gptq_tuning_keeps_the_start_when_it_cannot_improve():
+    from hf_optim.quantize.gptq import tune_layer_qparams
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(torch.nn.Linear(32, 8, bias=False))
+    x = torch.randn(4, 16, 32)
+    q, s, z = kernels.quantize_weight_affine(layer[0].weight.detach(), 4, 16, symmetric=False)
+    weights = {"0.weight": (q, s.clone(), z.clone())}
+    targets = [x @ kernels.dequantize_weight(q, s, zero_point=z).t()]              # already exact
+    info = tune_layer_qparams(layer, weights, [((x,), {})], targets, 16, steps=5, lr=0.1)
+    assert info["loss_before"] < 1e-10 and info["loss_after"] == info["loss_before"]
+    assert torch.equal(weights["0.weight"][1], s) and torch.equal(weights["0.weight"][2], z)
+    assert all(p.requires_grad for p in layer.parameters())                          # left as it was
