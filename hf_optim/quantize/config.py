@@ -57,6 +57,9 @@ class QuantizeConfig(StageConfig):
             models").
         gptq_tune_lr (`float`, *optional*, defaults to 0.005): ``gptq``: the tuning's Adam learning rate (on the
             log of each scale and on each zero point in integer steps).
+        gptq_tune_rounding_lr (`float`, *optional*, defaults to 0): ``gptq`` with ``gptq_tune_steps``: above 0,
+            the tuning may also move each integer value one step up or down (a rounding offset learned by signed
+            gradient steps of this size, AutoRound-style); 0 keeps GPTQ's values.
         lm_head (`bool`, *optional*, defaults to `False`): quantize the output head too; a head tied to the
             input embeddings is untied (stored separately) first.
         embeddings (`str`, *optional*, defaults to ``"float"``): ``int8`` (one scale per row) or ``int4``
@@ -102,6 +105,7 @@ class QuantizeConfig(StageConfig):
     gptq_clip_search: bool = added_field(False)
     gptq_tune_steps: int = added_field(0)
     gptq_tune_lr: float = added_field(5e-3)
+    gptq_tune_rounding_lr: float = added_field(0.0)
     lm_head: bool = False
     embeddings: Literal["float", "int8", "int4"] = "float"
     activations: Literal["tensor", "token"] = "tensor"
@@ -144,6 +148,10 @@ class QuantizeConfig(StageConfig):
             self._fail("gptq_tune_steps", "must be >= 0 (0 skips tuning), e.g. 40")
         if not 0 < self.gptq_tune_lr < 1:
             self._fail("gptq_tune_lr", "must be in (0, 1), e.g. 0.005")
+        if not 0 <= self.gptq_tune_rounding_lr < 1:
+            self._fail("gptq_tune_rounding_lr", "must be in [0, 1) (0 keeps GPTQ's values), e.g. 0.015")
+        if self.gptq_tune_rounding_lr and not self.gptq_tune_steps:
+            self._fail("gptq_tune_rounding_lr", "applies to the tuning: set gptq_tune_steps too (e.g. 100)")
         if self.method != "gptq":
             for f in ("gptq_refit", "gptq_clip_search", "gptq_tune_steps"):
                 if getattr(self, f):
@@ -177,7 +185,8 @@ class QuantizeConfig(StageConfig):
     def fingerprint_dict(self) -> dict:
         out = super().fingerprint_dict()
         if self.method != "gptq":  # the GPTQ settings do nothing for round-to-nearest
-            for f in ("gptq_act_order", "gptq_refit", "gptq_clip_search", "gptq_tune_steps", "gptq_tune_lr"):
+            for f in ("gptq_act_order", "gptq_refit", "gptq_clip_search", "gptq_tune_steps", "gptq_tune_lr",
+                      "gptq_tune_rounding_lr"):
                 out.pop(f, None)
         elif not self.gptq_tune_steps:  # no tuning: its learning rate does nothing
             out.pop("gptq_tune_lr", None)

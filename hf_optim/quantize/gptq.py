@@ -172,29 +172,42 @@ def refit_qparams(weight: torch.Tensor, hessian: torch.Tensor, q: torch.Tensor, 
 @torch.enable_grad()
 def tune_layer_qparams(layer: nn.Module, weights: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
                        inputs: Sequence[tuple[tuple, dict]], targets: Sequence[torch.Tensor], group_size: int | None,
-                       steps: int, lr: float = 5e-3) -> dict[str, float]:
+                       steps: int, lr: float = 5e-3, rounding_lr: float = 0.0, bits: int = 4) -> dict[str, float]:
     """Tune a decoder layer's scales and zero points so its output matches the float model's, in place.
 
-    ``weights`` maps the layer's Linear weight names (``"self_attn.q_proj.weight"``) to their quantized
-    ``(q, scale, zero_point)``; the integer values stay fixed. Every group's scale is multiplied by ``exp(m)`` and
-    its zero point shifted by ``d`` (``m``, ``d`` start at 0), learned with Adam on the mean squared difference
-    between the layer's output on ``inputs`` (the hidden states the quantized layers before it produce) and
-    ``targets`` (the float layer's output on the float model's hidden states), one calibration batch per step.
-    Unlike :func:`refit_qparams`, which fits each Linear's own output, this sees the whole layer (attention,
-    activation, residual) and the error the layers before it left. The tuned parameters are kept only if they
-    lower the loss over all batches.
+    ``weights`` maps the layer's Linear weight names (``"self_attn.q_proj.weight"``) to their ``bits``-bit
+    ``(q, scale, zero_point)``. Every group's scale is multiplied by ``exp(m)`` and its zero point shifted by
+    ``d`` (``m``, ``d`` start at 0), learned with Adam on the mean squared difference between the layer's output
+    on ``inputs`` (the hidden states the quantized layers before it produce) and ``targets`` (the float layer's
+    output on the float model's hidden states), one calibration batch per step. Unlike :func:`refit_qparams`,
+    which fits each Linear's own output, this sees the whole layer (attention, activation, residual) and the
+    error the layers before it left. The tuned parameters are kept only if they lower the loss over all batches.
+
+    The integer values stay fixed unless ``rounding_lr`` > 0: then every value may also move one step up or down
+    (AutoRound-style, Cheng et al., 2023): an offset ``v`` in [-1, 1] per value, rounded in the forward pass
+    (straight-through gradient), moves by ``rounding_lr`` against the sign of its gradient each step.
 
     Returns:
-        `dict`: ``loss_before`` and ``loss_after`` (summed over the batches; equal when nothing was kept).
+        `dict`: ``loss_before`` and ``loss_after`` (summed over the batches; equal when nothing was kept) and
+        ``values_moved`` (integer values that changed).
     """
     from torch.func import functional_call
 
     logm = {n: torch.zeros_like(s, requires_grad=True) for n, (_, s, _) in weights.items()}
     shift = {n: torch.zeros_like(z, requires_grad=True) for n, (_, _, z) in weights.items() if z is not None}
+    offset = {n: torch.zeros(q.shape, requires_grad=True) for n, (q, _, _) in weights.items()} if rounding_lr else {}
+
+    def values(n, q):
+        if not offset:
+            return q
+        v = offset[n]
+        qmin, qmax = kernels.qrange(bits, weights[n][2] is None)
+        return (q + (v + (torch.round(v) - v).detach())).clamp(qmin, qmax)   # straight-through rounding
 
     def dequantized():
-        return {n: kernels.dequantize_weight(q, s * logm[n].exp(), zero_point=None if z is None else z + shift[n],
-                                             group_size=group_size) for n, (q, s, z) in weights.items()}
+        return {n: kernels.dequantize_weight(values(n, q), s * logm[n].exp(),
+                                             zero_point=None if z is None else z + shift[n], group_size=group_size)
+                for n, (q, s, z) in weights.items()}
 
     def loss(i, params):
         args, kwargs = inputs[i]
@@ -213,15 +226,23 @@ def tune_layer_qparams(layer: nn.Module, weights: dict[str, tuple[torch.Tensor, 
             opt.zero_grad()
             loss(step % len(inputs), dequantized()).backward()
             opt.step()
+            with torch.no_grad():
+                for v in offset.values():
+                    v.sub_(rounding_lr * v.grad.sign()).clamp_(-1, 1)
+                    v.grad = None
         with torch.no_grad():
             after = sum(float(loss(i, dequantized())) for i in range(len(inputs)))
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
+    moved = 0
     if after < before:
-        for n, (q, s, z) in list(weights.items()):
-            weights[n] = (q, (s * logm[n].exp()).detach(), None if z is None else (z + shift[n]).detach())
-    return {"loss_before": before, "loss_after": min(before, after)}
+        with torch.no_grad():
+            for n, (q, s, z) in list(weights.items()):
+                q_new = values(n, q.float()).round().to(q.dtype)
+                moved += int((q_new != q).sum())
+                weights[n] = (q_new, s * logm[n].exp(), None if z is None else z + shift[n])
+    return {"loss_before": before, "loss_after": min(before, after), "values_moved": moved}
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -243,8 +264,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                    group_size: int | None = 128, symmetric: bool = True, include: Iterable[str] | None = None,
                    exclude: Iterable[str] | None = None, damp: float = 0.01, lm_head: bool = False,
                    embeddings: str | None = None, partial_groups: bool = False, clip_search: bool = False,
-                   act_order: bool = True, refit: bool = False, tune_steps: int = 0, tune_lr: float = 5e-3
-                   ) -> dict[str, Any]:
+                   act_order: bool = True, refit: bool = False, tune_steps: int = 0, tune_lr: float = 5e-3,
+                   tune_rounding_lr: float = 0.0) -> dict[str, Any]:
     """Quantize the decoder layers' Linear weights of a causal LM with GPTQ, in place, layer by layer.
 
     Args:
@@ -267,7 +288,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             each layer's output error after its values are chosen (:func:`refit_qparams`).
         tune_steps (`int`, *optional*, defaults to 0): then tune each layer's scales and zero points for this many
             Adam steps (learning rate ``tune_lr``) so the layer's output follows the float model's
-            (:func:`tune_layer_qparams`); 0 skips it.
+            (:func:`tune_layer_qparams`); 0 skips it. ``tune_rounding_lr`` > 0 lets the tuning move integer
+            values one step too.
 
     Returns:
         `dict`: calibration tokens, layers and modules quantized, mean relative output error of the layers.
@@ -368,7 +390,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                                                      act_order=act_order, refit=refit) for name, lin in mine.items()}
         hessians.clear()
         if tune_steps:
-            tuned.append(tune_layer_qparams(layer, weights, captured, float_hidden, group_size, tune_steps, tune_lr))
+            tuned.append(tune_layer_qparams(layer, weights, captured, float_hidden, group_size, tune_steps, tune_lr,
+                                            tune_rounding_lr, bits))
         for name, lin in mine.items():
             q, scale, zero = weights[param[name]]
             _swap(model, name, cls.from_quantized(q, scale, zero, lin.bias, group_size=group_size))
@@ -398,5 +421,6 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
            "layer_output_rel_error_mean": round(sum(errors) / max(1, len(errors)), 5)}
     if tune_steps:  # how much of the layers' output error (vs the float model) tuning removed, averaged
         out.update(tune_steps=tune_steps, tune_loss_reduction_mean=round(
-            sum(1 - t["loss_after"] / max(t["loss_before"], 1e-30) for t in tuned) / max(1, len(tuned)), 5))
+            sum(1 - t["loss_after"] / max(t["loss_before"], 1e-30) for t in tuned) / max(1, len(tuned)), 5),
+            tune_values_moved=sum(t["values_moved"] for t in tuned))
     return out

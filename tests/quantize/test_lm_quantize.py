@@ -242,6 +242,9 @@ def test_lm_configs_round_trip(config):
     ({"scheme": "int4_weight_only", "gptq_tune_steps": 40}, "gptq_tune_steps"),      # needs method: gptq
     ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_steps": -1}, "gptq_tune_steps"),
     ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_lr": 0}, "gptq_tune_lr"),
+    ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_rounding_lr": 0.01}, "gptq_tune_rounding_lr"),
+    ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_steps": 5, "gptq_tune_rounding_lr": -1},
+     "gptq_tune_rounding_lr"),
 ])
 def test_bad_lm_config_names_the_field(changes, field):
     with pytest.raises(ConfigError) as e:
@@ -431,3 +434,18 @@ def test_gptq_tuning_keeps_the_start_when_it_cannot_improve():
     assert info["loss_before"] < 1e-10 and info["loss_after"] == info["loss_before"]
     assert torch.equal(weights["0.weight"][1], s) and torch.equal(weights["0.weight"][2], z)
     assert all(p.requires_grad for p in layer.parameters())                          # left as it was
+
+
+def test_gptq_tuning_with_rounding_moves_values_at_most_one_step():
+    cal = _calibration(n=4)
+    models, infos = {}, {}
+    for rounding in (0.0, 0.02):
+        models[rounding] = _llama()
+        infos[rounding] = gptq_quantize_(models[rounding], cal, "int4_weight_only", group_size=16, symmetric=False,
+                                         tune_steps=30, tune_lr=1e-2, tune_rounding_lr=rounding)
+    assert infos[0.0]["tune_values_moved"] == 0 < infos[0.02]["tune_values_moved"]
+    plain = dict(models[0.0].named_modules())["model.layers.0.mlp.down_proj"]   # layer 0: same GPTQ start
+    moved = dict(models[0.02].named_modules())["model.layers.0.mlp.down_proj"]
+    a = kernels.unpack_int4(plain.weight, 32, 64).int()
+    b = kernels.unpack_int4(moved.weight, 32, 64).int()
+    assert (a - b).abs().max() == 1 and b.min() >= -8 and b.max() <= 7
