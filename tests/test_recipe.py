@@ -134,3 +134,8 @@ def test_a_changed_default_changes_the_fingerprint_and_unused_settings_do_not():
     assert fp() == fp(gptq_act_order=False)
     with pytest.raises(RecipeError, match="gptq_refit"):
         fp(gptq_refit=True)
+    # no tuning is the old behaviour; the tuning's learning rate only counts once it tunes
+    assert fp(method="gptq") == fp(method="gptq", gptq_tune_steps=0) == fp(method="gptq", gptq_tune_lr=0.01)
+    tuned = fp(method="gptq", gptq_tune_steps=40)
+    assert tuned != fp(method="gptq") and tuned != fp(method="gptq", gptq_tune_steps=40, gptq_tune_lr=0.01)
+    assert tuned != fp(method="gptq", gptq_tune_steps=40, gptq_tune_rounding_lr=0.015)

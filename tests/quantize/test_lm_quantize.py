@@ -259,9 +259,10 @@ def test_quantize_dir_gptq_calibrates_on_text(tiny_llama_dir, tmp_path):
 
     cfg = QuantizeConfig(model=str(tiny_llama_dir), scheme="int4_weight_only", group_size=16, symmetric=False,
                          method="gptq", calibration_text="bbc-news", calibration_samples=4, max_length=32,
-                         batch_size=2)
+                         batch_size=2, gptq_tune_steps=4)
     metrics = quantize_dir(tiny_llama_dir, tmp_path / "q", cfg)
     assert metrics["method"] == "gptq" and metrics["calibration_tokens"] == 4 * 32
+    assert metrics["tune_steps"] == 4 and 0 <= metrics["tune_loss_reduction_mean"] < 1
     assert metrics["modules_quantized"] == 14 and metrics["logits_sqnr_db"] > 15
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
     assert isinstance(model.model.layers[0].self_attn.q_proj, Int4WeightOnlyLinear)
