@@ -139,3 +139,7 @@ def test_a_changed_default_changes_the_fingerprint_and_unused_settings_do_not():
     tuned = fp(method="gptq", gptq_tune_steps=40)
     assert tuned != fp(method="gptq") and tuned != fp(method="gptq", gptq_tune_steps=40, gptq_tune_lr=0.01)
     assert tuned != fp(method="gptq", gptq_tune_steps=40, gptq_tune_rounding_lr=0.015)
+    assert fp(method="gptq") == fp(method="gptq", gptq_e2e_steps=0) == fp(method="gptq", gptq_e2e_lr=0.01)
+    e2e = fp(method="gptq", gptq_e2e_steps=40)
+    assert e2e not in (fp(method="gptq"), tuned, fp(method="gptq", gptq_e2e_steps=40, gptq_e2e_lr=0.01))
+    assert fp() == fp(gptq_e2e_lr=0.01)

@@ -60,6 +60,12 @@ class QuantizeConfig(StageConfig):
         gptq_tune_rounding_lr (`float`, *optional*, defaults to 0): ``gptq`` with ``gptq_tune_steps``: above 0,
             the tuning may also move each integer value one step up or down (a rounding offset learned by signed
             gradient steps of this size, AutoRound-style); 0 keeps GPTQ's values.
+        gptq_e2e_steps (`int`, *optional*, defaults to 0): ``gptq``: last, tune all the layers' scales and zero
+            points together for this many Adam steps (one calibration batch each) so the model's next-token
+            distribution follows the float model's (KL divergence); 0 skips it. Each step is a forward and backward
+            pass of the whole model; the float model's output-head inputs on the calibration text are held in
+            memory (tokens x hidden size).
+        gptq_e2e_lr (`float`, *optional*, defaults to 0.001): ``gptq``: that tuning's Adam learning rate.
         lm_head (`bool`, *optional*, defaults to `False`): quantize the output head too; a head tied to the
             input embeddings is untied (stored separately) first.
         embeddings (`str`, *optional*, defaults to ``"float"``): ``int8`` (one scale per row) or ``int4``
@@ -106,6 +112,8 @@ class QuantizeConfig(StageConfig):
     gptq_tune_steps: int = added_field(0)
     gptq_tune_lr: float = added_field(5e-3)
     gptq_tune_rounding_lr: float = added_field(0.0)
+    gptq_e2e_steps: int = added_field(0)
+    gptq_e2e_lr: float = added_field(1e-3)
     lm_head: bool = False
     embeddings: Literal["float", "int8", "int4"] = "float"
     activations: Literal["tensor", "token"] = "tensor"
@@ -152,8 +160,12 @@ class QuantizeConfig(StageConfig):
             self._fail("gptq_tune_rounding_lr", "must be in [0, 1) (0 keeps GPTQ's values), e.g. 0.015")
         if self.gptq_tune_rounding_lr and not self.gptq_tune_steps:
             self._fail("gptq_tune_rounding_lr", "applies to the tuning: set gptq_tune_steps too (e.g. 100)")
+        if self.gptq_e2e_steps < 0:
+            self._fail("gptq_e2e_steps", "must be >= 0 (0 skips it), e.g. 40")
+        if not 0 < self.gptq_e2e_lr < 1:
+            self._fail("gptq_e2e_lr", "must be in (0, 1), e.g. 0.001")
         if self.method != "gptq":
-            for f in ("gptq_refit", "gptq_clip_search", "gptq_tune_steps"):
+            for f in ("gptq_refit", "gptq_clip_search", "gptq_tune_steps", "gptq_e2e_steps"):
                 if getattr(self, f):
                     self._fail(f, "applies to method: gptq only; remove it or set method: gptq")
         if self.calibration_text is not None:
@@ -186,10 +198,12 @@ class QuantizeConfig(StageConfig):
         out = super().fingerprint_dict()
         if self.method != "gptq":  # the GPTQ settings do nothing for round-to-nearest
             for f in ("gptq_act_order", "gptq_refit", "gptq_clip_search", "gptq_tune_steps", "gptq_tune_lr",
-                      "gptq_tune_rounding_lr"):
+                      "gptq_tune_rounding_lr", "gptq_e2e_steps", "gptq_e2e_lr"):
                 out.pop(f, None)
-        elif not self.gptq_tune_steps:  # no tuning: its learning rate does nothing
-            out.pop("gptq_tune_lr", None)
+            return out
+        for steps, lr in (("gptq_tune_steps", "gptq_tune_lr"), ("gptq_e2e_steps", "gptq_e2e_lr")):
+            if not getattr(self, steps):  # no tuning: its learning rate does nothing
+                out.pop(lr, None)
         return out
 
     @property

@@ -21,7 +21,7 @@ from . import kernels
 from .apply import _swap, _targets, check_group_sizes, describe_
 from .modules import module_for_scheme
 
-__all__ = ["gptq_quantize_weight", "gptq_quantize_", "decoder_layers"]
+__all__ = ["gptq_quantize_weight", "gptq_quantize_", "decoder_layers", "tune_layer_qparams", "tune_model_qparams"]
 
 logger = logging.getLogger("hf_optim")
 
@@ -245,6 +245,102 @@ def tune_layer_qparams(layer: nn.Module, weights: dict[str, tuple[torch.Tensor, 
     return {"loss_before": before, "loss_after": min(before, after), "values_moved": moved}
 
 
+class _Captured(Exception):
+    pass
+
+
+def _masked_kl(teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the (unmasked) tokens of KL(teacher || student), both given as logits."""
+    kl = torch.nn.functional.kl_div(student.float().log_softmax(-1), teacher.float().log_softmax(-1),
+                                    log_target=True, reduction="none").sum(-1)
+    if mask is None:
+        return kl.mean()
+    mask = mask.to(kl.dtype)
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+def _output_head(model: nn.Module) -> nn.Module:
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output head (get_output_embeddings()) to tune against")
+    return head
+
+
+def _head_input(model: nn.Module, batch: dict[str, torch.Tensor], params: dict | None = None) -> torch.Tensor:
+    """What ``model`` (with ``params`` in place of its own tensors, if given) feeds its output head on ``batch``;
+    the model stops there (the head itself is not run)."""
+    from torch.func import functional_call
+
+    seen: list[torch.Tensor] = []
+
+    def grab(mod, args):
+        seen.append(args[0])
+        raise _Captured
+
+    handle = _output_head(model).register_forward_pre_hook(grab)
+    try:
+        functional_call(model, params or {}, (), {**batch, "use_cache": False})
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@torch.enable_grad()
+def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
+                       teacher_head_inputs: Sequence[torch.Tensor], steps: int, lr: float = 1e-3) -> dict[str, float]:
+    """Tune every weight-only quantized Linear's scales and zero points together, end to end, in place.
+
+    The loss is the KL divergence from the float model's next-token distribution to the quantized model's, per
+    token (padding masked), on the calibration ``batches``; ``teacher_head_inputs[i]`` is what the float model fed
+    its output head (``get_output_embeddings()``, still float here) on ``batches[i]``. As in the end-to-end phase
+    of EfficientQAT (Chen et al., 2024), only the quantization parameters move: each group's scale is multiplied
+    by ``exp(m)`` and its zero point shifted by ``d``, learned with Adam, one batch per step; the integer values
+    stay. Where :func:`tune_layer_qparams` matches each layer's output, this matches what perplexity measures, so
+    it can trade one layer's error for another's. The result is kept only if the loss over all batches lowers.
+
+    Returns:
+        `dict`: ``loss_before`` and ``loss_after`` (mean KL over the batches; equal when nothing was kept).
+    """
+    from .modules import WeightOnlyLinear
+
+    head = _output_head(model)
+    mods = {n: m for n, m in model.named_modules() if isinstance(m, WeightOnlyLinear)}
+    logm = {n: torch.zeros_like(m.weight_scale, requires_grad=True) for n, m in mods.items()}
+    shift = {n: torch.zeros_like(m.weight_zero_point, requires_grad=True) for n, m in mods.items() if not m.symmetric}
+
+    def loss(i: int) -> torch.Tensor:
+        over = {f"{n}.weight_scale": m.weight_scale * logm[n].exp() for n, m in mods.items()}
+        over.update({f"{n}.weight_zero_point": mods[n].weight_zero_point + d for n, d in shift.items()})
+        with torch.no_grad():
+            teacher = head(teacher_head_inputs[i])
+        return _masked_kl(teacher, head(_head_input(model, batches[i], over)), batches[i].get("attention_mask"))
+
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    try:
+        with torch.no_grad():
+            before = sum(float(loss(i)) for i in range(len(batches))) / len(batches)
+        opt = torch.optim.Adam([*logm.values(), *shift.values()], lr=lr)
+        for step in range(steps):
+            opt.zero_grad()
+            loss(step % len(batches)).backward()
+            opt.step()
+        with torch.no_grad():
+            after = sum(float(loss(i)) for i in range(len(batches))) / len(batches)
+            if after < before:
+                for n, m in mods.items():
+                    m.weight_scale.mul_(logm[n].exp())
+                for n, d in shift.items():
+                    mods[n].weight_zero_point.add_(d)
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+    return {"loss_before": before, "loss_after": min(before, after)}
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The model's stack of decoder layers (the ``nn.ModuleList`` with ``num_hidden_layers`` entries)."""
     n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
@@ -255,17 +351,13 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
                      "config.num_hidden_layers blocks); GPTQ supports decoder-only transformers")
 
 
-class _Captured(Exception):
-    pass
-
-
 @torch.no_grad()
 def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], scheme: str = "int4_weight_only",
                    group_size: int | None = 128, symmetric: bool = True, include: Iterable[str] | None = None,
                    exclude: Iterable[str] | None = None, damp: float = 0.01, lm_head: bool = False,
                    embeddings: str | None = None, partial_groups: bool = False, clip_search: bool = False,
                    act_order: bool = True, refit: bool = False, tune_steps: int = 0, tune_lr: float = 5e-3,
-                   tune_rounding_lr: float = 0.0) -> dict[str, Any]:
+                   tune_rounding_lr: float = 0.0, e2e_steps: int = 0, e2e_lr: float = 1e-3) -> dict[str, Any]:
     """Quantize the decoder layers' Linear weights of a causal LM with GPTQ, in place, layer by layer.
 
     Args:
@@ -290,6 +382,10 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             Adam steps (learning rate ``tune_lr``) so the layer's output follows the float model's
             (:func:`tune_layer_qparams`); 0 skips it. ``tune_rounding_lr`` > 0 lets the tuning move integer
             values one step too.
+        e2e_steps (`int`, *optional*, defaults to 0): then tune all the layers' scales and zero points together for
+            this many Adam steps (learning rate ``e2e_lr``) so the model's next-token distribution follows the
+            float model's (:func:`tune_model_qparams`); 0 skips it. Each step is a forward and backward pass of the
+            whole model on one calibration batch.
 
     Returns:
         `dict`: calibration tokens, layers and modules quantized, mean relative output error of the layers.
@@ -309,6 +405,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
         if id(mod) in layer_prefix:
             layer_prefix[id(mod)] = name
 
+    # End-to-end tuning compares against what the float model feeds its output head.
+    head_inputs = [_head_input(model, b) for b in batches] if e2e_steps else None
     # Inputs of the first layer (hidden states + the keyword arguments the model passes to every layer).
     captured: list[tuple[tuple, dict]] = []
 
@@ -405,6 +503,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             new.append(with_hidden(a, k, out))
         captured = new
         errors.append(math.sqrt(num / max(den, 1e-30)))
+    e2e = tune_model_qparams(model, batches, head_inputs, e2e_steps, e2e_lr) if e2e_steps else None
+    del head_inputs
     # What the layers did not cover (lm_head after the last layer) is rounded to nearest.
     rest = [(n, m) for n, m in targets.items() if n not in set(done)]
     for name, lin in rest:
@@ -423,4 +523,7 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
         out.update(tune_steps=tune_steps, tune_loss_reduction_mean=round(
             sum(1 - t["loss_after"] / max(t["loss_before"], 1e-30) for t in tuned) / max(1, len(tuned)), 5),
             tune_values_moved=sum(t["values_moved"] for t in tuned))
+    if e2e is not None:  # mean KL to the float model's next-token distribution on the calibration batches
+        out.update(e2e_steps=e2e_steps, e2e_kl_before=float(f"{e2e['loss_before']:.4g}"),
+                   e2e_kl_after=float(f"{e2e['loss_after']:.4g}"))
     return out

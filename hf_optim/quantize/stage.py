@@ -175,7 +175,8 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
                                       None if config.embeddings == "float" else config.embeddings,
                                       config.partial_groups, config.gptq_clip_search, act_order=config.gptq_act_order,
                                       refit=config.gptq_refit, tune_steps=config.gptq_tune_steps,
-                                      tune_lr=config.gptq_tune_lr, tune_rounding_lr=config.gptq_tune_rounding_lr))
+                                      tune_lr=config.gptq_tune_lr, tune_rounding_lr=config.gptq_tune_rounding_lr,
+                                      e2e_steps=config.gptq_e2e_steps, e2e_lr=config.gptq_e2e_lr))
     elif config.scheme == "int8_static":
         texts = _texts(spec, config.calibration_split, config.calibration_samples, seed)
         ranges = calibrate(model, _batches(tokenizer, texts, config.batch_size, config.max_length), config.observer,

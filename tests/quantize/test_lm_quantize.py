@@ -245,6 +245,9 @@ def test_lm_configs_round_trip(config):
     ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_rounding_lr": 0.01}, "gptq_tune_rounding_lr"),
     ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_steps": 5, "gptq_tune_rounding_lr": -1},
      "gptq_tune_rounding_lr"),
+    ({"scheme": "int4_weight_only", "gptq_e2e_steps": 40}, "gptq_e2e_steps"),        # needs method: gptq
+    ({"scheme": "int4_weight_only", "method": "gptq", "gptq_e2e_steps": -1}, "gptq_e2e_steps"),
+    ({"scheme": "int4_weight_only", "method": "gptq", "gptq_e2e_lr": 1.5}, "gptq_e2e_lr"),
 ])
 def test_bad_lm_config_names_the_field(changes, field):
     with pytest.raises(ConfigError) as e:
@@ -259,10 +262,11 @@ def test_quantize_dir_gptq_calibrates_on_text(tiny_llama_dir, tmp_path):
 
     cfg = QuantizeConfig(model=str(tiny_llama_dir), scheme="int4_weight_only", group_size=16, symmetric=False,
                          method="gptq", calibration_text="bbc-news", calibration_samples=4, max_length=32,
-                         batch_size=2, gptq_tune_steps=4)
+                         batch_size=2, gptq_tune_steps=4, gptq_e2e_steps=4)
     metrics = quantize_dir(tiny_llama_dir, tmp_path / "q", cfg)
     assert metrics["method"] == "gptq" and metrics["calibration_tokens"] == 4 * 32
     assert metrics["tune_steps"] == 4 and 0 <= metrics["tune_loss_reduction_mean"] < 1
+    assert metrics["e2e_steps"] == 4 and 0 <= metrics["e2e_kl_after"] <= metrics["e2e_kl_before"]
     assert metrics["modules_quantized"] == 14 and metrics["logits_sqnr_db"] > 15
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
     assert isinstance(model.model.layers[0].self_attn.q_proj, Int4WeightOnlyLinear)
@@ -450,3 +454,60 @@ def test_gptq_tuning_with_rounding_moves_values_at_most_one_step():
     a = kernels.unpack_int4(plain.weight, 32, 64).int()
     b = kernels.unpack_int4(moved.weight, 32, 64).int()
     assert (a - b).abs().max() == 1 and b.min() >= -8 and b.max() <= 7
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_end_to_end_tuning_keeps_the_values_and_lowers_the_kl_to_float(symmetric):
+    cal, held_out = _calibration(n=4), _calibration(n=2, seed=7)
+    float_model = _llama()
+    with torch.inference_mode():
+        ref = [float_model(**b).logits for b in held_out]
+    models, infos = {}, {}
+    for steps in (0, 30):
+        models[steps] = _llama()
+        infos[steps] = gptq_quantize_(models[steps], cal, "int4_weight_only", group_size=16, symmetric=symmetric,
+                                      e2e_steps=steps, e2e_lr=1e-2)
+    assert "e2e_steps" not in infos[0] and infos[30]["e2e_steps"] == 30
+    assert infos[30]["e2e_kl_after"] < 0.9 * infos[30]["e2e_kl_before"]
+    changed = 0
+    for (name, plain), tuned in zip(models[0].named_modules(), models[30].modules()):
+        if isinstance(plain, Int4WeightOnlyLinear):
+            assert torch.equal(plain.weight, tuned.weight), name      # the int4 values are GPTQ's, only the grid moved
+            changed += int(not torch.equal(plain.weight_scale, tuned.weight_scale))
+    assert changed == 14
+    assert all(p.requires_grad for p in models[30].parameters() if p.is_floating_point())
+
+    def kl(model):
+        from hf_optim.quantize.gptq import _masked_kl
+
+        with torch.inference_mode():
+            return sum(float(_masked_kl(r, model(**b).logits, None)) for r, b in zip(ref, held_out))
+
+    assert kl(models[30]) < kl(models[0])                                          # on text it was not tuned on
+
+
+def test_gptq_end_to_end_tuning_ignores_padding():
+    from hf_optim.quantize.gptq import _masked_kl
+
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    s2 = s.clone()
+    s2[0, 3:] = torch.randn(2, 11, generator=g) * 10                               # padded positions changed
+    assert torch.allclose(_masked_kl(t, s, mask), _masked_kl(t, s2, mask))
+    full = torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+    assert torch.allclose(_masked_kl(t, s, mask), full[mask.bool()].mean())
+    assert torch.allclose(_masked_kl(t, s, None), full.mean())
+
+
+def test_gptq_end_to_end_tuning_keeps_the_start_when_it_makes_things_worse():
+    from hf_optim.quantize.gptq import _head_input, tune_model_qparams
+
+    cal = _calibration(n=2)
+    teacher = [_head_input(_llama(), b).detach() for b in cal]
+    model = _llama()
+    gptq_quantize_(model, cal, "int4_weight_only", group_size=16, symmetric=False)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    info = tune_model_qparams(model, cal, teacher, steps=3, lr=0.9)             # steps far too large
+    assert info["loss_after"] == info["loss_before"] > 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.items())
