@@ -266,35 +266,36 @@ def _output_head(model: nn.Module) -> nn.Module:
     return head
 
 
-def _head_input(model: nn.Module, batch: dict[str, torch.Tensor], params: dict | None = None) -> torch.Tensor:
-    """What ``model`` (with ``params`` in place of its own tensors, if given) feeds its output head on ``batch``;
-    the model stops there (the head itself is not run)."""
-    from torch.func import functional_call
-
+def _head_inputs(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+    """What ``model`` feeds its output head on each batch (the model stops there: the head itself is not run)."""
     seen: list[torch.Tensor] = []
 
     def grab(mod, args):
-        seen.append(args[0])
+        seen.append(args[0].detach())
         raise _Captured
 
     handle = _output_head(model).register_forward_pre_hook(grab)
     try:
-        functional_call(model, params or {}, (), {**batch, "use_cache": False})
-    except _Captured:
-        pass
+        for batch in batches:
+            try:
+                model(**batch, use_cache=False)
+            except _Captured:
+                pass
     finally:
         handle.remove()
-    return seen[0]
+    return seen
 
 
 @torch.enable_grad()
 def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
-                       teacher_head_inputs: Sequence[torch.Tensor], steps: int, lr: float = 1e-3) -> dict[str, float]:
+                       teacher_head_inputs: Sequence[torch.Tensor], steps: int, lr: float = 1e-3,
+                       teacher_head: nn.Module | None = None) -> dict[str, float]:
     """Tune every weight-only quantized Linear's scales and zero points together, end to end, in place.
 
     The loss is the KL divergence from the float model's next-token distribution to the quantized model's, per
     token (padding masked), on the calibration ``batches``; ``teacher_head_inputs[i]`` is what the float model fed
-    its output head (``get_output_embeddings()``, still float here) on ``batches[i]``. As in the end-to-end phase
+    its output head on ``batches[i]``, and ``teacher_head`` that float head (default: the model's own, when it is
+    not quantized); the teacher's logits are the head applied to those inputs. As in the end-to-end phase
     of EfficientQAT (Chen et al., 2024), only the quantization parameters move: each group's scale is multiplied
     by ``exp(m)`` and its zero point shifted by ``d``, learned with Adam, one batch per step; the integer values
     stay. Where :func:`tune_layer_qparams` matches each layer's output, this matches what perplexity measures, so
@@ -305,7 +306,9 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
     """
     from .modules import WeightOnlyLinear
 
-    head = _output_head(model)
+    from torch.func import functional_call
+
+    head = teacher_head if teacher_head is not None else _output_head(model)
     mods = {n: m for n, m in model.named_modules() if isinstance(m, WeightOnlyLinear)}
     logm = {n: torch.zeros_like(m.weight_scale, requires_grad=True) for n, m in mods.items()}
     shift = {n: torch.zeros_like(m.weight_zero_point, requires_grad=True) for n, m in mods.items() if not m.symmetric}
@@ -315,7 +318,8 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
         over.update({f"{n}.weight_zero_point": mods[n].weight_zero_point + d for n, d in shift.items()})
         with torch.no_grad():
             teacher = head(teacher_head_inputs[i])
-        return _masked_kl(teacher, head(_head_input(model, batches[i], over)), batches[i].get("attention_mask"))
+        student = functional_call(model, over, (), {**batches[i], "use_cache": False}).logits
+        return _masked_kl(teacher, student, batches[i].get("attention_mask"))
 
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in frozen:
@@ -382,10 +386,10 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             Adam steps (learning rate ``tune_lr``) so the layer's output follows the float model's
             (:func:`tune_layer_qparams`); 0 skips it. ``tune_rounding_lr`` > 0 lets the tuning move integer
             values one step too.
-        e2e_steps (`int`, *optional*, defaults to 0): then tune all the layers' scales and zero points together for
-            this many Adam steps (learning rate ``e2e_lr``) so the model's next-token distribution follows the
-            float model's (:func:`tune_model_qparams`); 0 skips it. Each step is a forward and backward pass of the
-            whole model on one calibration batch.
+        e2e_steps (`int`, *optional*, defaults to 0): last, tune all the quantized Linear layers' scales and zero
+            points together (the head's too, if quantized) for this many Adam steps (learning rate ``e2e_lr``) so
+            the model's next-token distribution follows the float model's (:func:`tune_model_qparams`); 0 skips
+            it. Each step is a forward and backward pass of the whole model on one calibration batch.
 
     Returns:
         `dict`: calibration tokens, layers and modules quantized, mean relative output error of the layers.
@@ -405,8 +409,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
         if id(mod) in layer_prefix:
             layer_prefix[id(mod)] = name
 
-    # End-to-end tuning compares against what the float model feeds its output head.
-    head_inputs = [_head_input(model, b) for b in batches] if e2e_steps else None
+    # End-to-end tuning compares against the float model's logits: its output head and what it feeds it.
+    float_head, head_inputs = (_output_head(model), _head_inputs(model, batches)) if e2e_steps else (None, None)
     # Inputs of the first layer (hidden states + the keyword arguments the model passes to every layer).
     captured: list[tuple[tuple, dict]] = []
 
@@ -503,8 +507,6 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             new.append(with_hidden(a, k, out))
         captured = new
         errors.append(math.sqrt(num / max(den, 1e-30)))
-    e2e = tune_model_qparams(model, batches, head_inputs, e2e_steps, e2e_lr) if e2e_steps else None
-    del head_inputs
     # What the layers did not cover (lm_head after the last layer) is rounded to nearest.
     rest = [(n, m) for n, m in targets.items() if n not in set(done)]
     for name, lin in rest:
@@ -513,6 +515,9 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
     if embeddings:
         quantize_embeddings_(model, 4 if embeddings == "int4" else 8,
                              (group_size or 32) if embeddings == "int4" else None, symmetric)
+    # Last, so it also makes up for the rounded-to-nearest head and embeddings.
+    e2e = tune_model_qparams(model, batches, head_inputs, e2e_steps, e2e_lr, float_head) if e2e_steps else None
+    del float_head, head_inputs
     describe_(model, scheme, group_size=group_size, symmetric=None if symmetric else False, method="gptq",
               calibration_tokens=tokens, partial_groups=partial_groups or None)
     logger.info("GPTQ: %d modules in %d layers on %d calibration tokens", len(done), len(errors), tokens)

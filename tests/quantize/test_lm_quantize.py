@@ -501,13 +501,27 @@ def test_gptq_end_to_end_tuning_ignores_padding():
 
 
 def test_gptq_end_to_end_tuning_keeps_the_start_when_it_makes_things_worse():
-    from hf_optim.quantize.gptq import _head_input, tune_model_qparams
+    from hf_optim.quantize.gptq import _head_inputs, tune_model_qparams
 
     cal = _calibration(n=2)
-    teacher = [_head_input(_llama(), b).detach() for b in cal]
+    teacher = _head_inputs(_llama(), cal)
     model = _llama()
     gptq_quantize_(model, cal, "int4_weight_only", group_size=16, symmetric=False)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     info = tune_model_qparams(model, cal, teacher, steps=3, lr=0.9)             # steps far too large
     assert info["loss_after"] == info["loss_before"] > 0
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.items())
+
+
+def test_gptq_end_to_end_tuning_also_tunes_a_quantized_head_against_the_float_one():
+    cal = _calibration(n=4)
+    models, infos = {}, {}
+    for steps in (0, 30):
+        models[steps] = _llama(tie_word_embeddings=True)
+        infos[steps] = gptq_quantize_(models[steps], cal, "int4_weight_only", group_size=16, symmetric=False,
+                                      lm_head=True, embeddings="int8", e2e_steps=steps, e2e_lr=1e-2)
+    heads = [m.get_output_embeddings() for m in models.values()]
+    assert all(isinstance(h, Int4WeightOnlyLinear) for h in heads)
+    assert torch.equal(heads[0].weight, heads[1].weight) and not torch.equal(heads[0].weight_scale, heads[1].weight_scale)
+    assert isinstance(models[30].get_input_embeddings(), QuantEmbedding)
+    assert infos[30]["e2e_kl_after"] < 0.9 * infos[30]["e2e_kl_before"]
