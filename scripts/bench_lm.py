@@ -52,7 +52,7 @@ GPTQ_VARIANTS = {
     "int4-gptq-g128-asym-act-refit": {"act_order": True, "refit": True},
     "int4-gptq-g128-asym-act-refit-clip": {"act_order": True, "refit": True, "clip_search": True},
     "int4-gptq-g128-asym-act-tune": {"act_order": True, "tune_steps": 40},
-    "int4-gptq-g128-asym-act-tune-round": {"act_order": True, "tune_steps": 100, "tune_rounding_lr": 0.015},
+    "int4-gptq-g128-asym-act-tune-e2e": {"act_order": True, "tune_steps": 40, "e2e_steps": 40},
 }
 
 
@@ -137,8 +137,9 @@ def main() -> None:
                                               "the least squared rounding error",
         "int4-gptq-g128-asym-act-tune": "int4-gptq-g128-asym-act + each layer's scales and zero points tuned "
                                         "(40 Adam steps) so its output follows the float model's",
-        "int4-gptq-g128-asym-act-tune-round": "int4-gptq-g128-asym-act + 100 tuning steps of the scales, zero "
-                                              "points and rounding (each value may move one step)",
+        "int4-gptq-g128-asym-act-tune-e2e": "int4-gptq-g128-asym-act-tune + all scales and zero points tuned "
+                                            "together (40 Adam steps) on the KL to the float model's next-token "
+                                            "distribution",
         "int4-gptq-g128-asym-int8-head": "int4-gptq-g128-asym + lm_head int8 per channel (untied) + input "
                                          "embeddings int8 per row",
         "int4-gptq-g128-asym-all-linear": "int4-gptq-g128-asym + lm_head int4 g128 asymmetric (untied, "
