@@ -195,9 +195,11 @@ def _lm_runner(path):
 # Bounds on logits (this tiny model's are within +-0.5): vs torch, and a run in two chunks vs a whole run.
 # fp32 is the model; INT8/int4 move logits by ~0.006/~0.04 here; dynamic INT8 scales depend on each input,
 # so a chunked run differs slightly from a whole one, while int4 weights give the same result either way.
+# ONNX Runtime's MatMulInteger kernel depends on the CPU: dynamic INT8 stayed under 0.02 vs torch on an AVX-512
+# VNNI machine and reached 0.024 on an AVX2-only one.
 LM_CASES = [
     pytest.param("none", {}, 1e-4, 1e-5, id="fp32"),
-    pytest.param("dynamic", {}, 0.02, 0.02, id="dynamic"),
+    pytest.param("dynamic", {}, 0.04, 0.02, id="dynamic"),
     pytest.param("int4", dict(int4_block_size=16, int4_min_size=1024), 0.08, 1e-5, id="int4"),
     pytest.param("int8_weight_only", dict(int4_block_size=16, int4_min_size=1024), 0.01, 1e-5, id="int8-weight-only"),
     pytest.param("int4", dict(int4_block_size=16, int4_min_size=1024, int4_method="hqq"), 0.08, 1e-5, id="int4-hqq"),
