@@ -64,7 +64,8 @@ class QuantizeConfig(StageConfig):
             points together for this many Adam steps (one calibration batch each) so the model's next-token
             distribution follows the float model's (KL divergence); 0 skips it. Each step is a forward and backward
             pass of the whole model; the float model's output-head inputs on the calibration text are held in
-            memory (tokens x hidden size).
+            memory (tokens x hidden size). On SmolLM2-135M int4 group 128 after 40 layer-tuning steps, 40 steps
+            took the perplexity rise from +5.8 % to +4.6 % (README, "Causal language models").
         gptq_e2e_lr (`float`, *optional*, defaults to 0.001): ``gptq``: that tuning's Adam learning rate.
         lm_head (`bool`, *optional*, defaults to `False`): quantize the output head too; a head tied to the
             input embeddings is untied (stored separately) first.
