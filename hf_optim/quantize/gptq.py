@@ -10,6 +10,7 @@ one Hessian per distinct Linear input (q/k/v share one, gate/up share one) are h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any, Iterable, Sequence
@@ -19,7 +20,7 @@ import torch.nn as nn
 
 from . import kernels
 from .apply import _swap, _targets, check_group_sizes, describe_
-from .modules import module_for_scheme
+from .modules import WeightOnlyLinear, module_for_scheme
 
 __all__ = ["gptq_quantize_weight", "gptq_quantize_", "decoder_layers", "tune_layer_qparams", "tune_model_qparams"]
 
@@ -169,6 +170,19 @@ def refit_qparams(weight: torch.Tensor, hessian: torch.Tensor, q: torch.Tensor, 
     return scale, zero
 
 
+@contextlib.contextmanager
+def _frozen(module: nn.Module):
+    """``module``'s parameters without gradients inside the block, as they were after it."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 @torch.enable_grad()
 def tune_layer_qparams(layer: nn.Module, weights: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
                        inputs: Sequence[tuple[tuple, dict]], targets: Sequence[torch.Tensor], group_size: int | None,
@@ -215,10 +229,7 @@ def tune_layer_qparams(layer: nn.Module, weights: dict[str, tuple[torch.Tensor, 
         out = out[0] if isinstance(out, (tuple, list)) else out
         return (out - targets[i]).pow(2).mean()
 
-    frozen = [(p, p.requires_grad) for p in layer.parameters()]
-    for p, _ in frozen:
-        p.requires_grad_(False)
-    try:
+    with _frozen(layer):
         with torch.no_grad():
             before = sum(float(loss(i, dequantized())) for i in range(len(inputs)))
         opt = torch.optim.Adam([*logm.values(), *shift.values()], lr=lr)
@@ -232,9 +243,6 @@ def tune_layer_qparams(layer: nn.Module, weights: dict[str, tuple[torch.Tensor, 
                     v.grad = None
         with torch.no_grad():
             after = sum(float(loss(i, dequantized())) for i in range(len(inputs)))
-    finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
     moved = 0
     if after < before:
         with torch.no_grad():
@@ -266,15 +274,17 @@ def _output_head(model: nn.Module) -> nn.Module:
     return head
 
 
-def _head_inputs(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-    """What ``model`` feeds its output head on each batch (the model stops there: the head itself is not run)."""
-    seen: list[torch.Tensor] = []
+def _inputs_of(model: nn.Module, module: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
+               with_kwargs: bool = False) -> list:
+    """What ``module`` gets on each batch: its first input, or ``(args, kwargs)`` with ``with_kwargs``. The model
+    stops there (``module`` itself and what comes after it are not run)."""
+    seen: list = []
 
-    def grab(mod, args):
-        seen.append(args[0].detach())
+    def grab(mod, args, kwargs=None):
+        seen.append((args, dict(kwargs)) if with_kwargs else args[0].detach())
         raise _Captured
 
-    handle = _output_head(model).register_forward_pre_hook(grab)
+    handle = module.register_forward_pre_hook(grab, with_kwargs=with_kwargs)
     try:
         for batch in batches:
             try:
@@ -304,8 +314,6 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
     Returns:
         `dict`: ``loss_before`` and ``loss_after`` (mean KL over the batches; equal when nothing was kept).
     """
-    from .modules import WeightOnlyLinear
-
     from torch.func import functional_call
 
     head = teacher_head if teacher_head is not None else _output_head(model)
@@ -321,10 +329,7 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
         student = functional_call(model, over, (), {**batches[i], "use_cache": False}).logits
         return _masked_kl(teacher, student, batches[i].get("attention_mask"))
 
-    frozen = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in frozen:
-        p.requires_grad_(False)
-    try:
+    with _frozen(model):
         with torch.no_grad():
             before = sum(float(loss(i)) for i in range(len(batches))) / len(batches)
         opt = torch.optim.Adam([*logm.values(), *shift.values()], lr=lr)
@@ -339,9 +344,6 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
                     m.weight_scale.mul_(logm[n].exp())
                 for n, d in shift.items():
                     mods[n].weight_zero_point.add_(d)
-    finally:
-        for p, flag in frozen:
-            p.requires_grad_(flag)
     return {"loss_before": before, "loss_after": min(before, after)}
 
 
@@ -410,23 +412,10 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             layer_prefix[id(mod)] = name
 
     # End-to-end tuning compares against the float model's logits: its output head and what it feeds it.
-    float_head, head_inputs = (_output_head(model), _head_inputs(model, batches)) if e2e_steps else (None, None)
+    float_head = _output_head(model) if e2e_steps else None
+    head_inputs = _inputs_of(model, float_head, batches) if e2e_steps else None
     # Inputs of the first layer (hidden states + the keyword arguments the model passes to every layer).
-    captured: list[tuple[tuple, dict]] = []
-
-    def capture(mod, args, kwargs):
-        captured.append((args, dict(kwargs)))
-        raise _Captured
-
-    handle = layers[0].register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        for batch in batches:
-            try:
-                model(**batch, use_cache=False)
-            except _Captured:
-                pass
-    finally:
-        handle.remove()
+    captured: list[tuple[tuple, dict]] = _inputs_of(model, layers[0], batches, with_kwargs=True)
     if not captured:
         raise ValueError("GPTQ calibration got no batches")
     tokens = sum(int(b["input_ids"].numel()) for b in batches)

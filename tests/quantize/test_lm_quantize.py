@@ -501,10 +501,11 @@ def test_gptq_end_to_end_tuning_ignores_padding():
 
 
 def test_gptq_end_to_end_tuning_keeps_the_start_when_it_makes_things_worse():
-    from hf_optim.quantize.gptq import _head_inputs, tune_model_qparams
+    from hf_optim.quantize.gptq import _inputs_of, tune_model_qparams
 
     cal = _calibration(n=2)
-    teacher = _head_inputs(_llama(), cal)
+    float_model = _llama()
+    teacher = _inputs_of(float_model, float_model.lm_head, cal)
     model = _llama()
     gptq_quantize_(model, cal, "int4_weight_only", group_size=16, symmetric=False)
     start = {k: v.clone() for k, v in model.state_dict().items()}
