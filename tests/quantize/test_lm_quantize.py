@@ -28,6 +28,16 @@ def _calibration(n=3, length=32, seed=1):
     return [{"input_ids": torch.randint(0, 60, (4, length), generator=g)} for _ in range(n)]
 
 
+def _gptq_per_setting(cal, setting, values, model_kw=None, **kw):
+    """GPTQ int4 group 16 on a fresh tiny Llama for each value of one ``gptq_quantize_`` argument:
+    ``(models, infos)`` keyed by that value."""
+    models, infos = {}, {}
+    for v in values:
+        models[v] = _llama(**(model_kw or {}))
+        infos[v] = gptq_quantize_(models[v], cal, "int4_weight_only", group_size=16, **{setting: v}, **kw)
+    return models, infos
+
+
 IDS = torch.tensor([[3, 17, 25, 40, 8, 12, 30, 5]])
 
 VARIANTS = {
@@ -405,11 +415,7 @@ def test_gptq_tuning_keeps_the_values_and_brings_the_model_closer_to_float(symme
     cal, held_out = _calibration(n=4), _calibration(n=1, seed=7)[0]
     with torch.inference_mode():
         ref = _llama()(**held_out).logits
-    models, infos = {}, {}
-    for steps in (0, 30):
-        models[steps] = _llama()
-        infos[steps] = gptq_quantize_(models[steps], cal, "int4_weight_only", group_size=16, symmetric=symmetric,
-                                      tune_steps=steps, tune_lr=1e-2)
+    models, infos = _gptq_per_setting(cal, "tune_steps", (0, 30), symmetric=symmetric, tune_lr=1e-2)
     assert "tune_steps" not in infos[0] and infos[30]["tune_steps"] == 30
     assert infos[30]["tune_loss_reduction_mean"] > 0.05
     changed = 0
@@ -443,11 +449,8 @@ def test_gptq_tuning_keeps_the_start_when_it_cannot_improve():
 
 def test_gptq_tuning_with_rounding_moves_values_at_most_one_step():
     cal = _calibration(n=4)
-    models, infos = {}, {}
-    for rounding in (0.0, 0.02):
-        models[rounding] = _llama()
-        infos[rounding] = gptq_quantize_(models[rounding], cal, "int4_weight_only", group_size=16, symmetric=False,
-                                         tune_steps=30, tune_lr=1e-2, tune_rounding_lr=rounding)
+    models, infos = _gptq_per_setting(cal, "tune_rounding_lr", (0.0, 0.02), symmetric=False, tune_steps=30,
+                                      tune_lr=1e-2)
     assert infos[0.0]["tune_values_moved"] == 0 < infos[0.02]["tune_values_moved"]
     plain = dict(models[0.0].named_modules())["model.layers.0.mlp.down_proj"]   # layer 0: same GPTQ start
     moved = dict(models[0.02].named_modules())["model.layers.0.mlp.down_proj"]
@@ -462,11 +465,7 @@ def test_gptq_end_to_end_tuning_keeps_the_values_and_lowers_the_kl_to_float(symm
     float_model = _llama()
     with torch.inference_mode():
         ref = [float_model(**b).logits for b in held_out]
-    models, infos = {}, {}
-    for steps in (0, 30):
-        models[steps] = _llama()
-        infos[steps] = gptq_quantize_(models[steps], cal, "int4_weight_only", group_size=16, symmetric=symmetric,
-                                      e2e_steps=steps, e2e_lr=1e-2)
+    models, infos = _gptq_per_setting(cal, "e2e_steps", (0, 30), symmetric=symmetric, e2e_lr=1e-2)
     assert "e2e_steps" not in infos[0] and infos[30]["e2e_steps"] == 30
     assert infos[30]["e2e_kl_after"] < 0.9 * infos[30]["e2e_kl_before"]
     changed = 0
@@ -516,11 +515,8 @@ def test_gptq_end_to_end_tuning_keeps_the_start_when_it_makes_things_worse():
 
 def test_gptq_end_to_end_tuning_also_tunes_a_quantized_head_against_the_float_one():
     cal = _calibration(n=4)
-    models, infos = {}, {}
-    for steps in (0, 30):
-        models[steps] = _llama(tie_word_embeddings=True)
-        infos[steps] = gptq_quantize_(models[steps], cal, "int4_weight_only", group_size=16, symmetric=False,
-                                      lm_head=True, embeddings="int8", e2e_steps=steps, e2e_lr=1e-2)
+    models, infos = _gptq_per_setting(cal, "e2e_steps", (0, 30), {"tie_word_embeddings": True}, symmetric=False,
+                                      lm_head=True, embeddings="int8", e2e_lr=1e-2)
     heads = [m.get_output_embeddings() for m in models.values()]
     assert all(isinstance(h, Int4WeightOnlyLinear) for h in heads)
     assert torch.equal(heads[0].weight, heads[1].weight) and not torch.equal(heads[0].weight_scale, heads[1].weight_scale)
