@@ -41,11 +41,13 @@ class FinetuneConfig(StageConfig, TrainingFields):
         max_length (`int`, *optional*, defaults to 128): tokens per example (longer ones are truncated).
         weight_decay (`float`, *optional*, defaults to 0.01): AdamW weight decay.
         warmup_ratio (`float`, *optional*, defaults to 0.06): fraction of steps with linear warm-up.
-        max_train_samples (`int`, *optional*): use only the first N training examples (quick runs).
-        max_eval_samples (`int`, *optional*): evaluate on the first N validation examples.
+        max_train_samples (`int`, *optional*): train on N examples only (quick runs): a sample stratified by label,
+            drawn with the task's seed.
+        max_eval_samples (`int`, *optional*): evaluate on N validation examples (stratified, the task's seed).
     """
 
     kind = "finetune"
+    produces = "sequence-classification"
     version = 1
 
     model: str
@@ -105,13 +107,15 @@ def tokenize_splits(dataset, tokenizer, max_length: int):
 
 
 def load_training_data(spec: TaskSpec, config):
-    """The task's splits, with ``config.max_train_samples`` / ``max_eval_samples`` applied (first N rows)."""
+    """The task's splits, with ``config.max_train_samples`` / ``max_eval_samples`` applied (stratified samples
+    drawn with the task's seed)."""
     from .data import load_task
+    from .data.sampling import stratified_subset
 
     data = load_task(spec)
     for split, limit in (("train", config.max_train_samples), ("validation", config.max_eval_samples)):
         if limit:
-            data[split] = data[split].select(range(min(limit, len(data[split]))))
+            data[split] = stratified_subset(data[split], limit, spec.seed)
     return data
 
 

@@ -38,6 +38,9 @@ __all__ = ["StageConfig", "Stage", "Recipe", "stage_kinds", "BUILTIN_PREFIX"]
 
 BUILTIN_PREFIX = "builtin:"
 STAGE_FORMAT = 1  # bump when the artifact layout changes, so old outputs are not reused
+# How a stage with a `task` reads its rows, part of its fingerprint. 2: every split in a seeded, stratified order
+# and every count of rows a stratified sample (1, before it was recorded: file order and the first N rows).
+DATA_ORDER = 2
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RESERVED = {"logs", "report.json", "recipe.yaml", "report.md", "report-accuracy-latency.png", "report-size.png"}
 _TOP_LEVEL = {"name", "description", "seed", "task", "output_dir", "report", "stages"}
@@ -53,6 +56,12 @@ class StageConfig(OptimConfig):
     """
 
     inputs: ClassVar[tuple[str, ...]] = ("model",)
+    # What the stage's output holds: "input" (the same kind of model as its `model`), a checkpoint kind
+    # ("sequence-classification" for finetune), or None (no model: evaluate). Checked before anything runs.
+    produces: ClassVar[str | None] = "input"
+    # Whether the stage scores its `model` on its `task` (evaluate, export, compile): then a classifier needs a
+    # classification task and a causal LM a text corpus.
+    scores_task: ClassVar[bool] = False
 
 
 def _load_config_modules() -> None:
@@ -148,6 +157,7 @@ class Recipe:
         recipe = cls(name=name, stages=tuple(stages), seed=seed, description=str(data.get("description", "")),
                      base_dir=base_dir, output_dir=data.get("output_dir"), report=_parse_report(data.get("report"), [s.name for s in stages]))
         recipe._check_references()
+        recipe._check_task_kinds()
         return recipe
 
     def _check_references(self) -> None:
@@ -177,6 +187,44 @@ class Recipe:
                         f"({', '.join(seen) or 'none'}), a builtin model (builtin:...) or an existing path "
                         f"(looked for {self.resolve_path(ref)})", field=field)
             seen.append(stage.name)
+
+    def _check_task_kinds(self) -> None:
+        """A stage that scores a model on a task gets the kind of task its model answers: a classification task
+        for a sequence classifier, a text corpus for a causal LM; a base model (no task head) neither. Found
+        here, before any stage runs, not after the expensive ones."""
+        from .data.models import BUILTIN_MODEL_KINDS
+        from .data.tasks import checkpoint_kind, is_text_corpus
+
+        kinds: dict[str, str | None] = {}
+        for stage in self.stages:
+            cfg = stage.config
+            ref = getattr(cfg, "model", None)
+            if ref is None:
+                kind = None
+            elif ref in kinds:
+                kind = kinds[ref]
+            elif ref.startswith(BUILTIN_PREFIX):
+                kind = BUILTIN_MODEL_KINDS.get(ref[len(BUILTIN_PREFIX):])
+            else:
+                kind = checkpoint_kind(self.resolve_path(ref))
+            kinds[stage.name] = kind if cfg.produces == "input" else cfg.produces
+            if not cfg.scores_task or kind is None:
+                continue
+            task = getattr(cfg, "task", None)
+            lm_task = is_text_corpus(task) or getattr(cfg, "task_type", None) == "causal-lm"
+            shown = task if isinstance(task, str) else (task or {}).get("name", task)
+            where = f"stage {stage.name!r} ({cfg.kind}): model {ref!r}"
+            if kind == "causal-lm" and not lm_task:
+                raise RecipeError(f"{where} is a causal LM, but task {shown!r} is a classification task; measure a "
+                                  "causal LM on a text corpus: set `task: bbc-news` on the stage (or the recipe)",
+                                  field="task")
+            if kind == "sequence-classification" and lm_task:
+                raise RecipeError(f"{where} is a sequence classifier, but {shown!r} is a text corpus for causal LMs; "
+                                  "set `task:` to the classification task it was trained on", field="task")
+            if kind == "base":
+                raise RecipeError(f"{where} is a base model without a task head (no classifier, no causal LM); "
+                                  "fine-tune it first (a `finetune` stage) and point this stage at that stage",
+                                  field="model")
 
     def resolve_path(self, ref: str) -> Path:
         p = Path(ref).expanduser()
@@ -219,6 +267,8 @@ class Recipe:
                 upstream["dataset"] = _path_identity(Path(task["dataset"]))  # edited data -> re-run
             payload = {"format": STAGE_FORMAT, "seed": self.seed, "stage": stage.fingerprint_dict(),
                        "upstream": upstream}
+            if "task" in type(stage.config).field_names():
+                payload["data"] = DATA_ORDER
             fps[stage.name] = _digest(payload)
         return fps
 

@@ -110,12 +110,12 @@ def test_fingerprint_is_stable_and_tracks_changes(tmp_path):
 def test_a_field_added_later_changes_the_fingerprint_only_when_set():
     from hf_optim.export.config import ExportConfig
 
-    data = {"name": "r", "stages": [{"name": "x", "kind": "export", "model": "builtin:minilm-l6",
-                                     "quantization": "int4"}]}
+    data = {"name": "r", "stages": [{"name": "t", "kind": "finetune", "model": "builtin:minilm-l6"},
+                                    {"name": "x", "kind": "export", "model": "t", "quantization": "int4"}]}
     plain = Recipe.from_dict(data).stage_fingerprints()["x"]
-    data["stages"][0]["int4_symmetric"] = True            # the default, spelled out: same stage
+    data["stages"][1]["int4_symmetric"] = True            # the default, spelled out: same stage
     assert Recipe.from_dict(data).stage_fingerprints()["x"] == plain
-    data["stages"][0]["int4_symmetric"] = False
+    data["stages"][1]["int4_symmetric"] = False
     assert Recipe.from_dict(data).stage_fingerprints()["x"] != plain
     cfg = ExportConfig(model="m", quantization="int4")
     assert "int4_symmetric" in cfg.to_dict() and "int4_symmetric" not in cfg.fingerprint_dict()

@@ -18,12 +18,16 @@ def load_text(name: str):
 
     Args:
         name (`str`): ``"bbc-news"``.
+
+    Each split's documents come in a seeded order (seed 42) stratified by ``topic``, so the first documents
+    (or tokens) of a split cover every topic in proportion.
     """
     if name != "bbc-news":
         raise DataError(f"unknown text corpus {name!r}; available: {', '.join(BUILTIN_TEXTS)}")
-    from .corpora import bbc_news
+    from .corpora import SPLIT_SEED, bbc_news
+    from .tasks import stratify_splits
 
-    return bbc_news()
+    return stratify_splits(bbc_news(), SPLIT_SEED, "topic")
 
 
 def fetch(force: bool = False, models: bool = True) -> dict[str, str]:

@@ -28,7 +28,8 @@ class TaskSpec(OptimConfig):
         label_column (`str`, *optional*, defaults to ``"label"``): integer or string label column.
         metric (`str`, *optional*, defaults to ``"accuracy"``): ``accuracy``, ``f1`` (macro),
             ``precision``, ``recall`` or ``matthews_correlation``.
-        seed (`int`, *optional*, defaults to 42): seed for splitting data that lacks validation/test splits.
+        seed (`int`, *optional*, defaults to 42): seed for splitting data that lacks validation/test splits, for
+            the (stratified) order of every split's rows and for every subset taken of them.
         test_size (`int`, *optional*, defaults to 1000): rows held out for test (and for validation) when
             the data has only one split.
     """
@@ -78,16 +79,29 @@ def load_task(task: str | TaskSpec | dict):
             the description of your own data (see :class:`TaskSpec`).
 
     The returned splits always have the columns ``text`` (and ``text_pair`` when set) and ``label`` (a
-    ``ClassLabel``, so label names travel into the model's ``id2label``).
+    ``ClassLabel``, so label names travel into the model's ``id2label``). Each split's rows come in an order
+    drawn with the task's ``seed`` in which every prefix holds the classes in the split's proportion
+    (:func:`hf_optim.data.sampling.stratified_order`): ``split.select(range(n))`` is a stratified sample.
     """
     spec = TaskSpec.coerce(task)
     if spec.dataset is None:
         from . import corpora
 
-        if spec.name == "movie-sentiment":
-            return corpora.movie_sentiment()
-        return corpora.bbc_topic()
-    return _load_user_dataset(spec)
+        data = corpora.movie_sentiment() if spec.name == "movie-sentiment" else corpora.bbc_topic()
+    else:
+        data = _load_user_dataset(spec)
+    return stratify_splits(data, spec.seed, "label")
+
+
+def stratify_splits(data, seed: int, column: str):
+    """Every split of ``data`` in a seeded order whose every prefix is stratified by ``column`` (see
+    :mod:`hf_optim.data.sampling`), so the first N rows of a split represent it."""
+    import datasets
+
+    from .sampling import stratified_order
+
+    return datasets.DatasetDict({name: ds.select(stratified_order(ds[column], seed))
+                                 for name, ds in data.items()})
 
 
 def _load_user_dataset(spec: TaskSpec):
@@ -173,3 +187,69 @@ def _ensure_splits(raw, spec: TaskSpec):
         split = raw["train"].train_test_split(test_size=size, seed=spec.seed)
         raw["train"], raw["validation"] = split["train"], split["test"]
     return datasets.DatasetDict(raw)
+
+
+def is_text_corpus(task: Any) -> bool:
+    """Whether ``task`` names a text corpus for causal-LM evaluation (``bbc-news``), not a classification task."""
+    from . import BUILTIN_TEXTS
+
+    return isinstance(task, str) and task in BUILTIN_TEXTS
+
+
+def checkpoint_kind(model_dir: str | Path) -> Optional[str]:
+    """What a checkpoint directory holds, from its ``config.json``: ``"sequence-classification"``,
+    ``"causal-lm"``, ``"base"`` (an encoder or backbone without a task head), or `None` when there is no
+    readable ``config.json``."""
+    import json
+
+    path = Path(model_dir) / "config.json"
+    try:
+        archs = json.loads(path.read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "sequence-classification"
+    if any(a.endswith("ForCausalLM") for a in archs):
+        return "causal-lm"
+    return "base"
+
+
+def _is_generic(labels: list[str]) -> bool:
+    return all(name == f"LABEL_{i}" for i, name in enumerate(labels))
+
+
+def check_model_labels(model_dir: str | Path, label_names: list[str], task_name: str) -> None:
+    """Raise :class:`DataError` when the classifier in ``model_dir`` was not trained on these labels.
+
+    The model's ``num_labels`` must equal the task's class count, and where its ``id2label`` names its classes
+    (not transformers' ``LABEL_<i>`` defaults) they must be the task's names in the task's order (compared
+    without case): a model scored against another label set reports a number with no meaning.
+    """
+    import json
+
+    path = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # not a config.json checkpoint: the loader says what is wrong
+    id2label = cfg.get("id2label") or {}
+    try:
+        model_labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: id2label {id2label!r} must map class ids 0..N-1 to names") from None
+    # transformers leaves its default (2 classes, LABEL_0/LABEL_1) out of config.json
+    n_model = int(cfg.get("num_labels") or len(model_labels) or 2)
+    task_labels = list(label_names)
+    shown = (f"the model's labels {dict(enumerate(model_labels)) if model_labels else n_model}, the task "
+             f"{task_name!r}'s labels {dict(enumerate(task_labels))}")
+    if n_model != len(task_labels):
+        raise DataError(f"{model_dir} predicts {n_model} classes but task {task_name!r} has {len(task_labels)} "
+                        f"({shown}); evaluate it on the task it was trained on (--task / `task:`), or fine-tune "
+                        "it on this task first")
+    if model_labels and not _is_generic(model_labels) and \
+            [m.lower() for m in model_labels] != [t.lower() for t in task_labels]:
+        same = sorted(m.lower() for m in model_labels) == sorted(t.lower() for t in task_labels)
+        what = "the same names in another order" if same else "other label names"
+        raise DataError(f"{model_dir} was trained on {what} than task {task_name!r} ({shown}); class ids would be "
+                        "scored against the wrong labels. Evaluate it on the task it was trained on, or give the "
+                        "task's labels the model's names and order")

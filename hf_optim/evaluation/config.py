@@ -17,7 +17,8 @@ class EvalConfig(StageConfig):
         model (`str`): an earlier stage, ``builtin:<name>`` or a model directory.
         task (`str` or `dict`, *optional*, defaults to ``"movie-sentiment"``): see :class:`TaskSpec`.
         split (`str`, *optional*, defaults to ``"test"``): ``test``, ``validation`` or ``train``.
-        max_samples (`int`, *optional*): evaluate on the first N examples of the split only.
+        max_samples (`int`, *optional*): evaluate on N examples of the split only: a sample stratified by label,
+            drawn with the task's seed (the same rows for every model); the class counts are recorded.
         batch_size (`int`, *optional*, defaults to 64): batch size for the metric pass.
         max_length (`int`, *optional*, defaults to 128): tokens per example.
         latency_samples (`int`, *optional*, defaults to 200): batch-1 calls timed for p50/p95 latency.
@@ -41,6 +42,8 @@ class EvalConfig(StageConfig):
     """
 
     kind = "evaluate"
+    produces = None
+    scores_task = True
     version = 1
 
     model: str

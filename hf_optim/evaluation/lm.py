@@ -1,8 +1,9 @@
 """Causal-LM evaluation, measured the way LLM users measure: sliding-window perplexity, time to first token,
 decode tokens/s at batch 1 and 8, checkpoint size and peak memory.
 
-Perplexity: the split's documents in their stored order, joined by a blank line, tokenized once; the first
-``max_tokens`` tokens are the fixed slice. Windows of ``context`` tokens start every ``stride`` tokens; each
+Perplexity: the split's documents in their seeded, topic-stratified order (:func:`hf_optim.data.load_text`),
+joined by a blank line, tokenized once; the first ``max_tokens`` tokens are the fixed slice (its documents'
+topics are recorded with the result). Windows of ``context`` tokens start every ``stride`` tokens; each
 window scores only the tokens the previous window did not. With ``stride < context`` every token after the
 first is predicted exactly once, with at least ``context - stride`` tokens of history after the first window;
 ``stride == context`` gives independent chunks (each chunk's first token is not scored).
@@ -36,7 +37,8 @@ def is_causal_lm(model_dir: str | Path) -> bool:
 
 
 def text_token_ids(tokenizer, corpus: str = "bbc-news", split: str = "test", max_tokens: int | None = 4096):
-    """``[1, n]`` token ids of the split's documents (stored order, joined by a blank line), the first ``max_tokens``."""
+    """``[1, n]`` token ids of the split's documents (topic-stratified order, joined by a blank line), the first
+    ``max_tokens``."""
     import torch
 
     from ..data import load_text
@@ -48,6 +50,22 @@ def text_token_ids(tokenizer, corpus: str = "bbc-news", split: str = "test", max
             raise ValueError(f"{corpus}/{split} has {len(ids)} tokens, fewer than max_tokens={max_tokens}")
         ids = ids[:max_tokens]
     return torch.tensor([ids])
+
+
+def slice_topics(tokenizer, corpus: str, split: str, max_tokens: int) -> dict[str, int]:
+    """``{topic: documents}`` of the documents the first ``max_tokens`` tokens of :func:`text_token_ids` read
+    (a document counts when the slice reaches it)."""
+    from ..data import load_text
+    from ..data.sampling import class_counts
+
+    ds = load_text(corpus)[split]
+    seen, total = [], 0
+    for text, topic in zip(ds["text"], ds["topic"]):
+        if total >= max_tokens:
+            break
+        seen.append(topic)
+        total += len(tokenizer(text + "\n\n", add_special_tokens=False)["input_ids"])
+    return class_counts(seen)
 
 
 def _logits(model, ids):
@@ -202,7 +220,10 @@ def evaluate_lm(model_dir: str | Path, corpus: str = "bbc-news", split: str = "t
                                "perplexity_setup": {**{k: v for k, v in ppl.items() if k != "perplexity"},
                                                     "slice_tokens": max_tokens,
                                                     "slice": f"first {max_tokens} tokens of the {split} split, "
-                                                             "documents in stored order joined by a blank line"},
+                                                             "documents in topic-stratified order joined by a "
+                                                             "blank line",
+                                                    "slice_topics": slice_topics(tokenizer, corpus, split,
+                                                                                 max_tokens)},
                                "size": dir_size_mb(model_dir)}
         params = getattr(model, "num_parameters", None)
         if callable(params):

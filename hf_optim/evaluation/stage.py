@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data.tasks import TaskSpec
+from ..data import BUILTIN_TEXTS
+from ..data.sampling import class_counts, stratified_subset
+from ..data.tasks import TaskSpec, check_model_labels, checkpoint_kind
+from ..errors import DataError
 from ..registry import register
 from .config import EvalConfig
 
@@ -45,9 +48,15 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
     if _causal_lm(model_dir, config):
         return _evaluate_lm(model_dir, config)
     spec = TaskSpec.coerce(config.task)
+    if checkpoint_kind(model_dir) == "causal-lm":
+        raise DataError(f"{model_dir} is a causal LM and {spec.name!r} a classification task: evaluate it on a text "
+                        f"corpus ({', '.join(BUILTIN_TEXTS)}: `task: bbc-news` / --task bbc-news) for perplexity and "
+                        "generation speed")
     split = load_task(spec)[config.split]
-    if config.max_samples:
-        split = split.select(range(min(config.max_samples, len(split))))
+    names = split.features["label"].names
+    check_model_labels(model_dir, names, spec.name)
+    # the same stratified rows for every model evaluated on this task (the task's seed)
+    split = stratified_subset(split, config.max_samples, spec.seed)
     texts = split["text"]
     pairs = split["text_pair"] if "text_pair" in split.column_names else None
     labels = np.asarray(split["label"])
@@ -64,6 +73,7 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
         value = compute_metric(spec.metric, preds, labels)
         out: dict[str, Any] = {
             "model": str(model_dir), "task": spec.name, "split": config.split, "examples": len(texts),
+            "class_counts": class_counts(labels, names),
             "metric": spec.metric, spec.metric: round(value, 6),
             "params": int(clf.num_parameters() if hasattr(clf, "num_parameters")
                           else sum(p.numel() for p in clf.model.parameters())),
@@ -83,8 +93,6 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
 
 
 def _causal_lm(model_dir, config: EvalConfig) -> bool:
-    from ..data import BUILTIN_TEXTS
-
     # auto: a text corpus as the task means language-model evaluation; a classification task keeps the
     # classifier path (which says so when the model is not a classifier).
     return config.task_type == "causal-lm" or (config.task_type == "auto" and isinstance(config.task, str)

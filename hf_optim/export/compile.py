@@ -153,6 +153,7 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
         warnings.warn("TorchScript is deprecated by PyTorch; prefer method='export' or 'compile'",
                       DeprecationWarning, stacklevel=2)
     data = load_validation(config.task, config.validation_samples)
+    data.check_model(src)
     source = load_classifier(src, max_length=config.max_length)
     source_logits = predict_all(source.predict_logits, data)
     params = int(sum(p.numel() for p in source.model.parameters()))

@@ -48,7 +48,8 @@ class ExportConfig(StageConfig):
             per weight, one scale per block of ``int4_block_size`` inputs; activations stay float, which suits
             LLMs whose activation outliers per-tensor ``dynamic`` int8 cannot represent).
         per_channel (`bool`, *optional*, defaults to `False`): per-channel int8 weight scales.
-        calibration_samples (`int`, *optional*, defaults to 128): training examples used to calibrate ``static``.
+        calibration_samples (`int`, *optional*, defaults to 128): training examples used to calibrate ``static``
+            (stratified by label, the task's seed).
         calibration_batch_size (`int`, *optional*, defaults to 16): examples per calibration chunk; ranges are
             reduced after every chunk, so memory is bounded by one chunk's activations.
         guard (`bool`, *optional*, defaults to `True`): for ``static``, keep nodes in float (LayerNorm, Gelu,
@@ -68,7 +69,8 @@ class ExportConfig(StageConfig):
         max_metric_drop (`float`, *optional*, defaults to 0.01): the stage fails (and writes nothing) when the
             validation metric drops more than this vs the source model (metric units; for causal LMs, the
             relative perplexity increase).
-        validation_samples (`int`, *optional*, defaults to 500): validation examples (unset: the whole split).
+        validation_samples (`int`, *optional*, defaults to 500): validation examples (unset: the whole split), a
+            sample stratified by label and drawn with the task's seed; the class counts are in the export record.
         max_length (`int`, *optional*, defaults to 128): tokens per example.
         opset (`int`, *optional*): ONNX opset (default: the exporter's choice).
         embeddings (`str`, *optional*, defaults to ``"float"``): ``int4`` stores the token-embedding table in
@@ -79,6 +81,7 @@ class ExportConfig(StageConfig):
     """
 
     kind = "export"
+    scores_task = True
     version = 1
 
     model: str
@@ -149,11 +152,12 @@ class CompileConfig(StageConfig):
         warmup_lengths (`list[int]`, *optional*, defaults to ``[32, 128]``): sequence lengths compiled ahead;
             inputs are padded up to the next one, so no call recompiles.
         max_metric_drop (`float`, *optional*, defaults to 0.01): see :class:`ExportConfig`.
-        validation_samples (`int`, *optional*, defaults to 500): validation examples.
+        validation_samples (`int`, *optional*, defaults to 500): validation examples (stratified, the task's seed).
         max_length (`int`, *optional*, defaults to 128): tokens per example.
     """
 
     kind = "compile"
+    scores_task = True
     version = 1
 
     model: str

@@ -122,6 +122,7 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
     from .validate import check_budget, compare, load_validation, predict_all
 
     data = load_validation(config.task, config.validation_samples)
+    data.check_model(src)
     source = load_classifier(src, max_length=config.max_length)
     source_logits = predict_all(source.predict_logits, data)
     tokenizer = source.tokenizer
@@ -170,8 +171,11 @@ def _calibration_features(config: ExportConfig, tokenizer, input_names: list[str
 
     from ..data import load_task
 
-    train = load_task(config.task)["train"]
-    train = train.shuffle(seed=0).select(range(min(config.calibration_samples, len(train))))
+    from ..data.sampling import stratified_subset
+    from ..data.tasks import TaskSpec
+
+    spec = TaskSpec.coerce(config.task)
+    train = stratified_subset(load_task(spec)["train"], config.calibration_samples, spec.seed)
     pairs = list(train["text_pair"]) if "text_pair" in train.column_names else None
     # one fixed length (the longest example, capped) so chunks stack; the attention mask hides the padding
     longest = max(len(ids) for ids in tokenizer(list(train["text"]), pairs, truncation=True,

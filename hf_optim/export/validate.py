@@ -27,18 +27,27 @@ class ValidationData:
     metric: str
     task: str
     split: str
+    label_names: list = dataclasses.field(default_factory=list)
+
+    def check_model(self, model_dir) -> None:
+        """Raise when the classifier in ``model_dir`` was trained on another label set than this task's."""
+        from ..data.tasks import check_model_labels
+
+        check_model_labels(model_dir, self.label_names, self.task)
 
 
 def load_validation(task, max_samples: int | None = None, split: str = "validation") -> ValidationData:
+    """``max_samples`` examples of ``split`` (all when unset): a sample stratified by label and drawn with the
+    task's seed, so every candidate is checked on the same rows and on every class in the split's proportion."""
     from ..data import load_task
+    from ..data.sampling import stratified_subset
     from ..data.tasks import TaskSpec
 
     spec = TaskSpec.coerce(task)
-    ds = load_task(spec)[split]
-    if max_samples:
-        ds = ds.select(range(min(max_samples, len(ds))))
+    ds = stratified_subset(load_task(spec)[split], max_samples, spec.seed)
     pairs = list(ds["text_pair"]) if "text_pair" in ds.column_names else None
-    return ValidationData(list(ds["text"]), pairs, np.asarray(ds["label"]), spec.metric, spec.name, split)
+    return ValidationData(list(ds["text"]), pairs, np.asarray(ds["label"]), spec.metric, spec.name, split,
+                          list(ds.features["label"].names))
 
 
 def predict_all(predict_logits: Callable, data: ValidationData, batch_size: int = 64) -> np.ndarray:
@@ -57,12 +66,14 @@ def predict_all(predict_logits: Callable, data: ValidationData, batch_size: int 
 
 def compare(source_logits: np.ndarray, logits: np.ndarray, data: ValidationData) -> dict[str, Any]:
     """Metric of source and candidate, their drop, prediction agreement and max-abs logit difference."""
+    from ..data.sampling import class_counts
     from ..evaluation.metrics import compute_metric
 
     src = compute_metric(data.metric, source_logits.argmax(-1), data.labels)
     cand = compute_metric(data.metric, logits.argmax(-1), data.labels)
     return {
-        "task": data.task, "split": data.split, "examples": len(data.labels), "metric": data.metric,
+        "task": data.task, "split": data.split, "examples": len(data.labels),
+        "class_counts": class_counts(data.labels, data.label_names or None), "metric": data.metric,
         "source": round(float(src), 6), "candidate": round(float(cand), 6), "drop": round(float(src - cand), 6),
         "agreement": round(float((source_logits.argmax(-1) == logits.argmax(-1)).mean()), 6),
         "max_logit_diff": round(float(np.abs(source_logits - logits).max()), 6),

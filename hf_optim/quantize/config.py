@@ -90,7 +90,8 @@ class QuantizeConfig(StageConfig):
         max_length (`int`, *optional*, defaults to 128): tokens per text.
         qat_epochs (`float`, *optional*, defaults to 1.0): QAT fine-tuning epochs.
         qat_learning_rate (`float`, *optional*, defaults to 2e-5): QAT learning rate.
-        qat_max_train_samples (`int`, *optional*): QAT on the first N training examples only.
+        qat_max_train_samples (`int`, *optional*): QAT on N training examples only (stratified by label, the
+            task's seed).
         qat_freeze_observers (`float`, *optional*, defaults to 0.5): fraction of QAT steps after which the
             activation ranges are frozen (the remaining steps adapt the weights to fixed ranges).
     """

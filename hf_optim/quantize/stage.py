@@ -67,11 +67,12 @@ def _batches(tokenizer, texts, batch_size: int, max_length: int):
         yield {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def _texts(spec: TaskSpec, split: str, n: int, seed: int) -> list[str]:
+def _texts(spec: TaskSpec, split: str, n: int) -> list[str]:
     from ..data import load_task
+    from ..data.sampling import stratified_subset
 
-    data = load_task(spec)[split].shuffle(seed=seed)
-    return data.select(range(min(n, len(data))))["text"]
+    # stratified by label with the task's seed, so calibration sees every class in proportion
+    return stratified_subset(load_task(spec)[split], n, spec.seed)["text"]
 
 
 def text_chunks(tokenizer, corpus: str, split: str, n: int, length: int, seed: int = 42) -> torch.Tensor:
@@ -102,8 +103,9 @@ def _run_qat(model, tokenizer, config: QuantizeConfig, spec: TaskSpec, scratch: 
 
     data = load_task(spec)
     if config.qat_max_train_samples:
-        data["train"] = data["train"].shuffle(seed=seed).select(range(min(config.qat_max_train_samples,
-                                                                            len(data["train"]))))
+        from ..data.sampling import stratified_subset
+
+        data["train"] = stratified_subset(data["train"], config.qat_max_train_samples, spec.seed)
     encoded = tokenize_splits(data, tokenizer, config.max_length)
     steps = int(np.ceil(len(encoded["train"]) / config.batch_size) * config.qat_epochs)
     prepare_qat_(model, config.include, config.exclude)
@@ -157,7 +159,7 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
         probe = {"input_ids": chunks[-2:]}  # held out from calibration
         chunks = chunks[:-2]
     else:
-        probe = list(_batches(tokenizer, _texts(spec, "validation", 64, seed), 64, config.max_length))[0]
+        probe = list(_batches(tokenizer, _texts(spec, "validation", 64), 64, config.max_length))[0]
     with torch.inference_mode():
         ref = _main_output(model(**probe))
     metrics: dict[str, Any] = {"scheme": config.scheme,
@@ -168,7 +170,7 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
         if lm_calibration:
             batches = [{"input_ids": chunks[i:i + config.batch_size]} for i in range(0, len(chunks), config.batch_size)]
         else:
-            texts = _texts(spec, config.calibration_split, config.calibration_samples, seed)
+            texts = _texts(spec, config.calibration_split, config.calibration_samples)
             batches = list(_batches(tokenizer, texts, config.batch_size, config.max_length))
         metrics.update(gptq_quantize_(model, batches, config.scheme, config.effective_group_size, config.symmetric,
                                       config.include, config.exclude, config.gptq_damp, config.lm_head,
@@ -178,7 +180,7 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
                                       tune_lr=config.gptq_tune_lr, tune_rounding_lr=config.gptq_tune_rounding_lr,
                                       e2e_steps=config.gptq_e2e_steps, e2e_lr=config.gptq_e2e_lr))
     elif config.scheme == "int8_static":
-        texts = _texts(spec, config.calibration_split, config.calibration_samples, seed)
+        texts = _texts(spec, config.calibration_split, config.calibration_samples)
         ranges = calibrate(model, _batches(tokenizer, texts, config.batch_size, config.max_length), config.observer,
                            config.percentile, config.include, config.exclude)
         quantize_model_(model, "int8_static", include=config.include, exclude=config.exclude, ranges=ranges)
