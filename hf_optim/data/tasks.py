@@ -124,8 +124,10 @@ def _load_user_dataset(spec: TaskSpec):
         out[split] = ds
     out = datasets.DatasetDict(out)
     if isinstance(out["train"].features["label"], datasets.ClassLabel):
+        _check_classes(spec, out["train"].features["label"].names, out)
         return out
     values = sorted({v for s in SPLITS for v in out[s]["label"]})
+    _check_classes(spec, values, out)
     if all(isinstance(v, str) for v in values):
         label = datasets.ClassLabel(names=values)  # string labels: ids follow sorted names
     elif values == list(range(len(values))):
@@ -136,6 +138,18 @@ def _load_user_dataset(spec: TaskSpec):
     features["label"] = label
     return out.map(lambda b: {"label": [label.str2int(v) if isinstance(v, str) else v for v in b["label"]]},
                    batched=True, features=features, desc="encode labels")
+
+
+def _check_classes(spec: TaskSpec, classes: list, data) -> None:
+    # one class would make transformers build a regression head (num_labels=1) that scores 1.0 on anything
+    if len(classes) < 2:
+        raise DataError(f"dataset {spec.dataset!r}: column {spec.label_column!r} holds one class ({classes}); a "
+                        "classification task needs at least two")
+    train = set(data["train"]["label"])
+    unseen = [c for c in classes if c not in train and classes.index(c) not in train]
+    if unseen:
+        raise DataError(f"dataset {spec.dataset!r}: label(s) {unseen} never occur in the train split, so no model "
+                        "can learn them; add training rows for them or drop those rows")
 
 
 def _read_dataset(source: str):

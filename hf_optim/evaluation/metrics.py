@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 logger = logging.getLogger("hf_optim")
 
@@ -100,3 +100,13 @@ def compute_metric(name: str, predictions, references) -> float:
                 raise ConfigError(f"could not load metric {name!r} with evaluate: {e}") from None
             logger.info("evaluate.load(%r) unavailable (%s); using the offline implementation", name, type(e).__name__)
     return OFFLINE_METRICS[name](pred, ref)
+
+
+def check_finite(logits, what) -> None:
+    """Raise :class:`DataError` on NaN or infinite logits: their argmax is a class id with no meaning."""
+    logits = np.asarray(logits)
+    if not np.isfinite(logits).all():
+        bad = int((~np.isfinite(logits)).any(axis=-1).sum())
+        raise DataError(f"{what} produced NaN or infinite logits for {bad} of {len(logits)} examples, so no metric "
+                        "can be computed; the weights are corrupt or a quantization setting overflows (try a "
+                        "milder one)")

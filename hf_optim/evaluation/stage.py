@@ -14,6 +14,7 @@ from ..data import BUILTIN_TEXTS
 from ..data.sampling import class_counts, stratified_subset
 from ..data.tasks import TaskSpec, check_model_labels, checkpoint_kind
 from ..errors import DataError
+from .metrics import check_finite
 from ..registry import register
 from .config import EvalConfig
 
@@ -69,6 +70,7 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
         for idx in tqdm(_sorted_batches(len(texts), [len(t) for t in texts], config.batch_size),
                         desc=f"evaluate {spec.name}/{config.split}", disable=not progress):
             logits = clf.predict_logits([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None)
+            check_finite(logits, model_dir)
             preds[idx] = logits.argmax(-1)
         value = compute_metric(spec.metric, preds, labels)
         out: dict[str, Any] = {

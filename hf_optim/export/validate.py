@@ -51,13 +51,16 @@ def load_validation(task, max_samples: int | None = None, split: str = "validati
 
 
 def predict_all(predict_logits: Callable, data: ValidationData, batch_size: int = 64) -> np.ndarray:
-    """Logits for every example, in order (batches sorted by length to pad less)."""
+    """Logits for every example, in order (batches sorted by length to pad less); NaN or infinite logits raise."""
+    from ..evaluation.metrics import check_finite
+
     order = np.argsort([len(t) for t in data.texts], kind="stable")
     out = None
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         logits = np.asarray(predict_logits([data.texts[j] for j in idx],
                                            [data.pairs[j] for j in idx] if data.pairs else None), dtype=np.float32)
+        check_finite(logits, "the model")
         if out is None:
             out = np.empty((len(order), logits.shape[-1]), dtype=np.float32)
         out[idx] = logits

@@ -91,3 +91,32 @@ def test_the_data_order_is_in_the_fingerprint_of_stages_that_read_a_task(monkeyp
     after = Recipe.from_dict(data).stage_fingerprints()
     assert before["t"] != after["t"]  # reads the task: the order it reads rows in is part of what it did
     assert Recipe.from_dict(data).stage_fingerprints() == after
+
+
+def test_nan_logits_are_an_error_not_a_score(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = save_tiny_bert(tmp_path / "nan")
+    weights = load_file(model / "model.safetensors")
+    weights["classifier.bias"] = torch.full_like(weights["classifier.bias"], float("nan"))
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(DataError, match="NaN or infinite logits for 20 of 20 examples"):
+        evaluate_model(model, EvalConfig(model=str(model), task="movie-sentiment", **_FAST), progress=False)
+    with pytest.raises(DataError, match="NaN or infinite logits"):
+        export_model(model, tmp_path / "out", task="movie-sentiment", backend="torch", validation_samples=20)
+
+
+def test_user_datasets_that_cannot_train_a_classifier_are_refused(tmp_path):
+    from hf_optim.data import load_task
+
+    one = tmp_path / "one.csv"  # one class: transformers would build a regression head scoring 1.0
+    one.write_text("text,label\n" + "".join(f"row {i},1\n" for i in range(40)))
+    with pytest.raises(DataError, match="holds one class"):
+        load_task({"name": "mine", "dataset": str(one)})
+    folder = tmp_path / "splits"  # a class that only the test split has
+    folder.mkdir()
+    (folder / "train.csv").write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(40)))
+    (folder / "test.csv").write_text("text,label\nx,0\ny,1\nz,2\n")
+    with pytest.raises(DataError, match=r"label\(s\) \[2\] never occur in the train split"):
+        load_task({"name": "mine", "dataset": str(folder)})
