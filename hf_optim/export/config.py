@@ -76,6 +76,13 @@ class ExportConfig(StageConfig):
             encoder that table is most of the file (MiniLM: 11.7M of 22.7M parameters). Disables the
             ``EmbedLayerNormalization`` fusion (the table must stay a plain lookup). Classifiers only.
         embeddings_block_size (`int`, *optional*, defaults to 64): hidden values per int4 embedding scale.
+        split_skip_layernorm (`str`, *optional*, defaults to ``"on"``): after ``O2``/``O3`` fusion, ``on`` rewrites
+            each ``SkipLayerNormalization`` as ``Sum`` + ``LayerNormalization`` (and ``BiasGelu`` as ``Add`` +
+            ``Gelu``), ``off`` keeps the graph ORT's optimizer fused, ``auto`` times both kernels on the exporting
+            machine and keeps the faster (so the graph depends on the machine; releases before this field did
+            that). The record holds the setting, the probe's timings and the decision. Measured on MiniLM-L6 (one
+            thread, AVX-512 only; ``scripts/results/bench_skip_layernorm.json``): split vs fused is the same
+            speed in FP32 and faster with dynamic INT8.
     """
 
     kind = "export"
@@ -102,6 +109,13 @@ class ExportConfig(StageConfig):
     opset: Optional[int] = None
     embeddings: Literal["float", "int4"] = "float"
     embeddings_block_size: int = 64
+    split_skip_layernorm: Literal["auto", "on", "off"] = added_field("on", legacy="auto")
+
+    def __post_init__(self) -> None:
+        # YAML 1.1 reads an unquoted on / off as a boolean
+        if isinstance(self.split_skip_layernorm, bool):
+            self.split_skip_layernorm = "on" if self.split_skip_layernorm else "off"
+        super().__post_init__()
 
     def validate(self) -> None:
         _check_validation(self)
