@@ -125,7 +125,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         record = export_model(args.model_dir, args.output, ExportConfig(
             backend=args.backend, optimization=args.optimization, quantization=args.quantization,
             per_channel=args.per_channel, calibration_samples=args.calibration_samples, task_type=args.task_type,
-            embeddings=args.embeddings, **common))
+            embeddings=args.embeddings, split_skip_layernorm=args.split_skip_layernorm, **common))
     v = record["validation"]
     print(f"wrote {args.output} ({record.get('backend', record.get('method'))}): validation {v['metric']} "
           f"{v['source']:.4f} -> {v['candidate']:.4f} (drop {v['drop']:.4f}), max logit diff {v['max_logit_diff']:.4g}")
@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--per-channel", action="store_true")
     ex.add_argument("--embeddings", default="float", choices=["float", "int4"],
                     help="int4: the token-embedding table in 4 bits (classifiers; most of a small encoder's size)")
+    ex.add_argument("--split-skip-layernorm", default="on", choices=["auto", "on", "off"],
+                    help="after O2/O3 fusion: split SkipLayerNormalization into Sum + LayerNormalization (on), keep "
+                         "ORT's fused graph (off), or time both on this machine and keep the faster (auto)")
     ex.add_argument("--calibration-samples", type=int, default=128)
     ex.add_argument("--max-metric-drop", type=float, default=0.01, help="metric units (0.01 = 1 accuracy point)")
     ex.add_argument("--validation-samples", type=int, default=500)

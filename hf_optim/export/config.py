@@ -78,6 +78,14 @@ class ExportConfig(StageConfig):
             encoder that table is most of the file (MiniLM: 11.7M of 22.7M parameters). Disables the
             ``EmbedLayerNormalization`` fusion (the table must stay a plain lookup). Classifiers only.
         embeddings_block_size (`int`, *optional*, defaults to 64): hidden values per int4 embedding scale.
+        split_skip_layernorm (`str`, *optional*, defaults to ``"on"``): after ``O2``/``O3`` fusion, ``on`` rewrites
+            each ``SkipLayerNormalization`` as ``Sum`` + ``LayerNormalization`` (and ``BiasGelu`` as ``Add`` +
+            ``Gelu``), ``off`` keeps the graph ORT's optimizer fused, ``auto`` times both kernels on the exporting
+            machine and keeps the faster (so the graph depends on the machine; releases before this field did
+            that). The record holds the setting, the probe's timings and the decision. On MiniLM-L6 (one thread,
+            batch 1 / 32; ``scripts/results/bench_skip_layernorm.json``) the split graph took 0.92 / 0.90 of the
+            fused one's time in FP32 and 0.80 / 0.77 with dynamic INT8, measured on an AVX-512 CPU only (no
+            AVX2-only machine was available, so ``auto`` is not the default).
     """
 
     kind = "export"
@@ -105,6 +113,13 @@ class ExportConfig(StageConfig):
     opset: Optional[int] = None
     embeddings: Literal["float", "int4"] = "float"
     embeddings_block_size: int = 64
+    split_skip_layernorm: Literal["auto", "on", "off"] = added_field("on", legacy="auto")
+
+    def __post_init__(self) -> None:
+        # YAML 1.1 reads an unquoted on / off as a boolean
+        if isinstance(self.split_skip_layernorm, bool):
+            self.split_skip_layernorm = "on" if self.split_skip_layernorm else "off"
+        super().__post_init__()
 
     def validate(self) -> None:
         _check_validation(self)

@@ -21,11 +21,12 @@ After fusion, ONNX's own shape inference cannot type the outputs of ORT's contri
 That is why Optimum's O2/O3 + INT8 fails; :func:`infer_shapes` runs ORT's symbolic shape inference, which knows
 those ops, so a fused graph can be quantized (``Attention`` -> ``QAttention``).
 
-On CPU, ONNX Runtime's ``SkipLayerNormalization`` kernel is several times slower than the residual addition plus
-``LayerNormalization`` it replaces (and ORT fuses ``Add`` + ``LayerNormalization`` into it again when a session
-loads). :func:`split_skip_layernorm` measures both on this machine and, when the split form is faster, rewrites
-each fused node as ``Sum`` + ``LayerNormalization`` (a ``Sum`` is not re-fused) and ``BiasGelu`` as ``Add`` +
-``Gelu`` (after quantization the bias then joins the INT8 matmul). ``Attention`` stays fused.
+:func:`split_skip_layernorm` can rewrite each fused ``SkipLayerNormalization`` as ``Sum`` + ``LayerNormalization``
+(a ``Sum`` is not re-fused; ORT fuses ``Add`` + ``LayerNormalization`` back when a session loads) and ``BiasGelu``
+as ``Add`` + ``Gelu`` (after quantization the bias then joins the INT8 matmul); ``Attention`` stays fused. Which
+form is faster depends on the CPU and the graph, so the export setting ``split_skip_layernorm`` chooses: ``off``
+(ORT's fused graph), ``on`` (always split) or ``auto`` (a probe of both kernels on this machine decides, so the
+graph can differ between machines). The export record holds the setting, the probe and the decision.
 """
 
 from __future__ import annotations
@@ -320,8 +321,13 @@ def _check_causal_lm_graph(path: Path, model, past_names: list[str], kv_shapes, 
         raise _causal_lm_unavailable(model_type, f"the graph's logits differ from the model's by {diff:.3g}")
 
 
-def optimize_onnx(onnx_path: str | Path, out_path: str | Path, level: str, backend: str) -> Path:
-    """Apply ORT graph optimization ``level`` (O1-O3) to ``onnx_path``; writes ``out_path`` and returns it.
+def optimize_onnx(onnx_path: str | Path, out_path: str | Path, level: str, backend: str,
+                  split: str = "on") -> tuple[Path, dict]:
+    """Apply ORT graph optimization ``level`` (O1-O3) to ``onnx_path``; writes ``out_path`` and returns it with
+    the ``SkipLayerNormalization`` record: ``{"setting": split, **split_skip_layernorm(...)}``.
+
+    ``split`` (``auto`` / ``on`` / ``off``) is passed to :func:`split_skip_layernorm` after fusion (levels without
+    fusion have nothing to split).
 
     The embedding LayerNorm is never fused (as in Optimum's levels): ``EmbedLayerNormalization`` measured no
     faster here, static INT8 leaves it in float, and the lookups must stay plain ``Gather`` nodes for int4
@@ -364,10 +370,10 @@ def optimize_onnx(onnx_path: str | Path, out_path: str | Path, level: str, backe
                                    opt_level=spec["opt_level"], optimization_options=options,
                                    only_onnxruntime=not spec["fusions"])
         model.save_model_to_file(str(out_path))
-    if OPTIMIZE_LEVELS[level]["fusions"]:
-        split_skip_layernorm(out_path, hidden_size=cfg.get("hidden_size") or cfg.get("n_embd"))
+    fused = OPTIMIZE_LEVELS[level]["fusions"]
+    decision = split_skip_layernorm(out_path, split if fused else "off", cfg.get("hidden_size") or cfg.get("n_embd"))
     infer_shapes(out_path)
-    return out_path
+    return out_path, {"setting": split, **decision}
 
 
 def skip_layernorm_timings(hidden_size: int, batch: int = 8, seq: int = 64, rounds: int = 30,
@@ -409,30 +415,47 @@ def skip_layernorm_timings(hidden_size: int, batch: int = 8, seq: int = 64, roun
     return {n: round(float(np.median(v)), 4) for n, v in times.items()}
 
 
-def split_skip_layernorm(path: str | Path, hidden_size: int | None = None, force: bool | None = None) -> int:
+def split_skip_layernorm(path: str | Path, setting: str = "on", hidden_size: int | None = None) -> dict:
     """Rewrite ``SkipLayerNormalization`` as (bias ``Add``) + ``Sum`` + ``LayerNormalization`` and ``BiasGelu`` as
-    ``Add`` + ``Gelu`` in the model at ``path``, in place, when that is faster here; returns the nodes rewritten.
+    ``Add`` + ``Gelu`` in the model at ``path``, in place, as ``setting`` says.
 
-    ``force`` (`bool`, *optional*): rewrite (``True``) or leave the graph alone (``False``) without measuring;
-    by default :func:`skip_layernorm_timings` decides for ``hidden_size``.
+    Args:
+        path (`str` or `Path`): an ONNX model fused by ORT's transformer optimizer.
+        setting (`str`, *optional*, defaults to ``"on"``): ``on`` (rewrite), ``off`` (leave the graph alone) or
+            ``auto`` (rewrite when :func:`skip_layernorm_timings` on ``[8, 64, hidden_size]`` measures the split
+            form at least 20 % faster on this machine).
+        hidden_size (`int`, *optional*): the probe's hidden size (default: read from the first node's gamma).
+
+    Returns:
+        `dict`: ``decision`` (``on`` when the graph was rewritten, else ``off``), ``nodes_split`` and, when
+        ``auto`` probed, ``probe_ms`` (median milliseconds of each form and the probe's input shape).
     """
     import onnx
     from onnx import helper
 
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"split_skip_layernorm setting {setting!r}: expected 'auto', 'on' or 'off'")
+    if setting == "off":
+        return {"decision": "off", "nodes_split": 0}
     model = onnx.load(str(path))
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     fused = [n for n in graph.node if n.op_type == "SkipLayerNormalization" and n.domain == "com.microsoft"
              and not any(o for o in list(n.output)[1:3])]  # mean/inv-std outputs: training graphs, leave them
     if not fused or opset < 17:  # LayerNormalization is an ONNX op from opset 17
-        return 0
-    if force is None:
-        timings = skip_layernorm_timings(hidden_size or _hidden_from_gamma(graph, fused[0]))
-        force = timings["split"] < 0.8 * timings["fused"]
+        if fused and setting == "on":
+            logger.warning("split_skip_layernorm: on needs opset >= 17 (this graph: %d); keeping it fused", opset)
+        return {"decision": "off", "nodes_split": 0}
+    result: dict = {}
+    if setting == "auto":
+        shape = [8, 64, hidden_size or _hidden_from_gamma(graph, fused[0])]
+        timings = skip_layernorm_timings(shape[2], batch=shape[0], seq=shape[1])
+        result["probe_ms"] = {**timings, "shape": shape}
+        setting = "on" if timings["split"] < 0.8 * timings["fused"] else "off"
         logger.info("SkipLayerNormalization %.3f ms vs Sum + LayerNormalization %.3f ms: %s", timings["fused"],
-                    timings["split"], "splitting" if force else "keeping it fused")
-    if not force:
-        return 0
+                    timings["split"], "splitting" if setting == "on" else "keeping it fused")
+    if setting == "off":
+        return {"decision": "off", "nodes_split": 0, **result}
     todo = {id(n) for n in fused}
     nodes, count = [], 0
     for node in graph.node:
@@ -450,7 +473,7 @@ def split_skip_layernorm(path: str | Path, hidden_size: int | None = None, force
     del graph.node[:]
     graph.node.extend(nodes)
     onnx.save(model, str(path))
-    return count
+    return {"decision": "on", "nodes_split": count, **result}
 
 
 def _hidden_from_gamma(graph, node) -> int:

@@ -109,7 +109,8 @@ def _optimize_and_quantize_common(onnx_path: Path, work: Path, config: ExportCon
     info: dict[str, Any] = {}
     current = onnx_path
     if level != "none":
-        current = optimize_onnx(current, current.parent / "model_optimized.onnx", level, backend)
+        current, info["skip_layernorm"] = optimize_onnx(current, current.parent / "model_optimized.onnx", level,
+                                                        backend, config.split_skip_layernorm)
     info["optimization"] = level
     return current, info
 
@@ -241,7 +242,8 @@ def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str)
         from .onnx import optimize_onnx
 
         try:
-            current = optimize_onnx(current, current.parent / "model_optimized.onnx", config.optimization, backend)
+            current, record["skip_layernorm"] = optimize_onnx(current, current.parent / "model_optimized.onnx",
+                                                              config.optimization, backend, config.split_skip_layernorm)
         except Exception as e:  # noqa: BLE001 - not every decoder family has ORT fusions; keep the plain graph
             logger.warning("ORT optimization %s failed for this decoder (%s); exporting without it",
                            config.optimization, e)
@@ -325,6 +327,10 @@ def run_export(config: ExportConfig, ctx) -> dict[str, Any]:
                f"source_validation_{v['metric']}": v["source"], "metric_drop": v["drop"],
                "max_logit_diff": v["max_logit_diff"], "size_mb": record["size_mb"],
                "export_seconds": record["export_seconds"]}
+    if "skip_layernorm" in record:  # what was done (``auto`` resolved) and, when probed, the probe's timings
+        metrics["split_skip_layernorm"] = record["skip_layernorm"]["decision"]
+        if "probe_ms" in record["skip_layernorm"]:
+            metrics["skip_layernorm_probe_ms"] = record["skip_layernorm"]["probe_ms"]
     if "guard" in record:
         metrics["guard_kept_float"] = [s["kept_float"] for s in record["guard"]["steps"]][1:]
         metrics["guard_reached"] = record["guard"]["reached"]

@@ -23,11 +23,21 @@ def test_default_recipe_has_export_stages():
     assert kinds["export"] == "export" and kinds["eval-export"] == "evaluate"
 
 
-def test_cli_export_int4_embeddings(bert_dir, tmp_path, capsys):
+def test_cli_export_int4_embeddings_and_split_setting(bert_dir, tmp_path, capsys):
     import json
 
     out = tmp_path / "emb4"
     assert main(["export", str(bert_dir), "-o", str(out), "--backend", "torch", "--validation-samples", "16",
-                 "--embeddings", "int4"]) == 0
+                 "--embeddings", "int4", "--split-skip-layernorm", "off"]) == 0
     record = json.loads((out / "hf_optim_export.json").read_text())
     assert record["config"]["embeddings"] == "int4" and record["ops"]["GatherBlockQuantized"] == 1
+    assert record["config"]["split_skip_layernorm"] == "off" and record["skip_layernorm"]["decision"] == "off"
+    assert record["ops"]["SkipLayerNormalization"] == 4
+
+
+def test_cli_export_defaults_are_the_config_defaults():
+    from hf_optim.cli import build_parser
+    from hf_optim.export import ExportConfig
+
+    args = build_parser().parse_args(["export", "m", "-o", "o"])
+    assert args.split_skip_layernorm == ExportConfig(model="m").split_skip_layernorm

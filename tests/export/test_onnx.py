@@ -51,8 +51,9 @@ def test_o2_dynamic_int8_is_fused_and_quantized(backend, bert_dir, tmp_path, cle
     ops = record["ops"]
     assert ops.get("QAttention") == 2  # 2 layers: fused attention, quantized
     assert ops.get("MatMulInteger", 0) >= 4  # attention output + FFN in + FFN out per layer
-    # residual + LayerNorm: fused, or split into Sum + LayerNormalization where that measured faster
-    assert ops.get("SkipLayerNormalization", 0) + ops.get("Sum", 0) == 4 and "Attention" not in ops
+    # residual + LayerNorm split into Sum + LayerNormalization (split_skip_layernorm defaults to on)
+    assert ops.get("Sum") == 4 and "SkipLayerNormalization" not in ops and "Attention" not in ops
+    assert record["skip_layernorm"] == {"setting": "on", "decision": "on", "nodes_split": 6}
     assert record["validation"]["max_logit_diff"] < 0.02
     assert record["optimization"] == "O2"
 
@@ -112,14 +113,15 @@ def test_split_skip_layernorm_keeps_numerics_and_is_not_refused(backend, bert_di
     from hf_optim.export.runtime import OrtClassifier
 
     path = export_onnx(bert_dir, tmp_path / "e", "sequence-classification", backend)
-    with pytest.MonkeyPatch.context() as mp:  # the fused reference: no splitting whatever the timings say
-        mp.setattr("hf_optim.export.onnx.split_skip_layernorm", lambda *a, **k: 0)
-        fused = optimize_onnx(path, tmp_path / "e" / "fused.onnx", "O2", backend)
+    fused, record = optimize_onnx(path, tmp_path / "e" / "fused.onnx", "O2", backend, split="off")
+    assert record == {"setting": "off", "decision": "off", "nodes_split": 0}
     assert op_counts(fused).get("SkipLayerNormalization") == 4 and op_counts(fused).get("BiasGelu") == 2
     split = tmp_path / "e" / "split.onnx"
     split.write_bytes(fused.read_bytes())
-    assert split_skip_layernorm(split, force=False) == 0 and op_counts(split) == op_counts(fused)
-    assert split_skip_layernorm(split, force=True) == 6  # 4 SkipLayerNormalization + 2 BiasGelu
+    assert split_skip_layernorm(split, "off") == {"decision": "off", "nodes_split": 0}
+    assert op_counts(split) == op_counts(fused)
+    # 4 SkipLayerNormalization + 2 BiasGelu
+    assert split_skip_layernorm(split, "on") == {"decision": "on", "nodes_split": 6}
     ops = op_counts(split)
     assert "SkipLayerNormalization" not in ops and "BiasGelu" not in ops
     assert ops["Sum"] == 4 and ops["LayerNormalization"] == op_counts(fused).get("LayerNormalization", 0) + 4
