@@ -11,6 +11,8 @@ Torch's thread count is process-wide; the engine does not change it (``torch.set
 
 from __future__ import annotations
 
+import hashlib
+
 import inspect
 import json
 import threading
@@ -206,6 +208,18 @@ class _Pending:
         self.key = key
         self.futures = [(fut, t0)]  # identical queued inputs share one row (only with a cache configured)
         self.enqueued_at = t0
+
+
+def _cache_key(encoded: dict[str, np.ndarray]) -> bytes:
+    """An unambiguous key for one encoded request: each input's name, dtype, shape and bytes, length-prefixed (so
+    no input's bytes can spell another input's boundary), hashed."""
+    h = hashlib.blake2b(digest_size=32)
+    for name in sorted(encoded):
+        arr = np.ascontiguousarray(encoded[name])
+        for part in (name.encode(), arr.dtype.str.encode(), repr(arr.shape).encode(), arr.tobytes()):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+    return h.digest()
 
 
 def _percentiles(samples: Iterable[float]) -> dict[str, float]:
@@ -453,6 +467,8 @@ class InferenceEngine:
     def _submit(self, item: Any, block: bool, timeout: float | None) -> Future:
         if self._closing:
             raise EngineClosed("the inference engine is closed; create a new one")
+        if not self._thread.is_alive():  # never accept a request no one will answer
+            raise EngineClosed("the inference engine's worker has stopped; create a new engine")
         fut: Future = Future()
         t0 = time.monotonic()
         try:
@@ -466,7 +482,7 @@ class InferenceEngine:
             return fut
         key = None
         if self.cache is not None:
-            key = b"".join(k.encode() + b"=" + encoded[k].tobytes() + b";" for k in sorted(encoded))
+            key = _cache_key(encoded)
             hit = self.cache.get(self._model_id, key, _MISS)
             if hit is not _MISS:
                 fut.set_running_or_notify_cancel()
@@ -526,13 +542,19 @@ class InferenceEngine:
                 self._room.notify_all()
             try:
                 self._run(bucket, items, now)
-            except BaseException as e:  # never leave a future pending, never let the worker die silently
+            except BaseException as e:  # never leave a future pending, never let the worker die
+                if not isinstance(e, Exception):
+                    # SystemExit / KeyboardInterrupt raised by the model: handed to a caller's `result()` it would
+                    # end the caller's program; it fails this batch as an ordinary error and the worker goes on
+                    err = RuntimeError(f"the model raised {type(e).__name__}({e}) while running this batch")
+                    err.__cause__ = e
+                    e = err
                 for p in items:
                     for f, _ in p.futures:
                         if not f.done():
                             f.set_exception(e)
-                if not isinstance(e, Exception):
-                    raise
+                with self._stats_lock:
+                    self._s["requests"]["failed"] += sum(len(p.futures) for p in items)
 
     def _forward(self, bucket: int, rows: list[dict[str, np.ndarray]]) -> np.ndarray:
         batch, width = pad_batch(rows, self._pad_id, self._padding_side)

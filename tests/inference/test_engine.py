@@ -478,3 +478,48 @@ def test_config_round_trip_overrides_and_validation(tmp_path):
         InferenceEngine(EchoModel(), max_batchsize=3)
     with pytest.raises(TypeError, match="config="):
         InferenceEngine(EchoModel(), cfg)
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt()])
+def test_a_model_raising_systemexit_fails_its_batch_and_the_engine_keeps_answering(exc):
+    class Exits(EchoModel):
+        def __call__(self, input_ids, attention_mask, **kwargs):
+            if (input_ids == 99).any():
+                raise exc
+            return super().__call__(input_ids, attention_mask, **kwargs)
+
+    engine = InferenceEngine(Exits(), max_batch_size=1, max_wait_ms=0, length_buckets=(8,))
+    bad = engine.submit({"input_ids": [1, 99]})
+    with pytest.raises(RuntimeError, match=f"the model raised {type(exc).__name__}") as info:
+        bad.result(30)
+    assert info.value.__cause__ is exc
+    assert engine.submit({"input_ids": [4, 5]}).result(30).tolist() == EchoModel.expected([4, 5])
+    assert engine.close(timeout=30)
+    assert engine.stats()["requests"]["failed"] == 1
+
+
+def test_a_dead_worker_refuses_new_requests_instead_of_leaving_them_pending(echo):
+    engine = InferenceEngine(echo, max_wait_ms=0, length_buckets=(8,))
+    engine._thread = threading.Thread(target=lambda: None)  # a worker that has stopped
+    engine._thread.start()
+    engine._thread.join()
+    with pytest.raises(EngineClosed, match="worker has stopped"):
+        engine.submit({"input_ids": [1]})
+
+
+def test_cache_keys_are_unambiguous():
+    from hf_optim.inference.engine import _cache_key
+
+    def old_key(encoded):  # the former "name=bytes;" concatenation
+        return b"".join(k.encode() + b"=" + encoded[k].tobytes() + b";" for k in sorted(encoded))
+
+    # input_ids whose bytes spell ";token_type_ids=" plus another request's token_type_ids
+    x, t, mask = np.arange(1, 3, dtype=np.int64), np.zeros(2, np.int64), np.ones(2, np.int64)
+    spelled = np.frombuffer(x.tobytes() + b";token_type_ids=" + t.tobytes(), dtype=np.int64)
+    a = {"input_ids": x, "attention_mask": mask, "token_type_ids": t}
+    b = {"input_ids": spelled, "attention_mask": mask}
+    assert old_key(a) == old_key(b)          # the collision: one request answered with the other's result
+    assert _cache_key(a) != _cache_key(b)
+    assert _cache_key({"input_ids": np.arange(4)}) != _cache_key({"input_ids": np.arange(4).reshape(2, 2)})
+    assert _cache_key({"input_ids": np.arange(4, dtype=np.int64)}) != _cache_key({"input_ids": np.arange(4, dtype=np.int32)})
+    assert _cache_key(dict(a)) == _cache_key(a)
