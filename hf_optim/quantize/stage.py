@@ -13,7 +13,7 @@ import torch
 
 from ..data.tasks import TaskSpec
 from ..registry import register
-from .config import QuantizeConfig
+from .config import LINEAR_SCHEMES, QuantizeConfig
 
 __all__ = ["quantize_dir", "run_quantize", "linear_weight_bytes", "sqnr_db"]
 
@@ -149,6 +149,13 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = _auto_class(model_dir).from_pretrained(model_dir).eval()
     before = linear_weight_bytes(model)
+    targeted = target_linears(model, config.include, config.exclude)
+    if config.scheme in LINEAR_SCHEMES and not targeted and not config.lm_head:
+        linears = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
+        raise ValueError(f"{config.scheme}: include={list(config.include or [])} / exclude="
+                         f"{list(config.exclude) if config.exclude is not None else 'the default heads'} match none "
+                         f"of the model's {len(linears)} Linear layers (e.g. {', '.join(linears[:3]) or 'none'}), so "
+                         "nothing would be quantized; fix the patterns (regexes searched in module names)")
     corpus = config.text_corpus or ("bbc-news" if type(model).__name__.endswith("ForCausalLM") else None)
     lm_calibration = corpus is not None
     spec = None if lm_calibration and config.text_corpus == config.task else TaskSpec.coerce(config.task)
@@ -162,8 +169,7 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
         probe = list(_batches(tokenizer, _texts(spec, "validation", 64), 64, config.max_length))[0]
     with torch.inference_mode():
         ref = _main_output(model(**probe))
-    metrics: dict[str, Any] = {"scheme": config.scheme,
-                               "modules_targeted": len(target_linears(model, config.include, config.exclude))}
+    metrics: dict[str, Any] = {"scheme": config.scheme, "modules_targeted": len(targeted)}
     if config.method == "gptq":
         from .gptq import gptq_quantize_
 

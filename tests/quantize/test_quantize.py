@@ -191,6 +191,13 @@ def test_quantize_dir_static_calibrates_on_task_and_reports(tiny_bert_dir, tmp_p
     assert (tmp_path / "q" / "tokenizer.json").exists() or (tmp_path / "q" / "vocab.txt").exists()
 
 
+def test_patterns_that_match_no_layer_are_refused_and_nothing_is_written(tiny_bert_dir, tmp_path):
+    # once: an fp32 model tagged int8, reported as quantized
+    with pytest.raises(ValueError, match=r"include=\['decoder'\] .* match none of the model's 14 Linear layers"):
+        quantize_dir(tiny_bert_dir, tmp_path / "q", scheme="int8_dynamic", include=["decoder"])
+    assert not (tmp_path / "q").exists()
+
+
 def test_quantize_stage_runs_in_a_recipe(tiny_bert_dir, tmp_path):
     from hf_optim.recipe import Recipe
     from hf_optim.runner import run
