@@ -9,7 +9,7 @@ from pathlib import Path
 from .errors import HfOptimError
 from .report.card import CARD_NAME, build_model_card, check_artifact, write_model_card
 
-__all__ = ["push_artifact", "upload_files", "PushResult"]
+__all__ = ["push_artifact", "upload_files", "check_repo_id", "PushResult"]
 
 logger = logging.getLogger("hf_optim")
 
@@ -36,13 +36,32 @@ class PushResult:
 
 
 def upload_files(path: Path) -> list[tuple[str, int]]:
-    """The files a push uploads from ``path``: every regular file, hidden names (``.lock``, temp files) excluded."""
+    """The files a push uploads from ``path``: every regular file inside it, hidden names (``.lock``, temp files)
+    and symbolic links (which may point anywhere) excluded. The push sends exactly these files, by name: never
+    glob patterns, so a file named ``*`` or ``notes[v2].txt`` is one file like any other."""
+    root = path.resolve()
     out = []
     for f in sorted(path.rglob("*")):
         rel = f.relative_to(path)
-        if f.is_file() and not f.is_symlink() and not any(p.startswith(".") for p in rel.parts):
+        if any(p.startswith(".") for p in rel.parts) or any(q.is_symlink() for q in [f, *f.parents][:len(rel.parts)]):
+            continue
+        if f.is_file() and f.resolve().is_relative_to(root):
             out.append((rel.as_posix(), f.stat().st_size))
     return out
+
+
+def check_repo_id(repo_id) -> str:
+    """Return ``repo_id`` when it is a valid Hub model id (``USER/NAME``), else raise :class:`HfOptimError`."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise HfOptimError(f"--repo-id {str(repo_id)[:100]!r} is not a Hub repository id; use USER/NAME or ORG/NAME")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise HfOptimError(f"--repo-id {repo_id[:100]!r} is not a valid Hub repository id: "
+                           f"{str(e).splitlines()[0][:200]}") from None
+    return repo_id
 
 
 def push_artifact(path: str | Path, repo_id: str, private: bool = False, dry_run: bool = False,
@@ -63,9 +82,8 @@ def push_artifact(path: str | Path, repo_id: str, private: bool = False, dry_run
         commit_message (`str`, *optional*): defaults to "Upload <artifact> with hf-optim".
     """
     path = Path(path)
+    check_repo_id(repo_id)  # before anything else, dry run included
     check_artifact(path)
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise HfOptimError(f"--repo-id {repo_id!r} is not a Hub repository id; use USER/NAME or ORG/NAME")
     need_card = card and not (path / CARD_NAME).is_file()
     files = upload_files(path)
     if dry_run:
@@ -73,7 +91,7 @@ def push_artifact(path: str | Path, repo_id: str, private: bool = False, dry_run
             size = len(build_model_card(path, repo_id=repo_id, base_model=base_model).encode("utf-8"))
             files = sorted(files + [(CARD_NAME, size)])
         return PushResult(repo_id=repo_id, files=files, dry_run=True, card_written=False)
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     api = HfApi(token=token)
@@ -82,8 +100,8 @@ def push_artifact(path: str | Path, repo_id: str, private: bool = False, dry_run
         if need_card:  # only once the Hub answered: a push that cannot start leaves the directory as it was
             write_model_card(path, repo_id=repo_id, base_model=base_model)
             files = upload_files(path)
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(path), repo_type="model",
-                                 allow_patterns=[name for name, _ in files],
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path / name)) for name, _ in files]
+        info = api.create_commit(repo_id=repo_id, operations=operations, repo_type="model",
                                  commit_message=commit_message or f"Upload {path.name} with hf-optim")
     except OfflineModeIsEnabled:
         raise HfOptimError("HF_HUB_OFFLINE is set: unset it to push (or use --dry-run)") from None

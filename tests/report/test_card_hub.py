@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -123,15 +124,16 @@ def fake_hub(monkeypatch):
         calls["create_repo"] = {"repo_id": repo_id, **kw}
         return f"https://huggingface.co/{repo_id}"
 
-    def upload_folder(self, **kw):
-        calls["upload_folder"] = kw
+    def create_commit(self, repo_id, operations, **kw):
+        calls["create_commit"] = {"repo_id": repo_id, **kw,
+                                  "files": {op.path_in_repo: op.path_or_fileobj for op in operations}}
 
         class Info:
-            commit_url = f"https://huggingface.co/{kw['repo_id']}/commit/abc"
+            commit_url = f"https://huggingface.co/{repo_id}/commit/abc"
         return Info()
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
     return calls
 
 
@@ -149,19 +151,17 @@ def test_dry_run_lists_files_and_writes_nothing(tmp_path, fake_hub):
 
 def test_push_uploads_exactly_a_folder_from_pretrained_restores(tmp_path, fake_hub):
     import torch
-    from huggingface_hub.utils import filter_repo_objects
     from transformers import AutoModelForSequenceClassification
 
     artifact = _run_with(tmp_path, _quantized_bert, scheme="int8_dynamic")
     result = push_artifact(artifact, "me/pipe-int8", private=True)
     assert fake_hub["create_repo"] == {"repo_id": "me/pipe-int8", "private": True, "exist_ok": True,
                                        "repo_type": "model"}
-    up = fake_hub["upload_folder"]
+    up = fake_hub["create_commit"]
     assert up["repo_id"] == "me/pipe-int8" and result.url.endswith("/commit/abc") and result.card_written
-    # what upload_folder sends: the folder filtered by its patterns, exactly as huggingface_hub filters it
-    sent = list(filter_repo_objects([p.relative_to(up["folder_path"]).as_posix()
-                                     for p in sorted(artifact.rglob("*")) if p.is_file()],
-                                    allow_patterns=up["allow_patterns"], ignore_patterns=up.get("ignore_patterns")))
+    # one upload operation per listed file, from inside the artifact
+    sent = list(up["files"])
+    assert all(Path(src) == artifact / name for name, src in up["files"].items())
     assert sorted(sent) == sorted(n for n, _ in result.files) == sorted(n for n, _ in upload_files(artifact))
     assert "README.md" in sent and ".lock" not in sent
     hub_copy = tmp_path / "downloaded"
@@ -175,6 +175,29 @@ def test_push_uploads_exactly_a_folder_from_pretrained_restores(tmp_path, fake_h
         original.bert.encoder.layer[0].attention.self.query)
     with torch.no_grad():
         assert torch.equal(original(input_ids=ids).logits, restored(input_ids=ids).logits)
+
+
+def test_push_sends_exact_files_never_patterns_links_or_hidden_files(tmp_path, fake_hub):
+    artifact = _run_with(tmp_path, _quantized_bert, scheme="int8_dynamic")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("token")
+    (artifact / "*").write_text("a file named star")          # as a pattern it matched hidden files too
+    (artifact / "notes[v2].txt").write_text("notes")           # as a pattern it matched nothing
+    (artifact / "link.txt").symlink_to(secret)                 # points outside the artifact
+    (artifact / "linked-dir").symlink_to(tmp_path)
+    (artifact / ".env").write_text("HF_TOKEN=x")
+    listed = [n for n, _ in push_artifact(artifact, "me/x", dry_run=True).files]
+    assert "*" in listed and "notes[v2].txt" in listed
+    assert not {"link.txt", ".env"} & set(listed) and not any(n.startswith("linked-dir") for n in listed)
+    result = push_artifact(artifact, "me/x")
+    assert sorted(fake_hub["create_commit"]["files"]) == sorted(n for n, _ in result.files) == sorted(listed)
+
+
+@pytest.mark.parametrize("repo_id", ["../etc", "me/..", "me/x y", "me/" + "x" * 200, "a/b/c", "no-namespace"])
+def test_bad_repo_ids_are_refused_before_anything_even_in_a_dry_run(tmp_path, fake_hub, repo_id):
+    with pytest.raises(HfOptimError, match="Hub repository id"):
+        push_artifact(tmp_path / "missing", repo_id, dry_run=True)
+    assert fake_hub == {}
 
 
 def test_push_errors_are_one_clear_message(tmp_path, monkeypatch):

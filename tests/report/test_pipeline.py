@@ -47,13 +47,14 @@ def test_run_report_card_push_and_reload(tmp_path, monkeypatch):
 
     uploaded = {}
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: repo_id)
-    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: uploaded.update(kw) or "ok")
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kw:
+                        uploaded.update(files=[op.path_in_repo for op in operations]) or "ok")
     pushed = push_artifact(out / "onnx", "me/tiny-onnx")
     card = ModelCard.load(out / "onnx" / "README.md")
     assert {r.metric_type: r.metric_value for r in card.data.eval_results}["accuracy"] == rows[1]["value"]
     hub_copy = tmp_path / "hub-copy"
     hub_copy.mkdir()
-    for name in uploaded["allow_patterns"]:
+    for name in uploaded["files"]:
         shutil.copy(out / "onnx" / name, hub_copy / name)
     assert sorted(p.name for p in hub_copy.iterdir()) == sorted(n for n, _ in pushed.files)
     expected = OrtClassifier.from_dir(out / "onnx").predict_logits(TEXTS)
