@@ -154,6 +154,15 @@ class Recipe:
             stages.append(_parse_stage(i, raw, kinds, default_task))
         base_dir = Path(base_dir).resolve()
         stages = [_resolve_dataset_path(s, base_dir) for s in stages]
+        output_dir = data.get("output_dir")
+        if output_dir is not None:
+            rel = Path(str(output_dir))
+            if not isinstance(output_dir, str) or not output_dir or rel.is_absolute() or \
+                    output_dir.startswith("~") or ".." in rel.parts:
+                raise RecipeError(f"`output_dir` = {str(output_dir)[:100]!r} must be a relative path inside the recipe's "
+                                  "folder (a recipe file must not choose where outside it hf_optim writes); to write "
+                                  "elsewhere pass it on the command line: hf-optim run RECIPE --output DIR",
+                                  field="output_dir")
         recipe = cls(name=name, stages=tuple(stages), seed=seed, description=str(data.get("description", "")),
                      base_dir=base_dir, output_dir=data.get("output_dir"), report=_parse_report(data.get("report"), [s.name for s in stages]))
         recipe._check_references()

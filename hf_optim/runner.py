@@ -60,6 +60,7 @@ class StageContext:
     run_dir: Path
     seed: int
     progress: bool = True
+    run_id: str = "run"
     _scratch: list = dataclasses.field(default_factory=list, repr=False)
 
     def scratch_dir(self, label: str = "work") -> Path:
@@ -68,7 +69,7 @@ class StageContext:
         It lives in the run directory under a ``.tmp-`` name, outside the artifact, and is deleted when the
         stage ends, however it ends (a killed run's leftovers are removed by the next run).
         """
-        path = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=f".tmp-{self.name}-{label}-"))
+        path = Path(tempfile.mkdtemp(dir=self.run_dir, prefix=f".tmp-{self.run_id}-{self.name}-{label}-"))
         self._scratch.append(path)
         return path
 
@@ -143,15 +144,78 @@ def _atomic_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``; an old ``final`` is moved aside first and deleted after."""
+def _replace_dir(tmp: Path, final: Path, run_id: str) -> None:
+    """Move ``tmp`` to ``final``; an old ``final`` is moved aside first and deleted after. A kill between the two
+    renames leaves the old copy under ``.old-<run id>-*``, which the next run puts back (:func:`_clean_leftovers`)."""
     old = None
     if final.exists():
-        old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
+        old = final.with_name(f".old-{run_id}-{final.name}-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+RUN_MARKER = ".hf_optim_run.json"
+
+
+def _claim_output_dir(out: Path) -> str:
+    """Return the run id of ``out``, making it a run directory when it is new or empty.
+
+    hf_optim writes only into a directory it made: a new or empty one (then marked with :data:`RUN_MARKER`) or
+    one of its own runs. Anything else (a home directory, a project folder) is refused before anything is
+    written, so no file of the user's is ever moved, overwritten or deleted.
+    """
+    if out.exists() and not out.is_dir():
+        raise HfOptimError(f"output {out} is a file; choose a directory (--output DIR)")
+    marker = out / RUN_MARKER
+    if out.is_dir() and not marker.is_file() and any(p.name != ".lock" for p in out.iterdir()) and \
+            not _legacy_run(out):
+        raise HfOptimError(f"output directory {out} is not empty and is not an hf_optim run (it has no {RUN_MARKER}); "
+                           "hf_optim writes only into a new or empty directory or one of its own runs: choose "
+                           "another --output")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"run_id": uuid.uuid4().hex[:12], "hf_optim": __version__,
+                       "created": _dt.datetime.now().isoformat(timespec="seconds")}, f)
+    try:
+        run_id = json.loads(marker.read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise HfOptimError(f"{marker} is unreadable; if {out} is your run, delete that file to adopt it again, or "
+                           "choose another --output") from None
+    if not isinstance(run_id, str) or not run_id.isalnum():
+        raise HfOptimError(f"{marker} holds an invalid run id {str(run_id)[:40]!r}; choose another --output")
+    return run_id
+
+
+def _legacy_run(out: Path) -> bool:
+    """A run directory written before :data:`RUN_MARKER` existed: its report.json is a run report."""
+    try:
+        report = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"recipe", "fingerprint", "stages"} <= set(report)
+
+
+def _clean_leftovers(out: Path, run_id: str) -> None:
+    """Remove what a crashed or killed run of this directory left (only names with its run id): temp outputs
+    are never complete; an ``.old-*`` copy whose stage directory is missing (killed between the two renames of
+    :func:`_replace_dir`) is the complete previous output and is put back."""
+    for stale in sorted(out.glob(f".old-{run_id}-*")):
+        name = (_read_marker(stale) or {}).get("name")
+        if isinstance(name, str) and name and "/" not in name and not (out / name).exists() and \
+                stale.name.startswith(f".old-{run_id}-{name}-"):
+            os.replace(stale, out / name)
+            logger.info("recovered the complete output of stage %s from an interrupted replace", name)
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+    for stale in out.glob(f".tmp-{run_id}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _setup_log(out: Path) -> tuple[Path, logging.Handler]:
@@ -188,7 +252,7 @@ def run(recipe: Recipe | str | Path, output_dir: str | Path | None = None, force
             raise HfOptimError("no output directory: pass output_dir (CLI: --output DIR) or set `output_dir` in the recipe")
         output_dir = recipe.resolve_path(recipe.output_dir)
     out = Path(output_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    run_id = _claim_output_dir(out)
     _import_handlers()
     lock = open(out / ".lock", "w")
     try:
@@ -199,7 +263,7 @@ def run(recipe: Recipe | str | Path, output_dir: str | Path | None = None, force
     log_file, handler = _setup_log(out)
     previous = _terminate_as_interrupt()
     try:
-        return _run_locked(recipe, out, force, progress, log_file)
+        return _run_locked(recipe, out, force, progress, log_file, run_id)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -223,10 +287,8 @@ def _terminate_as_interrupt():
     return signal.signal(signal.SIGTERM, _raise)
 
 
-def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file: Path) -> RunResult:
-    # Leftovers of a crashed or killed run are never complete: remove them.
-    for stale in list(out.glob(".tmp-*")) + list(out.glob(".old-*")):
-        shutil.rmtree(stale, ignore_errors=True)
+def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file: Path, run_id: str) -> RunResult:
+    _clean_leftovers(out, run_id)
     (out / "recipe.yaml").write_text(recipe.to_yaml())
     fingerprints = recipe.stage_fingerprints()
     report: dict[str, Any] = {
@@ -245,7 +307,7 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file
             continue
         logger.info("[%d/%d] %s (%s): running", i, total, stage.name, stage.config.kind)
         try:
-            entry = _run_stage(recipe, stage, fp, out, progress)
+            entry = _run_stage(recipe, stage, fp, out, progress, run_id)
         except BaseException as e:
             # the report shows how far the run got; it is not a completion marker (hf_optim_stage.json is)
             report["stages"].append({"name": stage.name, "kind": stage.config.kind, "fingerprint": fp,
@@ -307,12 +369,12 @@ def _artifact_table(stages: list[dict]) -> list[dict]:
     return rows
 
 
-def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool) -> dict[str, Any]:
+def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool, run_id: str) -> dict[str, Any]:
     inputs = _resolve_inputs(recipe, stage, out)  # may raise (e.g. a missing data package): nothing made yet
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".tmp-{stage.name}-"))
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".tmp-{run_id}-{stage.name}-"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
     ctx = StageContext(name=stage.name, inputs=inputs, output_dir=tmp, run_dir=out, seed=recipe.seed,
-                       progress=progress)
+                       progress=progress, run_id=run_id)
     start = time.perf_counter()
     try:
         for field, path in ctx.inputs.items():
@@ -325,7 +387,7 @@ def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool)
         for path in ctx._scratch:
             shutil.rmtree(path, ignore_errors=True)
         _atomic_json(tmp / MARKER, entry)  # written last: its presence means "complete"
-        _replace_dir(tmp, out / stage.name)
+        _replace_dir(tmp, out / stage.name, run_id)
         return entry
     except BaseException as e:
         for path in ctx._scratch:

@@ -11,7 +11,7 @@ import pytest
 from hf_optim.errors import HfOptimError, StageError
 from hf_optim.recipe import Recipe, StageConfig
 from hf_optim.registry import register
-from hf_optim.runner import MARKER, run
+from hf_optim.runner import MARKER, RUN_MARKER, run
 
 CALLS: list[tuple[str, str]] = []
 
@@ -147,7 +147,8 @@ def test_killed_run_leftovers_are_never_taken_as_complete(tmp_path):
     out = tmp_path / "out"
     run(_recipe(tmp_path), out, progress=False)
     # a SIGKILL mid-stage leaves a temp dir behind, even one that holds a marker
-    stale = out / ".tmp-c-deadbeef"
+    run_id = json.loads((out / RUN_MARKER).read_text())["run_id"]
+    stale = out / f".tmp-{run_id}-c-deadbeef"
     stale.mkdir()
     (stale / MARKER).write_text("{}")
     # and a stage dir without a marker (e.g. copied by hand) is not complete either
@@ -156,6 +157,52 @@ def test_killed_run_leftovers_are_never_taken_as_complete(tmp_path):
     run(_recipe(tmp_path), out, progress=False)
     assert [c[0] for c in CALLS] == ["c"]
     assert not stale.exists()
+
+
+def test_a_folder_that_is_not_a_run_is_refused_and_left_untouched(tmp_path):
+    home = tmp_path / "home"
+    for name in ("a", "b", ".tmp-x", ".old-y"):  # named like stages and like the runner's own temp names
+        (home / name).mkdir(parents=True)
+        (home / name / "keep.txt").write_text(name)
+    (home / "recipe.yaml").write_text("mine")
+    before = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+    with pytest.raises(HfOptimError, match="is not empty and is not an hf_optim run"):
+        run(_recipe(tmp_path), home, progress=False)
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == before
+    assert (home / "recipe.yaml").read_text() == "mine" and not CALLS
+    with pytest.raises(HfOptimError, match="is a file"):
+        run(_recipe(tmp_path), home / "recipe.yaml", progress=False)
+
+
+def test_only_leftovers_of_this_run_are_removed(tmp_path):
+    out = tmp_path / "out"
+    run(_recipe(tmp_path), out, progress=False)
+    foreign = out / ".tmp-someone-else"  # not named with this run's id: not ours to delete
+    foreign.mkdir()
+    run(_recipe(tmp_path), out, progress=False)
+    assert foreign.is_dir()
+
+
+def test_a_kill_between_the_two_renames_keeps_the_complete_stage(tmp_path):
+    out = tmp_path / "out"
+    run(_recipe(tmp_path), out, progress=False)
+    run_id = json.loads((out / RUN_MARKER).read_text())["run_id"]
+    # the state a SIGKILL leaves after `final -> .old-*` and before `tmp -> final`
+    os.replace(out / "c", out / f".old-{run_id}-c-0123abcd")
+    (out / f".tmp-{run_id}-c-zzz").mkdir()
+    CALLS.clear()
+    run(_recipe(tmp_path), out, progress=False)
+    assert CALLS == [] and _value(out, "c") == "abc"  # recovered, not re-run, nothing lost
+    assert not list(out.glob(".old-*")) and not list(out.glob(".tmp-*"))
+
+
+def test_runs_made_before_the_run_marker_are_adopted(tmp_path):
+    out = tmp_path / "out"
+    run(_recipe(tmp_path), out, progress=False)
+    os.remove(out / RUN_MARKER)
+    CALLS.clear()
+    run(_recipe(tmp_path), out, progress=False)
+    assert CALLS == [] and (out / RUN_MARKER).is_file()
 
 
 def test_output_dir_is_required_and_locked(tmp_path):
@@ -169,3 +216,14 @@ def test_output_dir_is_required_and_locked(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(HfOptimError, match="another hf-optim run is using"):
             run(_recipe(tmp_path), out, progress=False)
+
+
+@pytest.mark.parametrize("where", ["~", "/tmp/x", "../elsewhere", "runs/../../x", ""])
+def test_a_recipe_cannot_send_its_output_outside_its_folder(tmp_path, where):
+    from hf_optim.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="must be a relative path inside the recipe's folder.*--output DIR"):
+        Recipe.from_dict({"name": "r", "output_dir": where, "stages": [{"name": "a", "kind": "evaluate",
+                                                                      "model": "builtin:smollm2-135m",
+                                                                      "task": "bbc-news"}]})
+
