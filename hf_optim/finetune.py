@@ -144,6 +144,24 @@ def train_and_predict(ctx, config, trainer_cls, model, tokenizer, encoded, callb
     return trainer, result, trainer.predict(encoded["validation"])
 
 
+def check_only_head_reinitialised(model, loading_info: dict, src) -> None:
+    """Raise :class:`~hf_optim.errors.DataError` when weights outside the task head had a size mismatch with the
+    checkpoint (and were therefore initialised at random)."""
+    from .errors import DataError
+
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    bad = []
+    for item in loading_info.get("mismatched_keys") or ():
+        key = item[0] if isinstance(item, (tuple, list)) else str(item)
+        if key.startswith(prefix):
+            bad.append(key)
+    if bad:
+        raise DataError(f"{src}: {len(bad)} weight(s) of the model body do not fit this architecture's shapes "
+                        f"({', '.join(sorted(bad)[:3])}{', ...' if len(bad) > 3 else ''}) and would be initialised at "
+                        "random; if it is a pruned or quantized hf_optim checkpoint, keep its config.json "
+                        "(quantization_config) and `import hf_optim` before loading it")
+
+
 @register(FinetuneConfig)
 def run_finetune(config: FinetuneConfig, ctx) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
@@ -156,10 +174,13 @@ def run_finetune(config: FinetuneConfig, ctx) -> dict[str, Any]:
     names = data["train"].features["label"].names
     src = ctx.inputs["model"]
     tokenizer = AutoTokenizer.from_pretrained(src)
-    model = AutoModelForSequenceClassification.from_pretrained(
+    # ignore_mismatched_sizes lets a checkpoint with another label count get a new head; nothing else may be
+    # re-initialised (a pruned checkpoint whose per-layer shapes were lost would silently train from random)
+    model, info = AutoModelForSequenceClassification.from_pretrained(
         src, num_labels=len(names), id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
-        ignore_mismatched_sizes=True,
+        ignore_mismatched_sizes=True, output_loading_info=True,
     )
+    check_only_head_reinitialised(model, info, src)
     encoded = tokenize_splits(data, tokenizer, config.max_length)
     trainer, result, pred = train_and_predict(ctx, config, Trainer, model=model, tokenizer=tokenizer, encoded=encoded)
     value = compute_metric(spec.metric, pred.predictions.argmax(-1), pred.label_ids)

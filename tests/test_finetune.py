@@ -56,3 +56,28 @@ def test_training_arguments_drop_what_this_release_lacks(tmp_path):
     assert args.learning_rate == 1e-3 and args.report_to == []
     with pytest.raises(AttributeError):
         args.no_such_argument_anywhere
+
+
+def test_only_the_task_head_may_be_reinitialised(tmp_path):
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_optim.errors import DataError
+    from hf_optim.finetune import check_only_head_reinitialised
+    from hf_optim.testing import save_tiny_bert
+
+    def load(path, n):
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=n, ignore_mismatched_sizes=True,
+                                                                  output_loading_info=True)
+
+    five = save_tiny_bert(tmp_path / "five", num_labels=5)
+    model, info = load(five, 2)  # another label count: a new head, the body kept
+    check_only_head_reinitialised(model, info, five)
+    # a pruned checkpoint that lost its per-layer shapes: the body no longer fits and would be re-initialised
+    cfg = json.loads((five / "config.json").read_text())
+    cfg["intermediate_size"] *= 2
+    (five / "config.json").write_text(json.dumps(cfg))
+    model, info = load(five, 2)
+    with pytest.raises(DataError, match=r"weight\(s\) of the model body do not fit.*intermediate.*initialised at random"):
+        check_only_head_reinitialised(model, info, five)
