@@ -173,6 +173,23 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+# What structured pruning records (head counts of a pruned attention module). A checkpoint may set nothing else:
+# config.json is data, and an arbitrary attribute (``eps``, ``forward``) would change what the model computes.
+MODULE_ATTRS = ("num_attention_heads", "all_head_size", "num_heads", "num_key_value_heads", "num_key_value_groups")
+
+
+def _check_module_attr(mod: nn.Module, name: str, attr, value) -> None:
+    if attr not in MODULE_ATTRS:
+        raise _err(f"module_attrs[{name!r}] sets {str(attr)[:60]!r}; a checkpoint may set only "
+                   f"{', '.join(MODULE_ATTRS)}")
+    current = getattr(mod, attr, None)
+    if not isinstance(current, int) or isinstance(current, bool):
+        raise _err(f"module_attrs[{name!r}]: {type(mod).__name__} has no integer attribute {attr!r}")
+    # pruning only removes heads: a count above the architecture's own is not a pruned model
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= current:
+        raise _err(f"module_attrs[{name!r}][{attr!r}] = {str(value)[:40]} must be an integer in 1..{current}")
+
+
 def restore_structure_(model: nn.Module, config: HfOptimConfig) -> nn.Module:
     """Rebuild the modules ``config`` describes on ``model`` (in place; weights are left uninitialised).
 
@@ -188,9 +205,10 @@ def restore_structure_(model: nn.Module, config: HfOptimConfig) -> nn.Module:
                                               bias=bool(shape.get("bias", True)), device=dev, dtype=dtype))
     for name, attrs in config.module_attrs.items():
         mod = _get(model, name, "module_attrs")
+        if not isinstance(attrs, dict):
+            raise _err(f"module_attrs[{name!r}] must map attribute names to values")
         for attr, value in attrs.items():
-            if not hasattr(mod, attr):
-                raise _err(f"module_attrs[{name!r}]: {type(mod).__name__} has no attribute {attr!r}")
+            _check_module_attr(mod, name, attr, value)
             setattr(mod, attr, value)
     for name, spec in (config.modules or {}).items():
         old = _get(model, name, "modules")

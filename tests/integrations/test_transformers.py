@@ -151,16 +151,29 @@ def test_module_attrs_are_restored(tiny_bert_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
-    model.config.quantization_config = HfOptimConfig(
-        module_attrs={"bert.encoder.layer.1.attention.self": {"attention_head_size": 8}})
+    attn = "bert.encoder.layer.1.attention.self"
+    heads = model.bert.encoder.layer[1].attention.self.num_attention_heads
+    model.config.quantization_config = HfOptimConfig(module_attrs={attn: {"num_attention_heads": heads - 1}})
     model.save_pretrained(tmp_path / "m")
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
-    assert reloaded.bert.encoder.layer[1].attention.self.attention_head_size == 8
-    bad = HfOptimConfig(module_attrs={"bert.encoder.layer.1.attention.self": {"no_such_attr": 1}})
-    model.config.quantization_config = bad
-    model.save_pretrained(tmp_path / "bad")
-    with pytest.raises(ValueError, match="no attribute 'no_such_attr'"):
-        AutoModelForSequenceClassification.from_pretrained(tmp_path / "bad")
+    assert reloaded.bert.encoder.layer[1].attention.self.num_attention_heads == heads - 1
+    # config.json is data: only the head counts pruning records, as integers no larger than the architecture's
+    for i, (attrs, pattern) in enumerate([
+        ({"forward": 1}, r"sets 'forward'; a checkpoint may set only num_attention_heads"),
+        ({"no_such_attr": 1}, r"sets 'no_such_attr'"),
+        ({"num_attention_heads": heads + 1}, rf"must be an integer in 1..{heads}"),
+        ({"num_attention_heads": "2"}, r"must be an integer"),
+        ({"num_key_value_heads": 1}, r"has no integer attribute 'num_key_value_heads'"),
+    ]):
+        model.config.quantization_config = HfOptimConfig(module_attrs={attn: attrs})
+        model.save_pretrained(tmp_path / f"bad{i}")
+        with pytest.raises(ValueError, match=pattern):
+            AutoModelForSequenceClassification.from_pretrained(tmp_path / f"bad{i}")
+    model.config.quantization_config = HfOptimConfig(module_attrs={"bert.encoder.layer.1.attention.output.LayerNorm":
+                                                                   {"eps": 100.0}})
+    model.save_pretrained(tmp_path / "eps")
+    with pytest.raises(ValueError, match="sets 'eps'"):  # once: accuracy 1.0 -> 0.5, silently
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "eps")
 
 
 def _tamper(src, dst, fn):
