@@ -32,6 +32,25 @@ __all__ = ["QuantLinear", "Int8DynamicLinear", "Int8StaticLinear", "WeightOnlyLi
            "module_from_spec"]
 
 
+def check_qparams(name: str, bits: int, scale: torch.Tensor, zero_point: torch.Tensor | None) -> None:
+    """Raise ``ValueError`` unless the scales are finite and positive, the zero points finite and on the integer
+    grid's range, and every dequantized weight fits the range of float16 (the narrowest dtype hf_optim loads a
+    model in): a scale of 1e30 is a tampered or corrupt checkpoint, never a trained one."""
+    if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
+        raise ValueError(f"hf_optim: {name}.weight_scale is missing from the checkpoint or invalid "
+                         "(non-finite or <= 0 scales)")
+    levels = 2 ** bits
+    if zero_point is not None and not (bool(torch.isfinite(zero_point).all())
+                                       and float(zero_point.abs().max()) <= levels):
+        raise ValueError(f"hf_optim: {name}.weight_zero_point is missing from the checkpoint, not finite or outside "
+                         f"the {bits}-bit range")
+    limit = torch.finfo(torch.float16).max
+    if float(scale.max()) * levels > limit:
+        raise ValueError(f"hf_optim: {name}.weight_scale holds {float(scale.max()):.3g}: weights of up to "
+                         f"{float(scale.max()) * levels:.3g} exceed the float16 range ({limit:.0f}); the checkpoint "
+                         "is corrupt or was tampered with")
+
+
 class QuantLinear(nn.Module):
     """Base of the quantized Linear modules. Subclasses set ``scheme``, ``bits`` and implement ``forward``."""
 
@@ -134,11 +153,7 @@ class QuantLinear(nn.Module):
         if self.weight.numel() != expected:
             raise ValueError(f"hf_optim: {name}.weight has {self.weight.numel()} values, expected {expected} "
                              f"for {self.out_features}x{self.in_features} {self.scheme}")
-        if not bool(torch.isfinite(self.weight_scale).all()) or bool((self.weight_scale <= 0).any()):
-            raise ValueError(f"hf_optim: {name}.weight_scale is missing from the checkpoint or invalid "
-                             "(non-finite or <= 0 scales)")
-        if not self.symmetric and not bool(torch.isfinite(self.weight_zero_point).all()):
-            raise ValueError(f"hf_optim: {name}.weight_zero_point is missing from the checkpoint or not finite")
+        check_qparams(name, self.bits, self.weight_scale, None if self.symmetric else self.weight_zero_point)
 
     def _key(self) -> tuple:
         # Packed kernels are derived state: rebuild when a tensor was replaced or modified (load, .to()).
@@ -330,10 +345,7 @@ class QuantEmbedding(nn.Module):
         expected = self.num_embeddings * self.embedding_dim // (2 if self.bits == 4 else 1)
         if self.weight.numel() != expected:
             raise ValueError(f"hf_optim: {name}.weight has {self.weight.numel()} values, expected {expected}")
-        if not bool(torch.isfinite(self.weight_scale).all()) or bool((self.weight_scale <= 0).any()):
-            raise ValueError(f"hf_optim: {name}.weight_scale is missing from the checkpoint or invalid")
-        if not self.symmetric and not bool(torch.isfinite(self.weight_zero_point).all()):
-            raise ValueError(f"hf_optim: {name}.weight_zero_point is missing from the checkpoint or not finite")
+        check_qparams(name, self.bits, self.weight_scale, None if self.symmetric else self.weight_zero_point)
 
     def extra_repr(self) -> str:
         gs = f", group_size={self.group_size}" if self.group_size else ""

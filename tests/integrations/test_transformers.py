@@ -209,6 +209,14 @@ def test_tampered_checkpoints_fail_loudly(tiny_bert_dir, tmp_path):
         save_file(sd, broken / "model.safetensors", metadata={"format": "pt"})
         with pytest.raises(ValueError, match=f"{key}.* is missing"):
             AutoModelForSequenceClassification.from_pretrained(broken)
+    for i, (value, pattern) in enumerate([(1e30, r"weight_scale holds 1e\+30.*exceed the float16 range"),
+                                          (-1.0, r"weight_scale .*invalid")]):
+        broken = _tamper(q, tmp_path / f"scale-{i}", lambda c: None)
+        sd = load_file(broken / "model.safetensors")
+        sd[f"{QUERY}.weight_scale"][0] = value  # one channel's scale: the model once loaded with it silently
+        save_file(sd, broken / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(ValueError, match=pattern):
+            AutoModelForSequenceClassification.from_pretrained(broken)
 
 
 def test_plain_transformers_without_hf_optim_fails_loudly(tiny_bert_dir, tmp_path):
