@@ -46,6 +46,7 @@ class FinetuneConfig(StageConfig, TrainingFields):
     """
 
     kind = "finetune"
+    sets_task = True  # the output records `task` (hf_optim_task.json)
     version = 1
 
     model: str
