@@ -41,11 +41,14 @@ def load_validation(task, max_samples: int | None = None, split: str = "validati
     return ValidationData(list(ds["text"]), pairs, np.asarray(ds["label"]), spec.metric, spec.name, split)
 
 
-def predict_all(predict_logits: Callable, data: ValidationData, batch_size: int = 64) -> np.ndarray:
-    """Logits for every example, in order (batches sorted by length to pad less)."""
+def predict_all(predict_logits: Callable, data: ValidationData, batch_size: int = 64, progress: bool = False,
+                desc: str = "validate") -> np.ndarray:
+    """Logits for every example, in order (batches sorted by length to pad less); ``progress``: a bar ``desc``."""
+    from ..console import progress as progress_bar
+
     order = np.argsort([len(t) for t in data.texts], kind="stable")
     out = None
-    for i in range(0, len(order), batch_size):
+    for i in progress_bar(range(0, len(order), batch_size), desc=desc, enabled=progress, unit="batch"):
         idx = order[i:i + batch_size]
         logits = np.asarray(predict_logits([data.texts[j] for j in idx],
                                            [data.pairs[j] for j in idx] if data.pairs else None), dtype=np.float32)

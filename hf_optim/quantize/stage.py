@@ -133,6 +133,8 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
         model_dir (`str` or `Path`): a directory ``from_pretrained`` loads.
         output_dir (`str` or `Path`): where the quantized checkpoint is written.
         config (`QuantizeConfig`, *optional*): what to do; or pass its fields as keyword arguments.
+        progress (`bool`, *optional*, defaults to `False`): progress bars over calibration, GPTQ's layers and
+            QAT's training steps.
 
     Returns:
         `dict`: metrics (modules quantized, Linear weight bytes before/after, logit SQNR vs the float model).
@@ -176,11 +178,11 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
                                       config.partial_groups, config.gptq_clip_search, act_order=config.gptq_act_order,
                                       refit=config.gptq_refit, tune_steps=config.gptq_tune_steps,
                                       tune_lr=config.gptq_tune_lr, tune_rounding_lr=config.gptq_tune_rounding_lr,
-                                      e2e_steps=config.gptq_e2e_steps, e2e_lr=config.gptq_e2e_lr))
+                                      e2e_steps=config.gptq_e2e_steps, e2e_lr=config.gptq_e2e_lr, progress=progress))
     elif config.scheme == "int8_static":
         texts = _texts(spec, config.calibration_split, config.calibration_samples, seed)
-        ranges = calibrate(model, _batches(tokenizer, texts, config.batch_size, config.max_length), config.observer,
-                           config.percentile, config.include, config.exclude)
+        ranges = calibrate(model, list(_batches(tokenizer, texts, config.batch_size, config.max_length)),
+                           config.observer, config.percentile, config.include, config.exclude, progress)
         quantize_model_(model, "int8_static", include=config.include, exclude=config.exclude, ranges=ranges)
         metrics["calibration_samples"] = len(texts)
     elif config.scheme == "int8_qat":
