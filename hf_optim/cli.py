@@ -37,7 +37,8 @@ def _model_task(args: argparse.Namespace, texts: bool = True):
         return args.task
     task = recorded_task(args.model_dir)
     if task is not None:
-        logger.info("task: %s (recorded in %s)", task if isinstance(task, str) else task.get("dataset"), args.model_dir)
+        name = task if isinstance(task, str) else task.get("name") or task.get("dataset")
+        logger.info("task: %s (recorded in %s)", name, args.model_dir)
         return task
     if texts and (is_causal_lm(args.model_dir) or getattr(args, "task_type", None) == "causal-lm"):
         return _DEFAULT_TEXT

@@ -72,11 +72,12 @@ def set_verbosity(level: Level) -> None:
         raise ValueError(f"verbosity {level!r}: use one of {', '.join(LEVELS)}")
     _level = level
     root = logging.getLogger()
-    if _console is None:
+    if _console is None and not root.handlers:  # like logging.basicConfig: an application's own setup stands
         _console = _StderrHandler()
         _console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         root.addHandler(_console)
-    _console.setLevel(_CONSOLE_LEVEL[level])
+    if _console is not None:
+        _console.setLevel(_CONSOLE_LEVEL[level])
     if level == "verbose":
         root.setLevel(logging.INFO)
     # hf_optim's logger stays at INFO (DEBUG when verbose) so the run log is complete; the console handler filters.

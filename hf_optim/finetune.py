@@ -93,6 +93,16 @@ def training_arguments(output_dir: str, **kwargs: Any):
     return TrainingArguments(output_dir=output_dir, **{k: v for k, v in base.items() if k in known})
 
 
+def quiet_printer(trainer, progress: bool):
+    """Without its progress bar (``disable_tqdm``) Trainer prints every log dict to stdout; drop that printer.
+    The run log still gets the losses (``StageContext.log_callback``)."""
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def tokenize_splits(dataset, tokenizer, max_length: int):
     """Tokenize every split of a task ``DatasetDict`` (``text`` [+ ``text_pair``] -> input ids)."""
 
@@ -137,7 +147,7 @@ def train_and_predict(ctx, config, trainer_cls, model, tokenizer, encoded, callb
     trainer = trainer_cls(model=model, args=args, train_dataset=encoded["train"], processing_class=tokenizer,
                           data_collator=DataCollatorWithPadding(tokenizer), callbacks=[*callbacks, ctx.log_callback()],
                           **trainer_kwargs)
-    result = trainer.train()
+    result = quiet_printer(trainer, ctx.progress).train()
     return trainer, result, trainer.predict(encoded["validation"])
 
 

@@ -165,6 +165,8 @@ def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-
         prefer (`str`, *optional*, defaults to ``"throughput"``): how to rank the candidates that fit.
         work_dir (`str`, *optional*): where quantized candidates are written (a temp dir by default,
             deleted afterwards unless ``keep``).
+        progress (`bool`, *optional*, defaults to `False`): progress bars over the candidates, their
+            calibration and evaluation, and the throughput rounds.
         rounds (`int`, *optional*, defaults to 3): batch-32 throughput passes per candidate. The passes are
             interleaved across candidates (A B C A B C ...) and the median is kept, so a load change on a
             shared machine hits every candidate alike instead of favouring whichever ran in a quiet moment.

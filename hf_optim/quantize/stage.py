@@ -97,7 +97,7 @@ def _run_qat(model, tokenizer, config: QuantizeConfig, spec: TaskSpec, scratch: 
     from transformers import DataCollatorWithPadding, Trainer
 
     from ..data import load_task
-    from ..finetune import tokenize_splits, training_arguments
+    from ..finetune import quiet_printer, tokenize_splits, training_arguments
     from .apply import convert_qat_, prepare_qat_, qat_callback
 
     data = load_task(spec)
@@ -118,7 +118,7 @@ def _run_qat(model, tokenizer, config: QuantizeConfig, spec: TaskSpec, scratch: 
         callbacks.append(log_callback)
     trainer = Trainer(model=model, args=args, train_dataset=encoded["train"], processing_class=tokenizer,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=callbacks)
-    result = trainer.train()
+    result = quiet_printer(trainer, progress).train()
     model.eval()
     convert_qat_(model)
     return {"qat_train_loss": float(result.training_loss), "qat_steps": int(result.global_step),
