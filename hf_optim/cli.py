@@ -18,6 +18,7 @@ from . import __version__
 from .errors import HfOptimError
 
 EXIT_USAGE = 2
+_DEFAULT_TEXT = "bbc-news"  # what causal LMs are measured on when no --task is given
 logger = logging.getLogger("hf_optim")
 
 
@@ -46,9 +47,6 @@ def _model_task(args: argparse.Namespace, texts: bool = True):
                        f"written by a finetune/distill/prune stage and what derives from them record it); pass "
                        f"--task (built-in: {', '.join(sorted(BUILTIN_TASKS))})"
                        + (" or --dataset FILE with your labelled data" if hasattr(args, "dataset") else ""))
-
-
-_DEFAULT_TEXT = "bbc-news"  # what causal LMs are measured on when no --task is given
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
