@@ -20,6 +20,7 @@ __all__ = ["TASK_RECORD", "record_task", "recorded_task", "inherit_task", "recor
 
 TASK_RECORD = "hf_optim_task.json"
 _FORMAT = 1
+_MARKER = "hf_optim_stage.json"  # the runner's completion marker (hf_optim.runner.MARKER; the runner imports this)
 
 Task = Union[str, dict]
 
@@ -28,7 +29,7 @@ def record_task(directory: str | Path, task: Task) -> Path:
     """Write ``task`` (a built-in name or a task mapping) as the task of the model in ``directory``."""
     from .data.tasks import TaskSpec
 
-    TaskSpec.coerce(task)  # only a task that loads is worth recording
+    TaskSpec.coerce(task)  # raises for an invalid task: nothing is recorded
     path = Path(directory) / TASK_RECORD
     path.write_text(json.dumps({"format": _FORMAT, "task": task}, indent=2))
     return path
@@ -45,13 +46,11 @@ def recorded_task(directory: str | Path) -> Task | None:
         return json.loads((directory / TASK_RECORD).read_text())["task"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    from .recipe import stage_kinds
-    from .runner import MARKER
-
     try:
-        marker = json.loads((directory / MARKER).read_text())
+        marker = json.loads((directory / _MARKER).read_text())
     except (OSError, ValueError):
         return None
+    from .recipe import stage_kinds
 
     cls = stage_kinds().get(marker.get("kind")) if isinstance(marker, dict) else None
     return (marker.get("config") or {}).get("task") if cls is not None and cls.sets_task else None
