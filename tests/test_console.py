@@ -84,3 +84,36 @@ def test_package_sessions_get_the_quiet_options(tmp_path):
                               opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, tmp_path / "m.onnx")
     assert make_session(tmp_path / "m.onnx").get_session_options().log_severity_level == 3
+
+
+def test_long_steps_show_progress_and_quiet_hides_it(verbosity, capsys):
+    """GPTQ layer by layer (and its end-to-end tuning), calibration and perplexity windows each show a bar that
+    reaches its total; quiet hides them all, the work is the same."""
+    import torch
+
+    from hf_optim.evaluation.lm import perplexity
+    from hf_optim.quantize.apply import calibrate
+    from hf_optim.quantize.gptq import gptq_quantize_
+    from hf_optim.testing import tiny_llama
+
+    g = torch.Generator().manual_seed(1)
+    batches = [{"input_ids": torch.randint(0, 60, (2, 16), generator=g)} for _ in range(3)]
+    ids = torch.randint(0, 60, (1, 40), generator=g)
+
+    def work():
+        model = tiny_llama()
+        ranges = calibrate(model, batches, progress=True)
+        ppl = perplexity(model, ids, context=16, stride=8, progress=True)
+        info = gptq_quantize_(model, batches, "int4_weight_only", group_size=16, e2e_steps=2, progress=True)
+        return ranges, ppl, info
+
+    ranges, ppl, info = work()
+    err = capsys.readouterr().err
+    assert ppl["windows"] == 4
+    for bar in ("calibrate: 100%", "3/3", "perplexity: 100%", "4/4", "GPTQ layers: 100%", "2/2",
+                "GPTQ end-to-end tuning: 100%"):
+        assert bar in err, bar
+    verbosity("quiet")
+    quiet = work()
+    assert capsys.readouterr().err == ""
+    assert quiet[1] == ppl and quiet[2]["modules_gptq"] == info["modules_gptq"] and quiet[0] == ranges
