@@ -1,7 +1,8 @@
 """``hf-optim`` command line: run recipes, evaluate models, manage the embedded data.
 
 Every user error (bad recipe, missing file, wrong task ...) prints one ``error:`` line and exits with 2;
-an unexpected failure exits with 1 and points to the run log.
+an unexpected failure exits with 1 and points to the run log. ``-q`` (before or after the command) leaves only
+errors and results on the terminal, ``-v`` shows more (see :mod:`hf_optim.console`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,35 @@ from . import __version__
 from .errors import HfOptimError
 
 EXIT_USAGE = 2
+_DEFAULT_TEXT = "bbc-news"  # what causal LMs are measured on when no --task is given
+logger = logging.getLogger("hf_optim")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not (getattr(args, "no_progress", False) or args.quiet)
+
+
+def _model_task(args: argparse.Namespace, texts: bool = True):
+    """The task for ``args.model_dir``: ``--task``, else the one the directory records (the task it was trained
+    for), else, for a causal LM where ``texts`` allows it, the default text corpus. A classifier that records no
+    task is an error: evaluating it on a built-in task it was never trained for gives a meaningless number."""
+    from .data import BUILTIN_TASKS
+    from .evaluation.lm import is_causal_lm
+    from .task_record import TASK_RECORD, recorded_task
+
+    if args.task:
+        return args.task
+    task = recorded_task(args.model_dir)
+    if task is not None:
+        name = task if isinstance(task, str) else task.get("name") or task.get("dataset")
+        logger.info("task: %s (recorded in %s)", name, args.model_dir)
+        return task
+    if texts and (is_causal_lm(args.model_dir) or getattr(args, "task_type", None) == "causal-lm"):
+        return _DEFAULT_TEXT
+    raise HfOptimError(f"{args.model_dir} does not record the task it was trained for (no {TASK_RECORD}: models "
+                       f"written by a finetune/distill/prune stage and what derives from them record it); pass "
+                       f"--task (built-in: {', '.join(sorted(BUILTIN_TASKS))})"
+                       + (" or --dataset FILE with your labelled data" if hasattr(args, "dataset") else ""))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -27,7 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     output = args.output
     if output is None and not recipe.output_dir:
         output = Path("runs") / recipe.name
-    result = run(recipe, output, force=args.force, progress=not args.no_progress)
+    result = run(recipe, output, force=args.force, progress=_progress(args))
     print(f"run complete: {result.output_dir}")
     print(f"report: {result.output_dir / 'report.json'}")
     if (result.output_dir / "report.md").is_file():
@@ -47,14 +77,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if not Path(args.model_dir).is_dir():
         raise HfOptimError(f"model directory {args.model_dir!r} does not exist")
-    task = args.task
     if args.dataset:
-        task = {"name": args.task, "dataset": args.dataset, "text_column": args.text_column,
-                "label_column": args.label_column}
+        task = {"dataset": args.dataset, "text_column": args.text_column, "label_column": args.label_column,
+                **({"name": args.task} if args.task else {})}
+    else:
+        task = _model_task(args)
     config = EvalConfig(model=args.model_dir, task=task, split=args.split, max_samples=args.max_samples,
                         latency_samples=args.latency_samples, throughput_samples=args.throughput_samples,
                         measure_memory=not args.no_memory)
-    metrics = evaluate_model(args.model_dir, config, progress=not args.no_progress)
+    metrics = evaluate_model(args.model_dir, config, progress=_progress(args))
     text = json.dumps(metrics, indent=2)
     if args.output:
         Path(args.output).write_text(text)
@@ -95,11 +126,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         raise HfOptimError(f"model directory {args.model_dir!r} does not exist")
     budgets = Budgets(max_size_mb=args.max_size_mb, max_latency_ms=args.max_latency_ms,
                       min_speedup=args.min_speedup, max_metric_drop=args.max_metric_drop)
-    plan = plan_precision(args.model_dir, task=args.task, candidates=args.candidates.split(","), budgets=budgets,
+    task = _model_task(args, texts=False)
+    plan = plan_precision(args.model_dir, task=task, candidates=args.candidates.split(","), budgets=budgets,
                           prefer=args.prefer, split=args.split, max_samples=args.max_samples,
                           latency_samples=args.latency_samples, throughput_samples=args.throughput_samples,
                           measure_memory=not args.no_memory, work_dir=args.keep_dir, keep=bool(args.keep_dir),
-                          progress=not args.no_progress)
+                          progress=_progress(args))
     if args.output:
         Path(args.output).write_text(json.dumps(plan.to_dict(), indent=2))
     print(plan.table())
@@ -110,22 +142,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import CompileConfig, ExportConfig
+    from .task_record import inherit_task
 
     if not Path(args.model_dir).is_dir():
         raise HfOptimError(f"model directory {args.model_dir!r} does not exist")
-    common = dict(model=args.model_dir, task=args.task, max_metric_drop=args.max_metric_drop,
-                  validation_samples=args.validation_samples, max_length=args.max_length)
+    common = dict(model=args.model_dir, task=_model_task(args, texts=not args.compile),
+                  max_metric_drop=args.max_metric_drop, validation_samples=args.validation_samples,
+                  max_length=args.max_length)
     if args.compile:
         from .export.compile import compile_model
 
-        record = compile_model(args.model_dir, args.output, CompileConfig(method=args.compile, **common))
+        record = compile_model(args.model_dir, args.output, CompileConfig(method=args.compile, **common),
+                               progress=_progress(args))
     else:
         from .export.stage import export_model
 
         record = export_model(args.model_dir, args.output, ExportConfig(
             backend=args.backend, optimization=args.optimization, quantization=args.quantization,
             per_channel=args.per_channel, calibration_samples=args.calibration_samples, task_type=args.task_type,
-            embeddings=args.embeddings, split_skip_layernorm=args.split_skip_layernorm, **common))
+            embeddings=args.embeddings, split_skip_layernorm=args.split_skip_layernorm, **common),
+            progress=_progress(args))
+    inherit_task(args.model_dir, args.output)  # an exported or compiled model keeps its source's task
     v = record["validation"]
     print(f"wrote {args.output} ({record.get('backend', record.get('method'))}): validation {v['metric']} "
           f"{v['source']:.4f} -> {v['candidate']:.4f} (drop {v['drop']:.4f}), max logit diff {v['max_logit_diff']:.4g}")
@@ -220,14 +257,30 @@ def _price_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", help="a second artifact to compare every one with (e.g. the Optimum INT8 teacher)")
 
 
+def _verbosity_options(p: argparse.ArgumentParser, default) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="print only results and errors: no progress bars, no INFO lines, no library warnings")
+    g.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="debug logging, library INFO lines and ONNX Runtime's warnings")
+
+
+_TASK_DEFAULT = ("(default: the task the model directory records, i.e. the one a finetune/distill/prune stage "
+                 "trained it on; a classifier that records none needs --task)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hf-optim", description="Make Transformers models smaller and faster.")
     p.add_argument("--version", action="version", version=f"hf-optim {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _verbosity_options(p, False)
+    # -q / -v after the command too; SUPPRESS keeps a subcommand from resetting what was given before it
+    common = argparse.ArgumentParser(add_help=False)
+    _verbosity_options(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    r = sub.add_parser("run", help="run a recipe (resumable)", description="Run a recipe stage by stage. "
+    r = sub.add_parser("run", parents=[common],
+                       help="run a recipe (resumable)", description="Run a recipe stage by stage. "
                        "Stages whose output exists with the same fingerprint are skipped.")
     r.add_argument("recipe", help="recipe YAML file")
     r.add_argument("--output", "-o", help="output directory (default: the recipe's output_dir or runs/<name>)")
@@ -235,10 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(fn=_cmd_run)
 
-    e = sub.add_parser("eval", help="evaluate a model directory on a task",
+    e = sub.add_parser("eval", parents=[common], help="evaluate a model directory on a task",
                        description="Task metric, batch-1 latency, batch-32 throughput, size and peak memory.")
     e.add_argument("model_dir", help="directory that from_pretrained loads")
-    e.add_argument("--task", required=True, help="built-in task (movie-sentiment, bbc-topic) or a name for --dataset")
+    e.add_argument("--task", help="built-in task (movie-sentiment, bbc-topic), a text (bbc-news, causal LMs: the "
+                   "default for them) or a name for --dataset " + _TASK_DEFAULT)
     e.add_argument("--dataset", help="your data: csv/json/parquet file, folder or Hub dataset name")
     e.add_argument("--text-column", default="text")
     e.add_argument("--label-column", default="label")
@@ -248,27 +302,30 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--throughput-samples", type=int, default=512)
     e.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
     e.add_argument("--output", "-o", help="also write the JSON to this file")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(fn=_cmd_eval)
 
-    d = sub.add_parser("data", help="embedded data and models", description="List or fetch (download, verify, "
+    d = sub.add_parser("data", parents=[common],
+                       help="embedded data and models", description="List or fetch (download, verify, "
                        "cache) the embedded real data and models.")
     d.add_argument("action", choices=["fetch", "list"])
     d.add_argument("--force", action="store_true", help="re-download even if cached")
     d.add_argument("--no-models", action="store_true", help="fetch data only (skip the model conversion)")
     d.set_defaults(fn=_cmd_data)
 
-    rc = sub.add_parser("recipe", help="check or print a recipe", description="Validate a recipe file "
+    rc = sub.add_parser("recipe", parents=[common],
+                        help="check or print a recipe", description="Validate a recipe file "
                         "(check) or print it normalized (show).")
     rc.add_argument("action", choices=["check", "show"])
     rc.add_argument("recipe")
     rc.set_defaults(fn=_cmd_recipe)
-    pl = sub.add_parser("plan", help="measure precisions (fp32/bf16/int8/int4) and pick one under budgets",
+    pl = sub.add_parser("plan", parents=[common],
+                        help="measure precisions (fp32/bf16/int8/int4) and pick one under budgets",
                         description="Quantize the model every candidate way, measure metric, latency, throughput, "
                         "size and memory side by side, print the table and Pareto set, and pick the best candidate "
                         "within the budgets (exit 3 when none fits).")
     pl.add_argument("model_dir", help="a float sequence-classifier directory")
-    pl.add_argument("--task", default="movie-sentiment")
+    pl.add_argument("--task", help="evaluation and calibration task " + _TASK_DEFAULT)
     pl.add_argument("--candidates", default="fp32,bf16,int8_dynamic,int8_static,int8_weight_only,int4_weight_only",
                     help="comma-separated: fp32, fp16, bf16, int8_dynamic, int8_static, int8_qat, "
                     "int8_weight_only, int4_weight_only")
@@ -284,16 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--no-memory", action="store_true")
     pl.add_argument("--keep-dir", help="keep the quantized candidates in this directory")
     pl.add_argument("--output", "-o", help="also write the plan as JSON")
-    pl.add_argument("--no-progress", action="store_true")
+    pl.add_argument("--no-progress", action="store_true", help="no progress bars")
     pl.set_defaults(fn=_cmd_plan)
-    ex = sub.add_parser("export", help="export to ONNX Runtime (optimize + quantize) or compile, validated on the task",
+    ex = sub.add_parser("export", parents=[common],
+                        help="export to ONNX Runtime (optimize + quantize) or compile, validated on the task",
                         description="Export a model directory to ONNX Runtime (Optimum, or torch.onnx on transformers 5), "
                         "apply graph optimization and quantization, and check the task metric against the source; "
                         "nothing is written when the drop exceeds --max-metric-drop. --compile METHOD builds a "
                         "torch.compile / torch.export / TorchScript artifact instead.")
     ex.add_argument("model_dir", help="a sequence-classifier or causal-LM directory")
     ex.add_argument("--output", "-o", required=True, help="output directory (new or empty)")
-    ex.add_argument("--task", default="movie-sentiment", help="validation task (causal LMs: a text, bbc-news)")
+    ex.add_argument("--task", help="validation task (causal LMs: a text, default bbc-news) " + _TASK_DEFAULT)
     ex.add_argument("--task-type", default="auto", choices=["auto", "sequence-classification", "causal-lm"])
     ex.add_argument("--backend", default="auto", choices=["auto", "optimum", "torch"])
     ex.add_argument("--optimization", default="O2", choices=["none", "O1", "O2", "O3"])
@@ -309,9 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--validation-samples", type=int, default=500)
     ex.add_argument("--max-length", type=int, default=128)
     ex.add_argument("--compile", choices=["compile", "export", "torchscript"], help="compile instead of ONNX")
+    ex.add_argument("--no-progress", action="store_true", help="no progress bars")
     ex.set_defaults(fn=_cmd_export)
 
-    rp = sub.add_parser("report", help="write report.md (+ plots) and the cost section of a run",
+    rp = sub.add_parser("report", parents=[common], help="write report.md (+ plots) and the cost section of a run",
                         description="Re-derive a run's report from its report.json: lineage, Pareto front, cost per "
                         "million requests, savings vs the baseline and ROI; writes report.md and PNG plots (matplotlib, "
                         "the `plots` extra) next to it. `hf-optim run` does this at the end of every run.")
@@ -320,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-plots", action="store_true", help="write report.md without the PNG plots")
     rp.set_defaults(fn=_cmd_report)
 
-    cd = sub.add_parser("card", help="write a model card (README.md) into an artifact directory",
+    cd = sub.add_parser("card", parents=[common], help="write a model card (README.md) into an artifact directory",
                         description="Write README.md with Hub metadata (base_model, tags, model-index with the "
                         "measured results), lineage, how to load it and limitations, from the run's report.json.")
     cd.add_argument("dir", help="a finished stage's model directory, e.g. runs/movie-sentiment/export")
@@ -329,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--stdout", action="store_true", help="print the card instead of writing README.md")
     cd.set_defaults(fn=_cmd_card)
 
-    pu = sub.add_parser("push", help="upload an artifact directory to the Hugging Face Hub",
+    pu = sub.add_parser("push", parents=[common], help="upload an artifact directory to the Hugging Face Hub",
                         description="Upload a finished stage's model directory (create_repo + upload_folder), writing "
                         "its model card first when it has none. Refuses unfinished (.tmp-*) and non-model directories.")
     pu.add_argument("dir", help="a finished stage's model directory")
@@ -340,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--base-model", help="base_model for the card (default: from the lineage)")
     pu.set_defaults(fn=_cmd_push)
 
-    cp = sub.add_parser("compare", help="A/B table of two runs' reports",
+    cp = sub.add_parser("compare", parents=[common], help="A/B table of two runs' reports",
                         description="Compare two runs artifact by artifact (matched by stage name) and final artifact "
                         "against final artifact: metric, latency p50/p95, batch-32 throughput, size, peak memory and "
                         "cost per million requests (both priced alike).")
@@ -353,9 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .console import set_verbosity
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    logging.getLogger("hf_optim").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    set_verbosity("quiet" if args.quiet else "verbose" if args.verbose else "normal")
     from .cpu import tune_allocator
 
     tune_allocator()  # this process only runs hf_optim's own work (HF_OPTIM_ALLOCATOR=default: glibc's defaults)

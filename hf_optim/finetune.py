@@ -48,6 +48,7 @@ class FinetuneConfig(StageConfig, TrainingFields):
 
     kind = "finetune"
     produces = "sequence-classification"
+    sets_task = True  # the output records `task` (hf_optim_task.json)
     version = 1
 
     model: str
@@ -92,6 +93,16 @@ def training_arguments(output_dir: str, **kwargs: Any):
     if dropped:
         logger.debug("TrainingArguments: this transformers release has no %s", dropped)
     return TrainingArguments(output_dir=output_dir, **{k: v for k, v in base.items() if k in known})
+
+
+def quiet_printer(trainer, progress: bool):
+    """Without its progress bar (``disable_tqdm``) Trainer prints every log dict to stdout; drop that printer.
+    The run log still gets the losses (``StageContext.log_callback``)."""
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def tokenize_splits(dataset, tokenizer, max_length: int):
@@ -140,7 +151,7 @@ def train_and_predict(ctx, config, trainer_cls, model, tokenizer, encoded, callb
     trainer = trainer_cls(model=model, args=args, train_dataset=encoded["train"], processing_class=tokenizer,
                           data_collator=DataCollatorWithPadding(tokenizer), callbacks=[*callbacks, ctx.log_callback()],
                           **trainer_kwargs)
-    result = trainer.train()
+    result = quiet_printer(trainer, ctx.progress).train()
     return trainer, result, trainer.predict(encoded["validation"])
 
 

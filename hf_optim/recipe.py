@@ -53,6 +53,8 @@ class StageConfig(OptimConfig):
 
     ``inputs`` names the fields that refer to an artifact directory: an earlier stage's name,
     ``builtin:<model>`` or a path. ``has_task`` stages inherit the recipe's top-level ``task``.
+    ``sets_task``: the stage fits its model to ``task``'s labels, so its output records ``task`` as the model's
+    task (``hf_optim_task.json``, see :mod:`hf_optim.task_record`); other stages' outputs carry over their input's.
     """
 
     inputs: ClassVar[tuple[str, ...]] = ("model",)
@@ -62,6 +64,8 @@ class StageConfig(OptimConfig):
     # Whether the stage scores its `model` on its `task` (evaluate, export, compile): then a classifier needs a
     # classification task and a causal LM a text corpus.
     scores_task: ClassVar[bool] = False
+    # Whether the stage's output records its own `task` (hf_optim_task.json): finetune, distill, prune.
+    sets_task: ClassVar[bool] = False
 
 
 def _load_config_modules() -> None:

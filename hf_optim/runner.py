@@ -5,7 +5,8 @@ Output layout (``output_dir``)::
     recipe.yaml            the recipe as run (normalized)
     report.json            every stage's status, timing and metrics
     logs/run-<time>.log    the log of each run
-    <stage>/               one artifact directory per stage, with hf_optim_stage.json (its fingerprint)
+    <stage>/               one artifact directory per stage, with hf_optim_stage.json (its fingerprint) and,
+                           for a model, hf_optim_task.json (the task it was trained for; see task_record.py)
 
 A stage writes into ``.tmp-<stage>-*`` and the directory is renamed to ``<stage>`` only after the handler
 returned and the marker was written, so a crash, a kill or Ctrl-C never leaves a directory that a later run
@@ -32,6 +33,7 @@ from . import __version__
 from .errors import HfOptimError, StageError
 from .recipe import BUILTIN_PREFIX, Recipe, Stage
 from .registry import get_handler
+from .task_record import record_stage_task
 
 __all__ = ["run", "RunResult", "StageContext", "MARKER"]
 
@@ -381,6 +383,7 @@ def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool,
             if not path.exists():
                 raise StageError(f"stage {stage.name!r}: input {field} = {path} does not exist")
         metrics = get_handler(stage.config)(stage.config, ctx) or {}
+        record_stage_task(stage.config, ctx.inputs, tmp)  # the model's task, read back by `hf-optim eval` ...
         entry = {"name": stage.name, "kind": stage.config.kind, "fingerprint": fp,
                  "config": stage.config.to_dict(), "seconds": round(time.perf_counter() - start, 2),
                  "metrics": metrics, "finished": _dt.datetime.now().isoformat(timespec="seconds")}

@@ -21,7 +21,7 @@ def _toy_csv(path, n=200):
     path.write_text("\n".join(rows) + "\n")
 
 
-def test_finetune_learns_and_saves_loadable_classifier(tmp_path, tiny_bert_dir):
+def test_finetune_learns_and_saves_loadable_classifier(tmp_path, tiny_bert_dir, capsys):
     _toy_csv(tmp_path / "toy.csv")
     recipe = Recipe.from_dict({
         "name": "toy", "seed": 1,
@@ -49,6 +49,14 @@ def test_finetune_learns_and_saves_loadable_classifier(tmp_path, tiny_bert_dir):
     assert "[ft] step" in log and "loss=" in log  # Trainer's logs reach the run log
     # the Trainer's scratch directory never ends up in the artifact
     assert not [p for p in (tmp_path / "out" / "ft").iterdir() if p.name.startswith(("trainer-", "checkpoint"))]
+    assert "'loss'" not in capsys.readouterr().out  # without progress bars Trainer prints no log dicts either
+    # the artifact records its task: `hf-optim eval` without --task measures the same thing the stage did
+    from hf_optim.cli import main
+
+    assert main(["eval", str(tmp_path / "out" / "ft"), "--latency-samples", "2", "--throughput-samples", "8",
+                 "--no-memory", "--no-progress"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert (cli["task"], cli["examples"], cli["accuracy"]) == ("toy", 40, ev["accuracy"])
 
 
 def test_training_arguments_drop_what_this_release_lacks(tmp_path):

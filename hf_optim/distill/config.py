@@ -68,6 +68,7 @@ class DistillConfig(StageConfig, TrainingFields):
     """
 
     kind = "distill"
+    sets_task = True  # the output records `task` (hf_optim_task.json)
     version = 1
     inputs: ClassVar[tuple[str, ...]] = ("model", "teacher")
 

@@ -75,10 +75,11 @@ def _logits(model, ids):
     return out.logits if hasattr(out, "logits") else out[0]
 
 
-def perplexity(model, input_ids, context: int = 512, stride: int = 256) -> dict[str, Any]:
+def perplexity(model, input_ids, context: int = 512, stride: int = 256, progress: bool = False) -> dict[str, Any]:
     """Sliding-window perplexity of ``model`` over ``input_ids`` (``[1, n]``), see the module docstring.
 
     Works for torch causal LMs and Optimum ``ORTModelForCausalLM`` (anything that returns ``.logits``).
+    ``progress`` shows a bar over the windows.
 
     Returns:
         `dict`: ``perplexity``, ``nll`` (mean, nats), ``tokens_scored``, ``windows``, ``context``, ``stride``.
@@ -87,9 +88,12 @@ def perplexity(model, input_ids, context: int = 512, stride: int = 256) -> dict[
 
     if not 0 < stride <= context:
         raise ValueError(f"stride={stride} must be in (0, context={context}]")
+    from ..console import progress as progress_bar
+
     n = input_ids.shape[1]
     nll, scored, windows, prev_end = 0.0, 0, 0, 0
-    with torch.inference_mode():
+    total = math.ceil(max(n - context, 0) / stride) + 1  # the last window is the first to reach the end
+    with torch.inference_mode(), progress_bar(desc="perplexity", total=total, enabled=progress, unit="window") as bar:
         for begin in range(0, n, stride):
             end = min(begin + context, n)
             new = end - prev_end  # tokens this window scores (the last `new` positions)
@@ -102,6 +106,7 @@ def perplexity(model, input_ids, context: int = 512, stride: int = 256) -> dict[
             scored += target.shape[0] - first
             windows += 1
             prev_end = end
+            bar.update()
             if end == n:
                 break
     mean = nll / max(scored, 1)
@@ -121,17 +126,21 @@ def _generate(model, ids, new_tokens: int) -> float:
 
 
 def generation_speed(model, input_ids, batch_sizes: Sequence[int] = (1, 8), prompt_tokens: int = 64,
-                     new_tokens: int = 32, repeats: int = 3) -> dict[str, Any]:
+                     new_tokens: int = 32, repeats: int = 3, progress: bool = False) -> dict[str, Any]:
     """Time to first token and decode tokens/s of greedy ``generate`` with the KV cache, per batch size.
 
-    Prompts are consecutive ``prompt_tokens`` slices of ``input_ids`` (``[1, n]``).
+    Prompts are consecutive ``prompt_tokens`` slices of ``input_ids`` (``[1, n]``). ``progress`` shows a bar
+    over the timed generations.
 
     Returns:
         `dict`: ``{"batch_<b>": {"ttft_ms", "decode_tokens_per_s", "decode_ms_per_token", ...}, ...}``.
     """
     if new_tokens < 2:
         raise ValueError("new_tokens must be >= 2 (one for the first token, the rest for decoding)")
+    from ..console import progress as progress_bar
+
     out: dict[str, Any] = {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "repeats": repeats}
+    bar = progress_bar(desc="generation speed", total=len(batch_sizes) * repeats, enabled=progress, unit="run")
     for b in batch_sizes:
         if input_ids.shape[1] < b * prompt_tokens:
             raise ValueError(f"need {b * prompt_tokens} tokens for batch {b}, have {input_ids.shape[1]}")
@@ -141,12 +150,14 @@ def generation_speed(model, input_ids, batch_sizes: Sequence[int] = (1, 8), prom
         for _ in range(repeats):
             firsts.append(_generate(model, ids, 1))
             totals.append(_generate(model, ids, new_tokens))
+            bar.update()
         ttft = statistics.median(firsts)
         decode = max(statistics.median(totals) - ttft, 1e-9)
         out[f"batch_{b}"] = {"batch_size": b, "ttft_ms": round(ttft * 1e3, 2),
                              "decode_tokens_per_s": round((new_tokens - 1) * b / decode, 2),
                              "decode_ms_per_token": round(decode / (new_tokens - 1) * 1e3, 2),
                              "end_to_end_s": round(statistics.median(totals), 3)}
+    bar.close()
     return out
 
 
@@ -166,11 +177,12 @@ def load_causal_lm(model_dir: str | Path, threads: int | None = None):
     ONNX and a torch variant are measured with the same number of threads)."""
     model_dir = Path(model_dir)
     if any(model_dir.glob("*.onnx")):
-        import onnxruntime as ort
         import torch
         from optimum.onnxruntime import ORTModelForCausalLM
 
-        options = ort.SessionOptions()
+        from ..console import ort_session_options
+
+        options = ort_session_options()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         return ORTModelForCausalLM.from_pretrained(model_dir, session_options=options)
@@ -183,7 +195,7 @@ def load_causal_lm(model_dir: str | Path, threads: int | None = None):
 def evaluate_lm(model_dir: str | Path, corpus: str = "bbc-news", split: str = "test", max_tokens: int = 4096,
                 context: int = 512, stride: int = 256, batch_sizes: Sequence[int] = (1, 8), prompt_tokens: int = 64,
                 new_tokens: int = 32, repeats: int = 3, measure_memory: bool = True, threads: int | None = None,
-                model=None) -> dict[str, Any]:
+                model=None, progress: bool = False) -> dict[str, Any]:
     """Perplexity, generation speed, size and peak memory of the causal LM in ``model_dir``.
 
     Args:
@@ -198,6 +210,8 @@ def evaluate_lm(model_dir: str | Path, corpus: str = "bbc-news", split: str = "t
         measure_memory (`bool`, *optional*, defaults to `True`): peak RSS in a fresh process.
         threads (`int`, *optional*): torch intra-op threads while measuring.
         model (*optional*): an already loaded model to measure instead of loading ``model_dir``.
+        progress (`bool`, *optional*, defaults to `False`): progress bars over the perplexity windows and the
+            timed generations.
 
     Returns:
         `dict`: JSON-ready metrics (``metric: "perplexity"``, ``perplexity``, ``generation``, ``size``, ``memory``).
@@ -214,7 +228,7 @@ def evaluate_lm(model_dir: str | Path, corpus: str = "bbc-news", split: str = "t
     if threads:
         torch.set_num_threads(threads)
     try:
-        ppl = perplexity(model, ids[:, :max_tokens], context, stride)
+        ppl = perplexity(model, ids[:, :max_tokens], context, stride, progress)
         out: dict[str, Any] = {"model": str(model_dir), "task": corpus, "split": split, "metric": "perplexity",
                                "perplexity": ppl["perplexity"],
                                "perplexity_setup": {**{k: v for k, v in ppl.items() if k != "perplexity"},
@@ -229,7 +243,8 @@ def evaluate_lm(model_dir: str | Path, corpus: str = "bbc-news", split: str = "t
         if callable(params):
             out["params"] = int(params())
         if batch_sizes:
-            out["generation"] = generation_speed(model, ids, batch_sizes, prompt_tokens, new_tokens, repeats)
+            out["generation"] = generation_speed(model, ids, batch_sizes, prompt_tokens, new_tokens, repeats,
+                                                 progress)
     finally:
         torch.set_num_threads(prev)
     if measure_memory:

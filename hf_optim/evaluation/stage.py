@@ -38,8 +38,8 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
         `dict`: JSON-ready metrics (see README, "Report").
     """
     import torch
-    from tqdm.auto import tqdm
 
+    from ..console import progress as progress_bar
     from ..data import load_task
     from .bench import dir_size_mb, latency_ms, peak_memory_mb, throughput
     from .classifier import load_classifier
@@ -47,7 +47,7 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
 
     config = config or EvalConfig(model=str(model_dir), **kwargs)
     if _causal_lm(model_dir, config):
-        return _evaluate_lm(model_dir, config)
+        return _evaluate_lm(model_dir, config, progress)
     spec = TaskSpec.coerce(config.task)
     if checkpoint_kind(model_dir) == "causal-lm":
         raise DataError(f"{model_dir} is a causal LM and {spec.name!r} a classification task: evaluate it on a text "
@@ -67,8 +67,8 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
         torch.set_num_threads(config.threads)
     try:
         preds = np.empty(len(texts), dtype=np.int64)
-        for idx in tqdm(_sorted_batches(len(texts), [len(t) for t in texts], config.batch_size),
-                        desc=f"evaluate {spec.name}/{config.split}", disable=not progress):
+        for idx in progress_bar(_sorted_batches(len(texts), [len(t) for t in texts], config.batch_size),
+                                desc=f"evaluate {spec.name}/{config.split}", enabled=progress, unit="batch"):
             logits = clf.predict_logits([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None)
             check_finite(logits, model_dir)
             preds[idx] = logits.argmax(-1)
@@ -101,13 +101,14 @@ def _causal_lm(model_dir, config: EvalConfig) -> bool:
                                                and config.task in BUILTIN_TEXTS)
 
 
-def _evaluate_lm(model_dir, config: EvalConfig) -> dict:
+def _evaluate_lm(model_dir, config: EvalConfig, progress: bool = False) -> dict:
     from .lm import evaluate_lm
 
     return evaluate_lm(model_dir, corpus=config.text_corpus, split=config.split, max_tokens=config.lm_tokens,
                        context=config.context, stride=config.stride, batch_sizes=config.generate_batch_sizes,
                        prompt_tokens=config.prompt_tokens, new_tokens=config.new_tokens,
-                       repeats=config.generate_repeats, measure_memory=config.measure_memory, threads=config.threads)
+                       repeats=config.generate_repeats, measure_memory=config.measure_memory, threads=config.threads,
+                       progress=progress)
 
 
 @register(EvalConfig)

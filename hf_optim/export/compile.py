@@ -135,8 +135,9 @@ def _lengths(config: CompileConfig, method: str) -> list[int]:
 
 
 def compile_model(model_dir: str | Path, output_dir: str | Path, config: CompileConfig | None = None,
-                  **kwargs: Any) -> dict[str, Any]:
+                  progress: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Compile a sequence classifier, validate it against the source on the task metric, and write it.
+    ``progress`` shows bars over the validation batches.
 
     Returns the record written to ``output_dir/hf_optim_compile.json``; raises
     :class:`~hf_optim.errors.StageError` (writing nothing) when the metric drop exceeds ``max_metric_drop``.
@@ -155,7 +156,7 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
     data = load_validation(config.task, config.validation_samples)
     data.check_model(src)
     source = load_classifier(src, max_length=config.max_length)
-    source_logits = predict_all(source.predict_logits, data)
+    source_logits = predict_all(source.predict_logits, data, progress=progress, desc="validate: source")
     params = int(sum(p.numel() for p in source.model.parameters()))
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".compile-work-", dir=out.parent))
@@ -165,7 +166,8 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
         build_s = time.perf_counter() - t
         clf = CompiledClassifier(fn, source.tokenizer, info["names"], _lengths(config, config.method),
                                  config.max_length, params)
-        validation = compare(source_logits, predict_all(clf.predict_logits, data), data)
+        validation = compare(source_logits, predict_all(clf.predict_logits, data, progress=progress,
+                                                        desc="validate: compiled"), data)
         check_budget(validation, config.max_metric_drop, f"compile ({config.method})")
         validation["latency"] = latency_vs_source(source.predict_logits, clf.predict_logits, data)
         record = {"format": 1, "kind": "compile", "method": config.method, "source": str(src),
@@ -215,7 +217,7 @@ def load_compiled(model_dir: str | Path, max_length: int | None = None) -> Compi
 @register(CompileConfig)
 def run_compile(config: CompileConfig, ctx) -> dict[str, Any]:
     staging = ctx.output_dir / ".staging"
-    record = compile_model(ctx.inputs["model"], staging, config)
+    record = compile_model(ctx.inputs["model"], staging, config, progress=ctx.progress)
     for p in staging.iterdir():
         shutil.move(str(p), ctx.output_dir / p.name)
     staging.rmdir()

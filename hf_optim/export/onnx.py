@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..compat import FeatureUnavailable, has_optimum, require_optimum
+from ..console import ort_session_options
 
 logger = logging.getLogger("hf_optim")
 
@@ -302,7 +303,7 @@ def _check_causal_lm_graph(path: Path, model, past_names: list[str], kv_shapes, 
     ids = torch.randint(0, max_id, (1, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(input_ids=ids).logits.float().numpy()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), ort_session_options(), providers=["CPUExecutionProvider"])
 
     def run(chunk: np.ndarray, past: list[np.ndarray]) -> list[np.ndarray]:
         start = past[0].shape[2]
@@ -396,7 +397,7 @@ def skip_layernorm_timings(hidden_size: int, batch: int = 8, seq: int = 64, roun
         "split": [helper.make_node("Sum", ["x", "skip"], ["s"]),
                   helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-1, epsilon=1e-12)],
     }
-    opts = ort.SessionOptions()
+    opts = ort_session_options()
     if threads:
         opts.intra_op_num_threads = threads
     sessions = {}

@@ -74,12 +74,15 @@ def quantize_dynamic_onnx(src: str | Path, dst: str | Path, backend: str, per_ch
 
 
 def calibrate_onnx(src: str | Path, features: dict, backend: str, work_dir: str | Path,
-                   batch_size: int = 16):
+                   batch_size: int = 16, progress: bool = False):
     """MinMax activation ranges of ``src`` over ``features`` (``{input_name: int64 array [n, seq]}``).
 
     Ranges are reduced after every ``batch_size`` examples, so memory is bounded by one chunk's activations
     instead of growing with the calibration set. Returns ORT's ``TensorsData`` (see :func:`range_dict`).
+    ``progress`` shows a bar over the chunks.
     """
+    from ..console import progress as progress_bar
+
     src, work = Path(src), Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     n = len(next(iter(features.values())))
@@ -98,7 +101,7 @@ def calibrate_onnx(src: str | Path, features: dict, backend: str, work_dir: str 
         # `partial_fit` per chunk reduces them to ranges as it goes. method=None reuses the first calibrator.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for i in range(0, n, batch_size):
+            for i in progress_bar(range(0, n, batch_size), desc="calibrate (ONNX)", enabled=progress, unit="chunk"):
                 quantizer.partial_fit(dataset=ds.select(range(i, min(i + batch_size, n))),
                                       calibration_config=calibration if i == 0 else dataclasses.replace(calibration,
                                                                                                        method=None),
@@ -120,7 +123,7 @@ def calibrate_onnx(src: str | Path, features: dict, backend: str, work_dir: str 
     # previous ones. (ORT's max_intermediate_outputs option clears collected outputs without reducing them.)
     calibrator = create_calibrator(str(src), _static_ops(), augmented_model_path=str(work / "augmented_model.onnx"),
                                    calibrate_method=CalibrationMethod.MinMax)
-    for i in range(0, n, batch_size):
+    for i in progress_bar(range(0, n, batch_size), desc="calibrate (ONNX)", enabled=progress, unit="chunk"):
         calibrator.collect_data(_Chunk({k: v[i:i + batch_size] for k, v in features.items()}))
     return calibrator.compute_data()
 

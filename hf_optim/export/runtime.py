@@ -24,7 +24,9 @@ def is_onnx_dir(path: str | Path) -> bool:
 def make_session(onnx_path: str | Path, threads: int | None = None):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
+    from ..console import ort_session_options
+
+    opts = ort_session_options()
     # ORT_ENABLE_ALL also fuses QDQ pairs and MatMulInteger+scale at load; the offline levels (O1-O3) set the rest
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:

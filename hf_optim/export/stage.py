@@ -50,6 +50,8 @@ def export_model(model_dir: str | Path, output_dir: str | Path, config: ExportCo
         model_dir (`str` or `Path`): a ``from_pretrained`` directory (sequence classifier or causal LM).
         output_dir (`str` or `Path`): where the exported model goes; it must not exist or be empty.
         config (`ExportConfig`, *optional*): what to do; or pass its fields as keyword arguments.
+        progress (`bool`, *optional*, defaults to `False`): progress bars over validation and calibration
+            (each step is also logged at INFO).
 
     Returns:
         `dict`: the ``hf_optim`` record written to ``output_dir/hf_optim_export.json`` (backend, settings,
@@ -75,7 +77,7 @@ def export_model(model_dir: str | Path, output_dir: str | Path, config: ExportCo
     t0 = time.perf_counter()
     try:
         if task_type == "sequence-classification":
-            final, record = _export_classifier(src, work, config, backend)
+            final, record = _export_classifier(src, work, config, backend, progress)
         else:
             final, record = _export_causal_lm(src, work, config, backend)
         record.update({
@@ -115,7 +117,8 @@ def _optimize_and_quantize_common(onnx_path: Path, work: Path, config: ExportCon
     return current, info
 
 
-def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str) -> tuple[Path, dict]:
+def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str,
+                       progress: bool = False) -> tuple[Path, dict]:
     from ..evaluation.classifier import load_classifier
     from .onnx import export_onnx, op_counts
     from .ort_quant import quantize_dynamic_onnx
@@ -125,9 +128,11 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
     data = load_validation(config.task, config.validation_samples)
     data.check_model(src)
     source = load_classifier(src, max_length=config.max_length)
-    source_logits = predict_all(source.predict_logits, data)
+    source_logits = predict_all(source.predict_logits, data, progress=progress, desc="validate: source")
     tokenizer = source.tokenizer
 
+    logger.info("export: ONNX graph (%s backend), then optimization %s, quantization %s", backend,
+                config.optimization, config.quantization)
     onnx_path = export_onnx(src, work / "export", "sequence-classification", backend, config.opset)
     fp32_ops = op_counts(onnx_path)
     current, record = _optimize_and_quantize_common(onnx_path, work, config, backend, config.optimization)
@@ -142,7 +147,8 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
 
     def score(path: Path) -> dict:
         clf = OrtClassifier(path, tokenizer=tokenizer, max_length=config.max_length)
-        return compare(source_logits, predict_all(clf.predict_logits, data), data)
+        return compare(source_logits, predict_all(clf.predict_logits, data, progress=progress,
+                                                  desc="validate: exported"), data)
 
     q = config.quantization
     record["quantization"] = q
@@ -152,7 +158,8 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
     elif q in NBITS:
         current = _weight_only(optimized, config, record)
     elif q == "static":
-        current, record["guard"] = _static_with_guard(optimized, work, config, backend, tokenizer, data, score)
+        current, record["guard"] = _static_with_guard(optimized, work, config, backend, tokenizer, data, score,
+                                                      progress)
     validation = record.pop("_validation", None) or score(current)
     record["validation"] = validation
     if validation["drop"] <= config.max_metric_drop + 1e-9:
@@ -189,7 +196,8 @@ def _calibration_features(config: ExportConfig, tokenizer, input_names: list[str
     return feats
 
 
-def _static_with_guard(src: Path, work: Path, config: ExportConfig, backend: str, tokenizer, data, score):
+def _static_with_guard(src: Path, work: Path, config: ExportConfig, backend: str, tokenizer, data, score,
+                       progress: bool = False):
     """Static INT8; while the drop exceeds the budget keep more node groups in float (see ``guard_groups``)."""
     import onnx
 
@@ -197,7 +205,7 @@ def _static_with_guard(src: Path, work: Path, config: ExportConfig, backend: str
 
     names = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
     feats = _calibration_features(config, tokenizer, names)
-    ranges = calibrate_onnx(src, feats, backend, work / "calibration", config.calibration_batch_size)
+    ranges = calibrate_onnx(src, feats, backend, work / "calibration", config.calibration_batch_size, progress)
     groups = guard_groups(src, ranges) if config.guard else []
     excluded: list[str] = []
     steps = []
@@ -235,6 +243,8 @@ def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str)
     from .onnx import export_onnx, op_counts
     from .ort_quant import quantize_dynamic_onnx
 
+    logger.info("export: ONNX graph (%s backend), then optimization %s, quantization %s", backend,
+                config.optimization, config.quantization)
     onnx_path = export_onnx(src, work / "export", "causal-lm", backend, config.opset)
     record: dict[str, Any] = {}
     current = onnx_path
@@ -255,6 +265,7 @@ def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str)
         current = quantize_dynamic_onnx(current, current.parent / "model_quantized.onnx", backend, config.per_channel)
     elif q in NBITS:
         current = _weight_only(current, config, record)
+    logger.info("export: validating perplexity against the source model")
     record["validation"] = _validate_causal_lm(src, current, config)
     record["ops"] = op_counts(current)
     record["size_mb"] = round(current.stat().st_size / 2**20, 3)

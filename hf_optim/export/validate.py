@@ -50,13 +50,16 @@ def load_validation(task, max_samples: int | None = None, split: str = "validati
                           list(ds.features["label"].names))
 
 
-def predict_all(predict_logits: Callable, data: ValidationData, batch_size: int = 64) -> np.ndarray:
-    """Logits for every example, in order (batches sorted by length to pad less); NaN or infinite logits raise."""
+def predict_all(predict_logits: Callable, data: ValidationData, batch_size: int = 64, progress: bool = False,
+                desc: str = "validate") -> np.ndarray:
+    """Logits for every example, in order (batches sorted by length to pad less); NaN or infinite logits raise;
+    ``progress``: a bar ``desc``."""
+    from ..console import progress as progress_bar
     from ..evaluation.metrics import check_finite
 
     order = np.argsort([len(t) for t in data.texts], kind="stable")
     out = None
-    for i in range(0, len(order), batch_size):
+    for i in progress_bar(range(0, len(order), batch_size), desc=desc, enabled=progress, unit="batch"):
         idx = order[i:i + batch_size]
         logits = np.asarray(predict_logits([data.texts[j] for j in idx],
                                            [data.pairs[j] for j in idx] if data.pairs else None), dtype=np.float32)

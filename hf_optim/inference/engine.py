@@ -139,7 +139,9 @@ def _is_ort_session(model: Any) -> bool:
 def _ort_session(path: Path, threads: int | None):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
+    from ..console import ort_session_options
+
+    opts = ort_session_options()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

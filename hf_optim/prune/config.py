@@ -72,6 +72,7 @@ class PruneConfig(StageConfig, TrainingFields):
     """
 
     kind = "prune"
+    sets_task = True  # the output records `task` (hf_optim_task.json)
     version = 1
     inputs: ClassVar[tuple[str, ...]] = ("model", "teacher")
 

@@ -235,13 +235,16 @@ def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dyn
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], observer: str = "minmax",
               percentile: float = 99.99, include: Iterable[str] | None = None,
-              exclude: Iterable[str] | None = None) -> dict[str, tuple[float, float]]:
+              exclude: Iterable[str] | None = None, progress: bool = False) -> dict[str, tuple[float, float]]:
     """Run ``batches`` through ``model`` and return each target Linear's input range ``{name: (min, max)}``.
 
     Only running statistics are kept (two floats per module per batch), so memory does not grow with the
     calibration set. ``observer``: ``minmax`` (overall extremes), ``moving_average`` (mean of per-batch
     extremes) or ``percentile`` (mean of per-batch ``100-p`` / ``p`` percentiles of a sample of values).
+    ``progress`` shows a bar over the batches.
     """
+    from ..console import progress as progress_bar
+
     if observer not in ("minmax", "moving_average", "percentile"):
         raise ValueError(f"observer {observer!r}: use minmax, moving_average or percentile")
     stats: dict[str, list[tuple[float, float]]] = {}
@@ -264,7 +267,7 @@ def calibrate(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], o
     model.eval()
     try:
         n = 0
-        for batch in batches:
+        for batch in progress_bar(batches, desc="calibrate", enabled=progress, unit="batch"):
             model(**batch)
             n += 1
     finally:

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn as nn
 
+from ..console import progress as progress_bar
 from . import kernels
 from .apply import _swap, _targets, check_group_sizes, describe_
 from .modules import WeightOnlyLinear, module_for_scheme
@@ -299,7 +300,7 @@ def _inputs_of(model: nn.Module, module: nn.Module, batches: Sequence[dict[str, 
 @torch.enable_grad()
 def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                        teacher_head_inputs: Sequence[torch.Tensor], steps: int, lr: float = 1e-3,
-                       teacher_head: nn.Module | None = None) -> dict[str, float]:
+                       teacher_head: nn.Module | None = None, progress: bool = False) -> dict[str, float]:
     """Tune every weight-only quantized Linear's scales and zero points together, end to end, in place.
 
     The loss is the KL divergence from the float model's next-token distribution to the quantized model's, per
@@ -310,6 +311,7 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
     by ``exp(m)`` and its zero point shifted by ``d``, learned with Adam, one batch per step; the integer values
     stay. Where :func:`tune_layer_qparams` matches each layer's output, this matches what perplexity measures, so
     it can trade one layer's error for another's. The result is kept only if the loss over all batches lowers.
+    ``progress`` shows a bar over the steps.
 
     Returns:
         `dict`: ``loss_before`` and ``loss_after`` (mean KL over the batches; equal when nothing was kept).
@@ -333,7 +335,7 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
         with torch.no_grad():
             before = sum(float(loss(i)) for i in range(len(batches))) / len(batches)
         opt = torch.optim.Adam([*logm.values(), *shift.values()], lr=lr)
-        for step in range(steps):
+        for step in progress_bar(range(steps), desc="GPTQ end-to-end tuning", enabled=progress, unit="step"):
             opt.zero_grad()
             loss(step % len(batches)).backward()
             opt.step()
@@ -363,7 +365,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                    exclude: Iterable[str] | None = None, damp: float = 0.01, lm_head: bool = False,
                    embeddings: str | None = None, partial_groups: bool = False, clip_search: bool = False,
                    act_order: bool = True, refit: bool = False, tune_steps: int = 0, tune_lr: float = 5e-3,
-                   tune_rounding_lr: float = 0.0, e2e_steps: int = 0, e2e_lr: float = 1e-3) -> dict[str, Any]:
+                   tune_rounding_lr: float = 0.0, e2e_steps: int = 0, e2e_lr: float = 1e-3,
+                   progress: bool = False) -> dict[str, Any]:
     """Quantize the decoder layers' Linear weights of a causal LM with GPTQ, in place, layer by layer.
 
     Args:
@@ -392,6 +395,7 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             points together (the head's too, if quantized) for this many Adam steps (learning rate ``e2e_lr``) so
             the model's next-token distribution follows the float model's (:func:`tune_model_qparams`); 0 skips
             it. Each step is a forward and backward pass of the whole model on one calibration batch.
+        progress (`bool`, *optional*, defaults to `False`): progress bars over the layers and the tuning steps.
 
     Returns:
         `dict`: calibration tokens, layers and modules quantized, mean relative output error of the layers.
@@ -435,7 +439,7 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
     done, errors, tuned = [], [], []
     # Tuning follows the float model: its hidden states are carried next to the quantized model's.
     float_hidden = [hidden_of(a, k) for a, k in captured] if tune_steps else None
-    for layer in layers:
+    for layer in progress_bar(layers, desc="GPTQ layers", enabled=progress, unit="layer"):
         prefix = layer_prefix[id(layer)]
         mine = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
         if float_hidden is not None:
@@ -505,7 +509,8 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
         quantize_embeddings_(model, 4 if embeddings == "int4" else 8,
                              (group_size or 32) if embeddings == "int4" else None, symmetric)
     # Last, so it also makes up for the rounded-to-nearest head and embeddings.
-    e2e = tune_model_qparams(model, batches, head_inputs, e2e_steps, e2e_lr, float_head) if e2e_steps else None
+    e2e = tune_model_qparams(model, batches, head_inputs, e2e_steps, e2e_lr, float_head,
+                             progress) if e2e_steps else None
     del float_head, head_inputs
     describe_(model, scheme, group_size=group_size, symmetric=None if symmetric else False, method="gptq",
               calibration_tokens=tokens, partial_groups=partial_groups or None)

@@ -165,6 +165,8 @@ def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-
         prefer (`str`, *optional*, defaults to ``"throughput"``): how to rank the candidates that fit.
         work_dir (`str`, *optional*): where quantized candidates are written (a temp dir by default,
             deleted afterwards unless ``keep``).
+        progress (`bool`, *optional*, defaults to `False`): progress bars over the candidates, their
+            calibration and evaluation, and the throughput rounds.
         rounds (`int`, *optional*, defaults to 3): batch-32 throughput passes per candidate. The passes are
             interleaved across candidates (A B C A B C ...) and the median is kept, so a load change on a
             shared machine hits every candidate alike instead of favouring whichever ran in a quiet moment.
@@ -172,6 +174,7 @@ def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-
     Returns:
         :class:`PrecisionPlan`.
     """
+    from ..console import progress as progress_bar
     from ..evaluation.config import EvalConfig
     from ..evaluation.stage import evaluate_model
     from .config import QuantizeConfig
@@ -188,7 +191,7 @@ def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-
     work = Path(tempfile.mkdtemp(prefix="hf_optim-plan-") if own_tmp else work_dir)
     rows: list[dict[str, Any]] = []
     try:
-        for cand in candidates:
+        for cand in progress_bar(candidates, desc="plan", enabled=progress, unit="candidate"):
             if cand == "fp32":
                 cand_dir, qmetrics = Path(model_dir), {}
             else:
@@ -196,7 +199,8 @@ def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-
                 if cand_dir.exists():
                     shutil.rmtree(cand_dir)
                 qmetrics = quantize_dir(model_dir, cand_dir, QuantizeConfig(
-                    model=str(model_dir), scheme=cand, task=task, calibration_samples=calibration_samples))
+                    model=str(model_dir), scheme=cand, task=task, calibration_samples=calibration_samples),
+                    progress=progress)
             # Throughput is measured below, interleaved across candidates, not here one after another.
             ev = evaluate_model(cand_dir, EvalConfig(
                 model=str(cand_dir), task=task, split=split, max_samples=max_samples, latency_samples=latency_samples,
@@ -210,7 +214,8 @@ def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-
             })
             logger.info("plan: %s", rows[-1])
         if throughput_samples:
-            rates = _interleaved_throughput([r["path"] for r in rows], task, split, throughput_samples, rounds, threads)
+            rates = _interleaved_throughput([r["path"] for r in rows], task, split, throughput_samples, rounds, threads,
+                                            progress)
             for r, rate in zip(rows, rates):
                 r["throughput"] = rate
     finally:
@@ -225,12 +230,13 @@ def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-
 
 
 def _interleaved_throughput(paths: list[str], task, split: str, samples: int, rounds: int,
-                            threads: int | None) -> list[float]:
+                            threads: int | None, progress: bool = False) -> list[float]:
     import statistics
     import time
 
     import torch
 
+    from ..console import progress as progress_bar
     from ..data import load_task
     from ..evaluation.classifier import load_classifier
 
@@ -244,7 +250,7 @@ def _interleaved_throughput(paths: list[str], task, split: str, samples: int, ro
         for clf in clfs:
             clf(batches[0])  # warm-up
         rates: list[list[float]] = [[] for _ in clfs]
-        for _ in range(max(1, rounds)):
+        for _ in progress_bar(range(max(1, rounds)), desc="plan: throughput rounds", enabled=progress, unit="round"):
             for i, clf in enumerate(clfs):
                 start = time.perf_counter()
                 for b in batches:

@@ -98,7 +98,7 @@ def _run_qat(model, tokenizer, config: QuantizeConfig, spec: TaskSpec, scratch: 
     from transformers import DataCollatorWithPadding, Trainer
 
     from ..data import load_task
-    from ..finetune import tokenize_splits, training_arguments
+    from ..finetune import quiet_printer, tokenize_splits, training_arguments
     from .apply import convert_qat_, prepare_qat_, qat_callback
 
     data = load_task(spec)
@@ -120,7 +120,7 @@ def _run_qat(model, tokenizer, config: QuantizeConfig, spec: TaskSpec, scratch: 
         callbacks.append(log_callback)
     trainer = Trainer(model=model, args=args, train_dataset=encoded["train"], processing_class=tokenizer,
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=callbacks)
-    result = trainer.train()
+    result = quiet_printer(trainer, progress).train()
     model.eval()
     convert_qat_(model)
     return {"qat_train_loss": float(result.training_loss), "qat_steps": int(result.global_step),
@@ -135,6 +135,8 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
         model_dir (`str` or `Path`): a directory ``from_pretrained`` loads.
         output_dir (`str` or `Path`): where the quantized checkpoint is written.
         config (`QuantizeConfig`, *optional*): what to do; or pass its fields as keyword arguments.
+        progress (`bool`, *optional*, defaults to `False`): progress bars over calibration, GPTQ's layers and
+            QAT's training steps.
 
     Returns:
         `dict`: metrics (modules quantized, Linear weight bytes before/after, logit SQNR vs the float model).
@@ -184,11 +186,11 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
                                       config.partial_groups, config.gptq_clip_search, act_order=config.gptq_act_order,
                                       refit=config.gptq_refit, tune_steps=config.gptq_tune_steps,
                                       tune_lr=config.gptq_tune_lr, tune_rounding_lr=config.gptq_tune_rounding_lr,
-                                      e2e_steps=config.gptq_e2e_steps, e2e_lr=config.gptq_e2e_lr))
+                                      e2e_steps=config.gptq_e2e_steps, e2e_lr=config.gptq_e2e_lr, progress=progress))
     elif config.scheme == "int8_static":
         texts = _texts(spec, config.calibration_split, config.calibration_samples)
-        ranges = calibrate(model, _batches(tokenizer, texts, config.batch_size, config.max_length), config.observer,
-                           config.percentile, config.include, config.exclude)
+        ranges = calibrate(model, list(_batches(tokenizer, texts, config.batch_size, config.max_length)),
+                           config.observer, config.percentile, config.include, config.exclude, progress)
         quantize_model_(model, "int8_static", include=config.include, exclude=config.exclude, ranges=ranges)
         metrics["calibration_samples"] = len(texts)
     elif config.scheme == "int8_qat":

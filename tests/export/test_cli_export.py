@@ -9,9 +9,10 @@ from hf_optim.cli import main
 
 def test_cli_export_and_refuses_non_empty_output(bert_dir, tmp_path, capsys):
     out = tmp_path / "onnx"
-    assert main(["export", str(bert_dir), "-o", str(out), "--backend", "torch", "--validation-samples", "16"]) == 0
+    assert main(["export", str(bert_dir), "-o", str(out), "--task", "movie-sentiment", "--backend", "torch",
+                 "--validation-samples", "16"]) == 0
     assert (out / "model.onnx").is_file() and "validation accuracy" in capsys.readouterr().out
-    assert main(["export", str(bert_dir), "-o", str(out), "--backend", "torch"]) == 2
+    assert main(["export", str(bert_dir), "-o", str(out), "--task", "movie-sentiment", "--backend", "torch"]) == 2
     assert "not empty" in capsys.readouterr().err
 
 
@@ -27,8 +28,8 @@ def test_cli_export_int4_embeddings_and_split_setting(bert_dir, tmp_path, capsys
     import json
 
     out = tmp_path / "emb4"
-    assert main(["export", str(bert_dir), "-o", str(out), "--backend", "torch", "--validation-samples", "16",
-                 "--embeddings", "int4", "--split-skip-layernorm", "off"]) == 0
+    assert main(["export", str(bert_dir), "-o", str(out), "--task", "movie-sentiment", "--backend", "torch",
+                 "--validation-samples", "16", "--embeddings", "int4", "--split-skip-layernorm", "off"]) == 0
     record = json.loads((out / "hf_optim_export.json").read_text())
     assert record["config"]["embeddings"] == "int4" and record["ops"]["GatherBlockQuantized"] == 1
     assert record["config"]["split_skip_layernorm"] == "off" and record["skip_layernorm"]["decision"] == "off"

@@ -37,7 +37,8 @@ def test_unquoted_yaml_on_off_and_bad_values():
 
 
 def _fingerprint(**stage):
-    data = {"name": "r", "stages": [{"name": "x", "kind": "export", "model": "builtin:minilm-l6", **stage}]}
+    data = {"name": "r", "stages": [{"name": "t", "kind": "finetune", "model": "builtin:minilm-l6"},
+                                    {"name": "x", "kind": "export", "model": "t", **stage}]}
     return Recipe.from_dict(data).stage_fingerprints()["x"]
 
 

@@ -242,7 +242,7 @@ def test_plan_cli_measures_and_choice_respects_budgets(tiny_bert_dir, tmp_path, 
     from hf_optim.cli import main
 
     out = tmp_path / "plan.json"
-    code = main(["plan", str(tiny_bert_dir), "--candidates", "int8_dynamic,int4_weight_only", "--max-samples", "16",
+    code = main(["plan", str(tiny_bert_dir), "--task", "movie-sentiment", "--candidates", "int8_dynamic,int4_weight_only", "--max-samples", "16",
                  "--latency-samples", "2", "--throughput-samples", "16", "--no-memory", "--no-progress",
                  "--max-size-mb", "0.0001", "-o", str(out)])
     text = capsys.readouterr().out
