@@ -247,6 +247,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .integrity import verify_artifact
+    from .runner import MARKER
+
+    for target in map(Path, args.dirs):
+        if not target.is_dir():
+            raise HfOptimError(f"{target} is not a directory; pass a stage output or a run directory")
+        # a run directory: every stage output in it; a stage output: itself
+        dirs = [target] if (target / MARKER).is_file() else sorted(p.parent for p in target.glob(f"*/{MARKER}"))
+        if not dirs:
+            raise HfOptimError(f"{target} holds no hf_optim stage output ({MARKER}); nothing to verify")
+        for d in dirs:
+            n = verify_artifact(d)
+            print(f"ok  {d}: {n} weight file(s) match" if n else f"--  {d}: no digests recorded (written before "
+                  "hf_optim recorded them)")
+    return 0
+
+
 def _price_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--price-per-hour", type=float, help="price of one machine-hour (default: the run's `report:` "
                    "setting, else 0.08925 = AWS c7i.large on-demand, us-east-1)")
@@ -408,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     _price_options(cp)
     cp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cp.set_defaults(fn=_cmd_compare)
+
+    vf = sub.add_parser("verify", parents=[common], help="check that a run's or stage's weight files are as written",
+                        description="Check every weight file of a stage output (or of every stage of a run "
+                        "directory) against the SHA-256 recorded in its hf_optim_stage.json when it was written. "
+                        "Exit 2 and name the files when any is missing or changed.")
+    vf.add_argument("dirs", nargs="+", help="stage output or run directories")
+    vf.set_defaults(fn=_cmd_verify)
     return p
 
 

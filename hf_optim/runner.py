@@ -31,6 +31,7 @@ from typing import Any
 
 from . import __version__
 from .errors import HfOptimError, StageError
+from .integrity import DIGESTS, MARKER, verify_artifact, weight_digests
 from .recipe import BUILTIN_PREFIX, Recipe, Stage
 from .registry import get_handler
 from .task_record import record_stage_task
@@ -41,7 +42,6 @@ logger = logging.getLogger("hf_optim")
 # Tracebacks go to the run log only; the console gets one line (see cli.py).
 _trace = logging.getLogger("hf_optim_trace")
 _trace.propagate = False
-MARKER = "hf_optim_stage.json"
 # Modules whose import registers the stage handlers (kept out of `import hf_optim`: they pull in torch).
 _HANDLER_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.stage", "hf_optim.quantize.stage", "hf_optim.distill.stage", "hf_optim.export.stage", "hf_optim.export.compile", "hf_optim.prune.stage")
 
@@ -304,8 +304,9 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file
         final = out / stage.name
         marker = _read_marker(final)
         if not force and marker and marker.get("fingerprint") == fp:
+            verify_artifact(final)  # a complete output whose weights changed is not reused
             logger.info("[%d/%d] %s (%s): complete, skipped", i, total, stage.name, stage.config.kind)
-            report["stages"].append({**marker, "status": "skipped"})
+            report["stages"].append({**{k: v for k, v in marker.items() if k != DIGESTS}, "status": "skipped"})
             continue
         logger.info("[%d/%d] %s (%s): running", i, total, stage.name, stage.config.kind)
         try:
@@ -382,6 +383,7 @@ def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool,
         for field, path in ctx.inputs.items():
             if not path.exists():
                 raise StageError(f"stage {stage.name!r}: input {field} = {path} does not exist")
+            verify_artifact(path)  # an hf_optim output read back: its weights are what was written
         metrics = get_handler(stage.config)(stage.config, ctx) or {}
         record_stage_task(stage.config, ctx.inputs, tmp)  # the model's task, read back by `hf-optim eval` ...
         entry = {"name": stage.name, "kind": stage.config.kind, "fingerprint": fp,
@@ -389,7 +391,8 @@ def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool,
                  "metrics": metrics, "finished": _dt.datetime.now().isoformat(timespec="seconds")}
         for path in ctx._scratch:
             shutil.rmtree(path, ignore_errors=True)
-        _atomic_json(tmp / MARKER, entry)  # written last: its presence means "complete"
+        # written last: its presence means "complete"; the digests let every later read detect changed weights
+        _atomic_json(tmp / MARKER, {**entry, DIGESTS: weight_digests(tmp)})
         _replace_dir(tmp, out / stage.name, run_id)
         return entry
     except BaseException as e:

@@ -227,3 +227,38 @@ def test_a_recipe_cannot_send_its_output_outside_its_folder(tmp_path, where):
                                                                       "model": "builtin:smollm2-135m",
                                                                       "task": "bbc-news"}]})
 
+
+
+def test_changed_weights_of_a_complete_stage_are_detected_not_reused(tmp_path):
+    from hf_optim.integrity import IntegrityError, verify_artifact
+
+    out = tmp_path / "out"
+    run(_recipe(tmp_path), out, progress=False)
+    weights = out / "b" / "half-written.bin"  # the stage's weight file, recorded with its digest
+    assert "half-written.bin" in json.loads((out / "b" / MARKER).read_text())["files_sha256"]
+    assert verify_artifact(out / "b") == 1
+    data = bytearray(weights.read_bytes())
+    data[3] ^= 1  # one flipped bit
+    weights.write_bytes(bytes(data))
+    CALLS.clear()
+    with pytest.raises(IntegrityError, match=r"b: 1 weight file\(s\) differ.*half-written.bin \(changed\)"):
+        run(_recipe(tmp_path), out, progress=False)
+    assert CALLS == [] and weights.read_bytes() == bytes(data)  # nothing ran, nothing was replaced
+    weights.unlink()
+    with pytest.raises(IntegrityError, match=r"half-written.bin \(missing\)"):
+        verify_artifact(out / "b")
+
+
+def test_verify_command_checks_a_run_and_names_changed_files(tmp_path, capsys):
+    from hf_optim.cli import main
+
+    out = tmp_path / "out"
+    run(_recipe(tmp_path), out, progress=False)
+    assert main(["verify", str(out)]) == 0
+    assert capsys.readouterr().out.count("1 weight file(s) match") == 3
+    (out / "c" / "half-written.bin").write_bytes(b"\1" * 10)
+    assert main(["verify", str(out / "a"), str(out / "c")]) == 2
+    captured = capsys.readouterr()
+    assert "ok  " in captured.out and "half-written.bin (changed)" in captured.err
+    assert main(["verify", str(tmp_path / "none")]) == 2
+    assert "holds no hf_optim stage output" in capsys.readouterr().err
