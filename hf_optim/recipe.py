@@ -126,9 +126,11 @@ class Recipe:
         if not path.is_file():
             raise RecipeError(f"recipe file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise RecipeError(f"{path}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8") from None
         except yaml.YAMLError as e:
-            raise RecipeError(f"{path}: not valid YAML: {e}") from None
+            raise RecipeError(f"{path}: not valid YAML: {str(e)[:500]}") from None
         try:
             return cls.from_dict(data, base_dir=path.resolve().parent)
         except RecipeError as e:
@@ -288,6 +290,40 @@ class Recipe:
     def fingerprint(self) -> str:
         """Stable hash of the whole recipe (independent of key order, comments and file location)."""
         return _digest({"format": STAGE_FORMAT, "stages": self.stage_fingerprints()})
+
+
+MAX_ALIASES = 100  # a recipe needs few; "billion laughs" documents need millions of expansions
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (the last ``kind:`` would silently win) and bounds alias
+    use (nested aliases expand exponentially)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name); write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.YAMLError(f"duplicate key {str(key)[:60]!r} (line {key_node.start_mark.line + 1}); each "
+                                     "key may appear once in a mapping")
+            seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse recipe YAML safely: plain data only, no duplicate keys, bounded aliases."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _parse_report(raw: Any, stage_names: list[str]) -> dict:

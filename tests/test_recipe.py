@@ -143,3 +143,23 @@ def test_a_changed_default_changes_the_fingerprint_and_unused_settings_do_not():
     e2e = fp(method="gptq", gptq_e2e_steps=40)
     assert e2e not in (fp(method="gptq"), tuned, fp(method="gptq", gptq_e2e_steps=40, gptq_e2e_lr=0.01))
     assert fp() == fp(gptq_e2e_lr=0.01)
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("name: r\nstages:\n  - name: a\n    kind: evaluate\n    kind: finetune\n", r"duplicate key 'kind' \(line 5\)"),
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(  # 8 levels of 20: 20**8 strings once expanded
+        f"{b}: &{b} [{', '.join(['*' + a] * 20)}]\n" for a, b in zip("abcdefgh", "bcdefghi")), r"more than 100 aliases"),
+    ("name: r\nstages: !!python/object/apply:os.system ['true']\n", r"not valid YAML"),
+])
+def test_recipe_yaml_is_plain_data_without_duplicate_keys_or_alias_bombs(tmp_path, text, pattern):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match=pattern):
+        Recipe.from_yaml(path)
+
+
+def test_a_recipe_that_is_not_utf8_is_one_clear_error(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_bytes("name: r\ndescription: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(RecipeError, match="not UTF-8 text.*save the recipe as UTF-8"):
+        Recipe.from_yaml(path)
