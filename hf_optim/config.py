@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 import warnings
@@ -102,20 +103,23 @@ def _coerce(value: Any, tp: Any) -> Any:
             return _NO
         if isinstance(value, int):
             return value
-        if isinstance(value, float) and value.is_integer():
+        # 1e20 is a float YAML reads from "batch_size: 1e20": only whole numbers a float holds exactly
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 2 ** 53:
             return int(value)
         return _NO
     if tp is float:
         if isinstance(value, bool):
             return _NO
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            out = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
             try:
-                return float(value)
+                out = float(value)
             except ValueError:
                 return _NO
-        return _NO
+        else:
+            return _NO
+        return out if math.isfinite(out) else _NO  # .inf epochs or a NaN learning rate never mean anything
     if tp is str:
         return value if isinstance(value, str) else _NO
     return value if isinstance(value, tp) else _NO

@@ -375,7 +375,14 @@ def _resolve_dataset_path(stage: Stage, base_dir: Path) -> Stage:
     task = getattr(stage.config, "task", None)
     if not isinstance(task, dict) or not isinstance(task.get("dataset"), str):
         return stage
+    from .data.tasks import FILE_BUILDERS
+
     path = Path(task["dataset"]).expanduser()
+    looks_local = task["dataset"].startswith((".", "/", "~")) or path.suffix.lower() in FILE_BUILDERS
+    if looks_local and not (path if path.is_absolute() else base_dir / path).exists():
+        raise RecipeError(f"stage {stage.name!r}: task.dataset = {task['dataset'][:200]!r} does not exist (looked for "
+                          f"{str(path if path.is_absolute() else base_dir / path)[:300]}); paths are relative to the "
+                          "recipe file", field="dataset")
     if path.is_absolute() or not (base_dir / path).exists():
         return stage  # absolute, or a Hub dataset name
     task = {**task, "dataset": str(base_dir / path)}

@@ -60,6 +60,13 @@ def test_types_are_coerced_and_checked():
     with pytest.raises(ConfigError, match="rate"):
         _Demo(rate=True)  # a bool is not a number here
     assert _Demo(rate="1e-4").rate == 1e-4  # YAML 1.1 reads 1e-4 as a string
+    # numbers that mean nothing: infinite or NaN floats, whole floats beyond what a float holds exactly
+    for bad in (float("inf"), float("-inf"), float("nan"), ".inf", "nan"):
+        with pytest.raises(ConfigError, match="expected float"):
+            _Demo(rate=bad)
+    with pytest.raises(ConfigError, match=r"steps = 1e\+20 .*expected int"):
+        _Demo(steps=1e20)
+    assert _Demo(steps=float(2 ** 40)).steps == 2 ** 40
 
 
 def test_unknown_field_in_code_is_type_error():

@@ -163,3 +163,11 @@ def test_a_recipe_that_is_not_utf8_is_one_clear_error(tmp_path):
     path.write_bytes("name: r\ndescription: caf\u00e9\n".encode("latin-1"))
     with pytest.raises(RecipeError, match="not UTF-8 text.*save the recipe as UTF-8"):
         Recipe.from_yaml(path)
+
+
+@pytest.mark.parametrize("dataset", ["data/missing.csv", "./nope", "~/no-such-file.parquet", "/no/such/dir/x.jsonl"])
+def test_a_missing_dataset_file_is_found_at_validation(tmp_path, dataset):
+    data = {"name": "r", "task": {"name": "mine", "dataset": dataset},
+            "stages": [{"name": "t", "kind": "finetune", "model": "builtin:minilm-l6"}]}
+    with pytest.raises(RecipeError, match=r"stage 't': task.dataset = .* does not exist.*relative to the recipe file"):
+        Recipe.from_dict(data, base_dir=tmp_path)

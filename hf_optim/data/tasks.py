@@ -11,7 +11,7 @@ from ..config import OptimConfig
 from ..errors import ConfigError, DataError
 
 SPLITS = ("train", "validation", "test")
-_FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 @dataclasses.dataclass
@@ -157,22 +157,22 @@ def _read_dataset(source: str):
 
     path = Path(os.path.expanduser(source))
     if path.is_file():
-        builder = _FILE_BUILDERS.get(path.suffix.lower())
+        builder = FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
-            raise DataError(f"cannot read {path}: use one of {', '.join(sorted(_FILE_BUILDERS))}")
+            raise DataError(f"cannot read {path}: use one of {', '.join(sorted(FILE_BUILDERS))}")
         kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
         return datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
     if path.is_dir():
         files = {}
         for split in SPLITS:
-            for ext in _FILE_BUILDERS:
+            for ext in FILE_BUILDERS:
                 if (path / f"{split}{ext}").is_file():
                     files[split] = str(path / f"{split}{ext}")
-                    builder = _FILE_BUILDERS[ext]
+                    builder = FILE_BUILDERS[ext]
         if "train" not in files:
             raise DataError(f"{path} holds no train.csv/.json/.jsonl/.parquet file")
         return datasets.load_dataset(builder, data_files=files)
-    if source.startswith((".", "/", "~")) or source.endswith(tuple(_FILE_BUILDERS)):
+    if source.startswith((".", "/", "~")) or source.endswith(tuple(FILE_BUILDERS)):
         raise DataError(f"dataset file {source!r} does not exist; check the path (relative to the recipe file)")
     try:
         return datasets.load_dataset(source)
