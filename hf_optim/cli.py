@@ -100,8 +100,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                           latency_samples=args.latency_samples, throughput_samples=args.throughput_samples,
                           measure_memory=not args.no_memory, work_dir=args.keep_dir, keep=bool(args.keep_dir),
                           progress=not args.no_progress)
-    if args.output:
-        Path(args.output).write_text(json.dumps(plan.to_dict(), indent=2))
+    if args.output:  # the plan in the benchmark result schema: the command, commit, versions and CPU it ran with
+        from .evaluation.harness import BenchRun
+
+        record = plan.to_dict()
+        options = {k: v for k, v in vars(args).items() if k not in ("fn", "argv")}
+        BenchRun(options, argv=args.argv, script="hf-optim", interpreter=None).write(
+            args.output, record.pop("rows"), **record)
     print(plan.table())
     print(f"pareto: {', '.join(plan.pareto)}")
     print(("choice: " if plan.choice else "no choice: ") + plan.decision["reason"])
@@ -351,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the command a result file records
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     logging.getLogger("hf_optim").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     from .cpu import tune_allocator

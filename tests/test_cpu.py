@@ -21,6 +21,7 @@ def _run(code: str, **env) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_tuning_applies_in_a_fresh_process_and_can_be_turned_off():
     code = "from hf_optim.cpu import tune_allocator, allocator_state as s; print(tune_allocator(), s()['tuned'])"
@@ -28,6 +29,7 @@ def test_tuning_applies_in_a_fresh_process_and_can_be_turned_off():
     assert _run(code, HF_OPTIM_ALLOCATOR="default") == "False False"
 
 
+@pytest.mark.multiprocess
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_large_buffers_come_from_the_heap_after_tuning():
     # glibc's mallinfo2().hblks counts blocks served by mmap: an 8 MiB block is one by default, not once tuned

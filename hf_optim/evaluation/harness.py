@@ -48,15 +48,18 @@ RESULTS_DIR = "scripts/results"
 T = TypeVar("T")
 
 
-def command_line(args: Sequence[str] | None = None, script: str | None = None) -> str:
+def command_line(args: Sequence[str] | None = None, script: str | None = None,
+                 interpreter: str | None = "python") -> str:
     """The command that ran, as one line a POSIX shell runs again: ``python SCRIPT ARGS...``.
 
     Args:
         args (`Sequence[str]`, *optional*, defaults to ``sys.argv[1:]``): the script's arguments.
         script (`str`, *optional*, defaults to ``sys.argv[0]``): the script as it was named on the command line.
+        interpreter (`str`, *optional*, defaults to ``"python"``): what runs ``script``; None when ``script`` is a
+            command of its own (``hf-optim``).
     """
     argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
-    return shlex.join(["python", str(script or sys.argv[0]), *argv])
+    return shlex.join([*([interpreter] if interpreter else []), str(script or sys.argv[0]), *argv])
 
 
 def _repo_root() -> Path | None:
@@ -158,6 +161,7 @@ class BenchRun:
         argv (`Sequence[str]`, *optional*, defaults to ``sys.argv[1:]``): the arguments, for ``command``.
         script (`str`, *optional*, defaults to ``sys.argv[0]``): the script's path as typed.
         threads (`int`, *optional*): the thread count the script was asked to use (``threads.requested``).
+        interpreter (`str`, *optional*, defaults to ``"python"``): see :func:`command_line`.
 
     Example::
 
@@ -167,17 +171,18 @@ class BenchRun:
     """
 
     def __init__(self, args: Any = None, argv: Sequence[str] | None = None, script: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, interpreter: str | None = "python"):
         self.args = _args_dict(args)
-        self.command = command_line(argv, script)
+        self.command = command_line(argv, script, interpreter)
         self.cwd = _cwd_label()
         self.threads = threads
         self.git = git_state()
         self.started = time.time()
         self.load_start = _loadavg()
 
-    def record(self, rows: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
-        """The result as a dict: the schema's fields, ``rows``, then ``extra`` (which may not replace them)."""
+    def record(self, rows: Mapping[str, Any] | Sequence[Any], **extra: Any) -> dict[str, Any]:
+        """The result as a dict: the schema's fields, ``rows`` (one entry per measured variant, by name or in a
+        list), then ``extra`` (which may not replace them)."""
         clash = sorted(set(extra) & {*REQUIRED_FIELDS, "cwd", "dirty_files", "elapsed_s", "load_average"})
         if clash:
             raise ValueError(f"extra keys {clash} would replace fields of the result schema; rename them")
@@ -185,11 +190,12 @@ class BenchRun:
 
         return {"schema": SCHEMA_VERSION, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "command": self.command, "cwd": self.cwd, **self.git, "versions": package_versions(),
-                "cpu": cpu_info(), "threads": thread_settings(self.threads), "args": self.args, "rows": dict(rows),
+                "cpu": cpu_info(), "threads": thread_settings(self.threads), "args": self.args,
+                "rows": list(rows) if isinstance(rows, (list, tuple)) else dict(rows),
                 "elapsed_s": round(time.time() - self.started, 1),
                 "load_average": {"start": self.load_start, "end": _loadavg()}, **extra}
 
-    def write(self, path: str | Path | None, rows: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    def write(self, path: str | Path | None, rows: Mapping[str, Any] | Sequence[Any], **extra: Any) -> dict[str, Any]:
         """Build :meth:`record` and, when ``path`` is given, write it there atomically; returns the record."""
         result = self.record(rows, **extra)
         if path is not None:
