@@ -54,7 +54,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    run = BenchRun(args, argv, threads=args.threads)
 
     import torch
     from datasets import Dataset
@@ -66,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     from hf_optim.evaluation.harness import BenchRun
     from hf_optim.evaluation.lm import perplexity, text_token_ids
 
+    run = BenchRun(args, argv, threads=args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     path = builtin_model("smollm2-135m")

@@ -53,3 +53,15 @@ def test_state_is_a_copy():
     state = allocator_state()
     state["tuned"] = "x"
     assert allocator_state()["tuned"] in (True, False)
+
+
+def test_cpu_info_names_the_cpu_and_the_kernel_flags():
+    from hf_optim.cpu import KERNEL_FLAGS, cpu_flags, cpu_info
+
+    info = cpu_info()
+    assert info["model"] and info["logical_cores"] >= 1 and 1 <= info["available_cores"] <= info["logical_cores"]
+    assert list(info["flags"]) == list(KERNEL_FLAGS)
+    assert {f for f, on in info["flags"].items() if on} == cpu_flags() & set(KERNEL_FLAGS)
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        assert "sse2" in cpu_flags()  # every x86-64 CPU has it: the flags were read
+        assert not info["flags"]["avx512_vnni"] or info["flags"]["avx512f"]
