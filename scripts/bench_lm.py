@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
                             partial_groups=True)
         elif name in GPTQ_VARIANTS:
             settings = dict(GPTQ_VARIANTS[name])
-            samples = args.calibration_samples or settings.pop("calibration_samples")
-            settings.pop("calibration_samples", None)
+            samples = settings.pop("calibration_samples")
+            samples = args.calibration_samples or samples
             cal = text_chunks(tok, "bbc-news", "train", samples, args.calibration_length)
             batches = [{"input_ids": cal[i:i + 4]} for i in range(0, len(cal), 4)]
             info = gptq_quantize_(model, batches, "int4_weight_only", group_size=128, symmetric=False,
