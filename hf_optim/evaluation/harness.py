@@ -167,7 +167,7 @@ class BenchRun:
 
         run = BenchRun(args, threads=args.threads)
         ...
-        run.write(args.output, rows, ratios=ratios)   # -> the path written
+        run.write(args.output, rows, ratios=ratios)   # writes the JSON (atomically), returns the record
     """
 
     def __init__(self, args: Any = None, argv: Sequence[str] | None = None, script: str | None = None,
