@@ -16,7 +16,8 @@ BENCH_PY := .venv/bin/python
 RESULTS := scripts/results
 RUN := runs/movie-sentiment
 
-.PHONY: setup setup-tf5 demo test test-fast test-tf5 bench bench-classifier bench-lm bench-engine lock-optimum lock-tf5 clean
+.PHONY: setup setup-tf5 demo test test-fast test-tf5 lock-optimum lock-tf5 clean
+.PHONY: bench bench-classifier bench-lm bench-engine
 
 setup: .venv/.hf_optim-setup
 setup-tf5: .venv-tf5/.hf_optim-setup

@@ -7,8 +7,9 @@ with the accuracy guard. Each row: accuracy on the test split, batch-1 latency (
 the model file's size; ratios are against torch FP32 and the fastest working Optimum INT8 path (the anchor).
 
 Speed is measured in interleaved rounds (every row once per round, the order rotated each round:
-:func:`hf_optim.evaluation.harness.interleaved`) and each number is the median over rounds, so a shared, noisy machine slows every row alike. All ONNX rows run through
-``ORTModelForSequenceClassification`` with the same session options.
+:func:`hf_optim.evaluation.harness.interleaved`) and each number is the median over rounds, so a shared, noisy
+machine slows every row alike. All ONNX rows run through ``ORTModelForSequenceClassification`` with the same
+session options.
 
     python scripts/bench_export.py --model runs/movie-sentiment/teacher -o scripts/results/bench_export.json
     python scripts/bench_export.py --model runs/movie-sentiment/teacher --threads 1 \

@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
                 _generate(speed_models[n], prompts[b], 2)  # warm-up
 
             def gen(n, prompt=prompts[b]):
-                return lambda: (_generate(speed_models[n], prompt, 1), _generate(speed_models[n], prompt, args.new_tokens))
+                model = speed_models[n]
+                return lambda: (_generate(model, prompt, 1), _generate(model, prompt, args.new_tokens))
 
             runs = interleaved({n: gen(n) for n in names}, args.repeats, warmup=0)
             for n in names:

@@ -11,7 +11,8 @@ the same optimizer, learning rate, batch size and number of steps; the only diff
 Perplexity is measured as in ``hf_optim.evaluation.lm`` (BBC test text, fixed slice, sliding window) for the
 teacher, the untrained student and both trained students::
 
-    python scripts/distill_lm.py --layers 10 --steps 100 --threads 2 --out scripts/results/distill_lm.json  # make bench-lm
+    python scripts/distill_lm.py --layers 10 --steps 100 --threads 2 \
+        --out scripts/results/distill_lm.json                                     # make bench-lm
 
 Results are written after every phase, so an interrupted run still leaves the finished numbers.
 """
