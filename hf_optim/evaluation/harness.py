@@ -63,14 +63,19 @@ def command_line(args: Sequence[str] | None = None, script: str | None = None,
 
 
 def _repo_root() -> Path | None:
-    """The git work tree holding the imported ``hf_optim`` package (None when it is not in one)."""
+    """The git work tree whose top level holds the imported ``hf_optim`` package (None when there is none).
+
+    An installed copy in a virtual environment inside some other repository is not that repository's code, so
+    the package must sit directly under the work tree's top level.
+    """
     package_dir = Path(__file__).resolve().parents[1]
     try:
         out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package_dir, capture_output=True,
                              text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+    root = Path(out.stdout.strip()).resolve() if out.returncode == 0 and out.stdout.strip() else None
+    return root if root is not None and package_dir.parent == root else None
 
 
 def git_state(repo: str | Path | None = None) -> dict[str, Any]:

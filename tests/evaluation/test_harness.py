@@ -75,6 +75,17 @@ def test_git_state_reads_the_package_repository_not_the_cwd(tmp_path, monkeypatc
     assert harness.git_state(tmp_path) == {"git_commit": None, "dirty": None, "dirty_files": None}
 
 
+def test_a_copy_installed_inside_another_repository_records_no_commit(tmp_path, monkeypatch):
+    if subprocess.run(["git", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("no git")
+    repo = tmp_path / "project"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    for where, expected in ((repo / ".venv" / "lib" / "hf_optim", None), (repo / "hf_optim", repo.resolve())):
+        (where / "evaluation").mkdir(parents=True)
+        monkeypatch.setattr(harness, "__file__", str(where / "evaluation" / "harness.py"))
+        assert harness._repo_root() == expected
+
+
 @pytest.mark.parametrize("args", [[], ["--name", "it's a \"test\"; rm -rf /", "--rounds", "3"], ["-o", "a b/c.json"]])
 def test_command_line_round_trips_through_the_shell(args):
     line = command_line(args, script="scripts/bench x.py")
