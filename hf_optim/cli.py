@@ -132,8 +132,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                           latency_samples=args.latency_samples, throughput_samples=args.throughput_samples,
                           measure_memory=not args.no_memory, work_dir=args.keep_dir, keep=bool(args.keep_dir),
                           progress=_progress(args))
-    if args.output:
-        Path(args.output).write_text(json.dumps(plan.to_dict(), indent=2))
+    if args.output:  # the plan in the benchmark result schema: the command, commit, versions and CPU it ran with
+        from .evaluation.harness import BenchRun
+
+        record = plan.to_dict()
+        options = {k: v for k, v in vars(args).items() if k not in ("fn", "argv")}
+        BenchRun(options, argv=args.argv, script="hf-optim", interpreter=None).write(
+            args.output, record.pop("rows"), **record)
     print(plan.table())
     print(f"pareto: {', '.join(plan.pareto)}")
     print(("choice: " if plan.choice else "no choice: ") + plan.decision["reason"])
@@ -440,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     from .console import set_verbosity
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the command a result file records
     set_verbosity("quiet" if args.quiet else "verbose" if args.verbose else "normal")
     from .cpu import tune_allocator
 

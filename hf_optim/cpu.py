@@ -10,6 +10,9 @@ and the dynamic-INT8 one from 189 to 157 ms (``scripts/bench_quant_minilm.py --a
 The cost is memory: up to ``trim_threshold`` bytes of freed heap stay mapped to the process. The setting is
 process-wide, so it is opt-in for library users; ``hf-optim`` (the CLI) and the benchmark scripts apply it
 (``HF_OPTIM_ALLOCATOR=default`` turns it off). Only glibc (Linux) is tuned; elsewhere it is a no-op.
+
+:func:`cpu_info`: the CPU model, its cores and the instruction sets the int8/bf16 kernels depend on, recorded with
+every benchmark (speed ratios differ between, e.g., AVX2-only and AVX-512 VNNI machines).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import ctypes.util
 import logging
 import os
 import platform
+from functools import lru_cache
 
-__all__ = ["tune_allocator", "allocator_state"]
+__all__ = ["tune_allocator", "allocator_state", "cpu_info", "cpu_flags"]
 
 logger = logging.getLogger("hf_optim")
 
@@ -79,3 +83,47 @@ def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 
 def allocator_state() -> dict[str, object]:
     """``{"tuned": bool, ...the values set}``: what :func:`tune_allocator` applied in this process."""
     return dict(_state)
+
+
+# Instruction sets that change which kernels run and how fast: AVX2 (baseline int8 path), AVX-512, VNNI (int8 dot
+# products in 32 bits), AMX (tile int8/bf16 matmuls).
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+                "amx_bf16")
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo_first_processor() -> dict[str, str]:
+    """``key: value`` pairs of the first processor block of /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read(1 << 16)
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out.setdefault(key.strip(), value.strip())
+    return out
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    return frozenset(_cpuinfo_first_processor().get("flags", "").split())
+
+
+def cpu_info() -> dict[str, object]:
+    """``{"model", "machine", "logical_cores", "available_cores", "flags": {flag: bool}}`` of this machine.
+
+    ``available_cores`` is what this process may run on (its affinity mask), which on a container can be less
+    than ``logical_cores``; ``flags`` lists :data:`KERNEL_FLAGS`, each present or not.
+    """
+    info = _cpuinfo_first_processor()
+    flags = cpu_flags()
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        available = os.cpu_count()
+    return {"model": info.get("model name") or platform.processor() or platform.machine(),
+            "machine": platform.machine(), "logical_cores": os.cpu_count(), "available_cores": available,
+            "flags": {flag: flag in flags for flag in KERNEL_FLAGS}}

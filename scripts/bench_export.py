@@ -6,9 +6,10 @@ recorded, then O1 and no optimization); hf_optim's export (O2 fusion + dynamic I
 with the accuracy guard. Each row: accuracy on the test split, batch-1 latency (p50/p95), batch-32 throughput and
 the model file's size; ratios are against torch FP32 and the fastest working Optimum INT8 path (the anchor).
 
-Speed is measured in interleaved rounds (every row once per round, the order rotated each round) and each
-number is the median over rounds, so a shared, noisy machine slows every row alike. All ONNX rows run through
-``ORTModelForSequenceClassification`` with the same session options.
+Speed is measured in interleaved rounds (every row once per round, the order rotated each round:
+:func:`hf_optim.evaluation.harness.interleaved`) and each number is the median over rounds, so a shared, noisy
+machine slows every row alike. All ONNX rows run through ``ORTModelForSequenceClassification`` with the same
+session options.
 
     python scripts/bench_export.py --model runs/movie-sentiment/teacher -o scripts/results/bench_export.json
     python scripts/bench_export.py --model runs/movie-sentiment/teacher --threads 1 \
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -178,9 +178,11 @@ def main(argv=None) -> int:
     from hf_optim.data import load_task
     from hf_optim.evaluation.classifier import load_classifier
     from hf_optim.evaluation.metrics import compute_metric
+    from hf_optim.evaluation.harness import BenchRun, interleaved
     from hf_optim.export.ort_quant import cpu_has_vnni
     from hf_optim.export.validate import ValidationData, predict_all
 
+    run = BenchRun(args, argv, threads=args.threads)
     torch.set_num_threads(args.threads)
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = args.threads
@@ -190,7 +192,6 @@ def main(argv=None) -> int:
     cwd = os.getcwd()
     os.chdir(work)  # Optimum writes scratch files to the CWD in places: keep them in the scratch dir
     errors, records = {}, {}
-    load_start = os.getloadavg()
     try:
         src = model_arg or _untrained_classifier(work)
         test = load_task("movie-sentiment")["test"].select(range(args.samples))
@@ -215,13 +216,15 @@ def main(argv=None) -> int:
                                                               logits["torch_fp32"].argmax(-1)).mean()), 4)
 
         names = list(built)
-        per_round: dict[str, list] = {n: [] for n in names}
-        for r in range(args.rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for name in order:
-                per_round[name].append(_speed_round(built[name][0].predict_logits, lat, tp, args.batch_size))
-            print(f"round {r + 1}/{args.rounds}: " + "  ".join(
-                f"{n} {per_round[n][-1]['latency_ms']['p50']:.2f}ms" for n in names), flush=True)
+
+        def speed(name):
+            def one_round() -> dict:
+                out = _speed_round(built[name][0].predict_logits, lat, tp, args.batch_size)
+                print(f"{name:<30} p50 {out['latency_ms']['p50']:.2f} ms  {out['samples_per_s']:.1f}/s", flush=True)
+                return out
+            return one_round
+
+        per_round = interleaved({name: speed(name) for name in names}, args.rounds, warmup=0)
         for name in names:
             rows[name].update(_summarize(per_round[name]))
 
@@ -229,16 +232,13 @@ def main(argv=None) -> int:
         anchor = max(int8, key=lambda n: rows[n]["throughput"]["samples_per_s"])
         _ratios(rows, "torch_fp32", anchor)
         ours, static = rows["hf_optim_o2_int8_dynamic"], rows["hf_optim_o2_int8_static_guard"]
-        result = {
-            "command": "python scripts/bench_export.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        extra = {
             "model": str(src), "trained": model_arg is not None,
             "note": None if model_arg else "untrained classification head: accuracy is meaningless, speed only",
             "data": f"movie-sentiment test, {len(texts)} examples (accuracy); per round and row: {len(lat)} "
                     f"batch-1 calls and {len(tp)} examples at batch {args.batch_size}; {args.rounds} interleaved "
                     "rounds, medians reported",
-            "threads": args.threads, "machine": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "cpu_vnni": cpu_has_vnni(),
-            "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
+            "cpu_vnni": cpu_has_vnni(),
             "int8_anchor": anchor,
             "targets": {
                 "hf_optim_faster_than_anchor_p50": ours["vs_int8_anchor"]["latency_p50_speedup"] > 1,
@@ -246,9 +246,8 @@ def main(argv=None) -> int:
                 "hf_optim_accuracy_at_least_anchor": ours["vs_int8_anchor"]["accuracy_delta"] >= 0,
                 "static_guard_within_1pt_of_fp32": rows["torch_fp32"]["accuracy"] - static["accuracy"] <= 0.01,
             },
-            "rows": rows, "anchor_errors": errors,
+            "anchor_errors": errors,
             "hf_optim_exports": {n: _record_summary(r) for n, r in records.items()},
-            "versions": records["hf_optim_o2_int8_dynamic"]["versions"],
         }
     except Exception:
         traceback.print_exc()
@@ -256,11 +255,7 @@ def main(argv=None) -> int:
     finally:
         os.chdir(cwd)
         shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n")
-    print(text)
+    print(json.dumps(run.write(output, rows, **extra), indent=2))
     return 0
 
 

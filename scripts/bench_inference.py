@@ -3,10 +3,11 @@
 Real movie-sentiment test sentences are sent by ``--clients`` concurrent client threads, each waiting for its
 answer before sending the next (a closed loop, like users of a web service). Every mode serves the same model
 object, the same sentences and the same clients; the modes are interleaved for ``--rounds`` rounds and the
-medians reported, so a noisy shared machine affects them alike. A second stream, where ``--repeat-rate`` of the
+medians reported (:func:`hf_optim.evaluation.harness.interleaved`, the order rotated each round), so a noisy shared
+machine affects them alike. A second stream, where ``--repeat-rate`` of the
 requests repeat earlier sentences, measures the result cache (engine with cache vs engine without).
 
-    nice -n 10 python scripts/bench_inference.py --n 1000 --clients 32 --threads 1 --out /tmp/bench_inference.json
+    python scripts/bench_inference.py --threads 2 -o scripts/results/bench_inference.json     # make bench-engine
 
 Modes:
   one_at_a_time   a server that tokenizes and runs one request at a time (batch 1, no padding);
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -92,17 +92,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
                     help="tuned: hf_optim.tune_allocator() before anything runs (every mode benefits alike)")
-    ap.add_argument("--out", type=Path, help="write the JSON here (it is always printed)")
+    ap.add_argument("-o", "--out", type=Path, help="write the JSON here (it is always printed)")
     args = ap.parse_args(argv)
 
     import torch
-    import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from hf_optim.cpu import allocator_state, tune_allocator
     from hf_optim.data import builtin_model, load_task
+    from hf_optim.evaluation.harness import BenchRun, interleaved
     from hf_optim.inference import InferenceEngine
 
-    from hf_optim.cpu import allocator_state, tune_allocator
+    run = BenchRun(args, argv, threads=args.threads)
 
     if args.allocator == "tuned":
         tune_allocator()
@@ -147,15 +148,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     for infer in modes.values():  # warm-up: allocator, kernels, thread pools
         run_clients(infer, texts[:64], args.clients)
-    results: dict[str, list] = {m: [] for m in modes}
     engine_stats = {}
-    for _ in range(args.rounds):
-        for name, infer in modes.items():
+
+    def serve(name):
+        def one_pass() -> dict:
             if name in engines:
                 engines[name].reset_stats()
-            results[name].append(run_clients(infer, texts, args.clients))
+            out = run_clients(modes[name], texts, args.clients)
             if name in engines:
                 engine_stats[name] = engines[name].stats()
+            return out
+        return one_pass
+
+    results = interleaved({name: serve(name) for name in modes}, args.rounds, warmup=0)
 
     ceiling = [offline_sorted_batches()["requests_per_s"] for _ in range(args.rounds)]
     ref = results["one_at_a_time"][0]["outputs"]
@@ -188,14 +193,18 @@ def main(argv: list[str] | None = None) -> dict:
     cached = InferenceEngine(model, tok, length_buckets=buckets, cache=True, **common)
     plain = engines["engine"]
     run_clients(lambda t: cached.submit(t).result(), texts[-32:], args.clients)  # warm-up on unrelated inputs
-    cache_runs: dict[str, list] = {"engine": [], "engine_cache": []}
-    for _ in range(args.rounds):
+
+    def plain_pass() -> dict:
         plain.reset_stats()
-        cache_runs["engine"].append(run_clients(lambda t: plain.submit(t).result(), stream, args.clients))
+        return run_clients(lambda t: plain.submit(t).result(), stream, args.clients)
+
+    def cached_pass() -> dict:
         cached.cache.clear()  # every round starts cold: hits come only from repeats within the stream
         cached.cache.reset_stats()
         cached.reset_stats()
-        cache_runs["engine_cache"].append(run_clients(lambda t: cached.submit(t).result(), stream, args.clients))
+        return run_clients(lambda t: cached.submit(t).result(), stream, args.clients)
+
+    cache_runs = interleaved({"engine": plain_pass, "engine_cache": cached_pass}, args.rounds, warmup=0)
     cstats = cached.stats()
     cache_summary = {
         "repeat_rate": args.repeat_rate, "distinct_inputs": len(set(stream)), "requests": len(stream),
@@ -210,35 +219,25 @@ def main(argv: list[str] | None = None) -> dict:
     for e in (*engines.values(), cached):
         e.close()
 
-    report = {
-        "command": "python scripts/bench_inference.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": str(args.model), "sentences": len(texts), "clients": args.clients, "rounds": args.rounds,
-        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-        "engine_config": {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
-                          "length_buckets": list(buckets), "fixed_batching_buckets": [max_len],
-                          "merge_padding": args.merge_padding},
-        "modes": summary,
-        "ratios": {"engine_vs_one_at_a_time": round(eng / summary["one_at_a_time"]["requests_per_s"], 3),
-                   "engine_vs_fixed_batching": round(eng / summary["fixed_batching"]["requests_per_s"], 3),
-                   "engine_vs_offline_ceiling": round(eng / summary["offline_sorted_batches"]["requests_per_s"], 3),
-                   "ceiling_vs_one_at_a_time": round(summary["offline_sorted_batches"]["requests_per_s"]
-                                                     / summary["one_at_a_time"]["requests_per_s"], 3),
-                   **({"engine_merged_vs_one_at_a_time": round(summary["engine_merged"]["requests_per_s"]
-                                                               / summary["one_at_a_time"]["requests_per_s"], 3),
-                       "engine_merged_vs_fixed_batching": round(summary["engine_merged"]["requests_per_s"]
-                                                                / summary["fixed_batching"]["requests_per_s"], 3)}
-                      if "engine_merged" in summary else {})},
-        "targets": {"engine_vs_one_at_a_time": 3.0, "engine_vs_fixed_batching": 1.3},
-        "cache": cache_summary,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "transformers": transformers.__version__, "cpus": os.cpu_count(),
-                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "allocator": allocator_state()},
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report = run.write(
+        args.out, summary,
+        model=str(args.model), sentences=len(texts), clients=args.clients, rounds=args.rounds,
+        engine_config={"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+                       "length_buckets": list(buckets), "fixed_batching_buckets": [max_len],
+                       "merge_padding": args.merge_padding},
+        ratios={"engine_vs_one_at_a_time": round(eng / summary["one_at_a_time"]["requests_per_s"], 3),
+                "engine_vs_fixed_batching": round(eng / summary["fixed_batching"]["requests_per_s"], 3),
+                "engine_vs_offline_ceiling": round(eng / summary["offline_sorted_batches"]["requests_per_s"], 3),
+                "ceiling_vs_one_at_a_time": round(summary["offline_sorted_batches"]["requests_per_s"]
+                                                  / summary["one_at_a_time"]["requests_per_s"], 3),
+                **({"engine_merged_vs_one_at_a_time": round(summary["engine_merged"]["requests_per_s"]
+                                                            / summary["one_at_a_time"]["requests_per_s"], 3),
+                    "engine_merged_vs_fixed_batching": round(summary["engine_merged"]["requests_per_s"]
+                                                             / summary["fixed_batching"]["requests_per_s"], 3)}
+                   if "engine_merged" in summary else {})},
+        targets={"engine_vs_one_at_a_time": 3.0, "engine_vs_fixed_batching": 1.3},
+        cache=cache_summary, allocator=allocator_state())
+    print(json.dumps(report, indent=2))
     return report
 
 

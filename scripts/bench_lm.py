@@ -1,6 +1,6 @@
 """SmolLM2-135M weight-only quantization: perplexity, checkpoint size and decode speed, side by side in one run.
 
-    HF_HUB_OFFLINE=1 nice -n 5 .venv/bin/python scripts/bench_lm.py            # -> scripts/results/bench_lm.json
+    python scripts/bench_lm.py --threads 1 --repeats 7 -o scripts/results/bench_lm.json      # make bench-lm
 
 The packaged SmolLM2-135M weights were dequantized from a Q4_1 GGUF (4-bit, asymmetric, groups of 32
 consecutive input features, ``w = min + q * d``), so asymmetric group-32 re-quantization lands on the same grid
@@ -13,7 +13,12 @@ groups of 128 and one of 64; the 1536-wide down projections divide evenly).
 Perplexity: the first ``--tokens`` tokens of ``load_text("bbc-news")["test"]`` (documents in stored order
 joined by a blank line), sliding window ``--context`` / ``--stride`` (:func:`hf_optim.evaluation.lm.perplexity`).
 Decode speed: greedy ``generate`` with the KV cache, 64-token prompts from the same text, median of
-``--repeats`` runs of each model, the models interleaved per round (the machine is shared).
+``--repeats`` runs of each model, the models interleaved per round (the machine is shared;
+:func:`hf_optim.evaluation.harness.interleaved`).
+
+GPTQ variants calibrate on ``calibration_samples`` chunks of ``--calibration-length`` tokens each, the number set per
+variant in ``GPTQ_VARIANTS`` (more for the slower, better variants) unless ``--calibration-samples`` sets one for all.
+One command writes the whole file; ``--only`` measures a subset (into a file of its own).
 """
 
 from __future__ import annotations
@@ -21,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +39,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import hf_optim  # noqa: E402,F401
 from hf_optim.data import builtin_model  # noqa: E402
+from hf_optim.evaluation.harness import BenchRun, interleaved  # noqa: E402
 from hf_optim.evaluation.lm import _generate, perplexity, text_token_ids  # noqa: E402
 from hf_optim.quantize.apply import quantize_model_  # noqa: E402
 from hf_optim.quantize.gptq import gptq_quantize_  # noqa: E402
@@ -44,15 +48,18 @@ from hf_optim.quantize.stage import text_chunks  # noqa: E402
 RTN_GRID = [(gs, sym) for gs in (32, 64, 128) for sym in (True, False)]
 
 
-# GPTQ settings of each GPTQ variant (column order unless act_order)
+# GPTQ settings of each GPTQ variant (column order unless act_order) and its calibration chunks
+# (``calibration_samples``; --calibration-samples overrides it for every variant).
 GPTQ_VARIANTS = {
-    "int4-gptq-g128-asym": {"act_order": False},
-    "int4-gptq-g128-asym-clip": {"act_order": False, "clip_search": True},
-    "int4-gptq-g128-asym-act": {"act_order": True},
-    "int4-gptq-g128-asym-act-refit": {"act_order": True, "refit": True},
-    "int4-gptq-g128-asym-act-refit-clip": {"act_order": True, "refit": True, "clip_search": True},
-    "int4-gptq-g128-asym-act-tune": {"act_order": True, "tune_steps": 40},
-    "int4-gptq-g128-asym-act-tune-e2e": {"act_order": True, "tune_steps": 40, "e2e_steps": 40},
+    "int4-gptq-g128-asym": {"act_order": False, "calibration_samples": 16},
+    "int4-gptq-g128-asym-clip": {"act_order": False, "clip_search": True, "calibration_samples": 16},
+    "int4-gptq-g128-asym-act": {"act_order": True, "calibration_samples": 64},
+    "int4-gptq-g128-asym-act-refit": {"act_order": True, "refit": True, "calibration_samples": 64},
+    "int4-gptq-g128-asym-act-refit-clip": {"act_order": True, "refit": True, "clip_search": True,
+                                           "calibration_samples": 64},
+    "int4-gptq-g128-asym-act-tune": {"act_order": True, "tune_steps": 40, "calibration_samples": 128},
+    "int4-gptq-g128-asym-act-tune-e2e": {"act_order": True, "tune_steps": 40, "e2e_steps": 40,
+                                         "calibration_samples": 128},
 }
 
 
@@ -65,29 +72,34 @@ def weights_mb(model, out: Path) -> float:
     return round(sum(p.stat().st_size for p in out.glob("*.safetensors")) / 2**20, 2)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--stride", type=int, default=256)
-    ap.add_argument("--calibration-samples", type=int, default=16)
+    ap.add_argument("--calibration-samples", type=int, default=None,
+                    help="calibration chunks of every GPTQ variant (default: each variant's own, see GPTQ_VARIANTS)")
     ap.add_argument("--calibration-length", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--scratch", help="checkpoint folder of an earlier run to reuse (derived variants)")
-    ap.add_argument("--merge", action="store_true", help="update the variants of an existing output file")
     ap.add_argument("--no-decode", action="store_true", help="skip the decode-speed measurement")
-    ap.add_argument("-o", "--output", default=str(Path(__file__).parent / "results" / "bench_lm.json"))
-    args = ap.parse_args()
+    ap.add_argument("-o", "--output", help="the JSON to write (default: scripts/results/bench_lm.json; required "
+                                           "with --only, so a subset never replaces the full results)")
+    args = ap.parse_args(argv)
+    if args.output is None:
+        if args.only:
+            ap.error("--only measures a subset: name its file with -o")
+        args.output = str(Path(__file__).parent / "results" / "bench_lm.json")
+    run = BenchRun(args, argv, threads=args.threads)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     src = builtin_model("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(src)
     ids = text_token_ids(tok, "bbc-news", "test", args.tokens)
     scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="bench-lm-"))
-    t_start = time.time()
 
     def build(name):
         """(model, quantization info) for a variant name."""
@@ -103,10 +115,13 @@ def main() -> None:
             quantize_model_(model, "int4_weight_only", group_size=int(g[1:]), symmetric=kind == "sym",
                             partial_groups=True)
         elif name in GPTQ_VARIANTS:
-            cal = text_chunks(tok, "bbc-news", "train", args.calibration_samples, args.calibration_length)
+            settings = dict(GPTQ_VARIANTS[name])
+            samples = settings.pop("calibration_samples")
+            samples = args.calibration_samples or samples
+            cal = text_chunks(tok, "bbc-news", "train", samples, args.calibration_length)
             batches = [{"input_ids": cal[i:i + 4]} for i in range(0, len(cal), 4)]
             info = gptq_quantize_(model, batches, "int4_weight_only", group_size=128, symmetric=False,
-                                  partial_groups=True, **GPTQ_VARIANTS[name])
+                                  partial_groups=True, **settings)
         elif name.startswith("int4-gptq-g128-asym-") and name.endswith("head") or name.endswith("all-linear"):
             # The GPTQ checkpoint of this run (reloaded), with the head and the embedding table quantized too.
             model = load(scratch / "int4-gptq-g128-asym")
@@ -153,28 +168,25 @@ def main() -> None:
     only = [v for v in args.only.split(",") if v]
     rows, speed, speed_models = {}, {}, {}
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(out.read_text()) if args.merge and out.is_file() else {}
-    if previous:
-        rows.update(previous.get("variants", {}))
-        speed.update(previous.get("decode", {}))
 
     def measure_speed():
         # Decode speed, interleaved: batch 1 for every speed model, batch 8 for fp32 and int8-dynamic-token.
         prompts = {b: ids[0, :b * 64].reshape(b, 64) for b in (1, 8)}
         for b in (1, 8):
             names = [n for n in speed_models if b == 1 or not n.startswith("int4")]
-            times = {n: {"first": [], "total": []} for n in names}
             for n in names:
                 _generate(speed_models[n], prompts[b], 2)  # warm-up
-            for _ in range(args.repeats):
-                for n in names:
-                    times[n]["first"].append(_generate(speed_models[n], prompts[b], 1))
-                    times[n]["total"].append(_generate(speed_models[n], prompts[b], args.new_tokens))
+
+            def gen(n, prompt=prompts[b]):
+                model = speed_models[n]
+                return lambda: (_generate(model, prompt, 1), _generate(model, prompt, args.new_tokens))
+
+            runs = interleaved({n: gen(n) for n in names}, args.repeats, warmup=0)
             for n in names:
-                ttft = statistics.median(times[n]["first"])
-                decode = statistics.median(times[n]["total"]) - ttft
-                best = min(tt - f for tt, f in zip(times[n]["total"], times[n]["first"]))
+                firsts, totals = [r[0] for r in runs[n]], [r[1] for r in runs[n]]
+                ttft = statistics.median(firsts)
+                decode = statistics.median(totals) - ttft
+                best = min(tt - f for tt, f in zip(totals, firsts))
                 speed.setdefault(n, {})[f"batch_{b}"] = {
                     "ttft_ms": round(ttft * 1e3, 1),
                     "decode_tokens_per_s": round((args.new_tokens - 1) * b / decode, 2),
@@ -187,37 +199,30 @@ def main() -> None:
             print(json.dumps({f"speed_batch_{b}": {n: speed[n][f"batch_{b}"] for n in names}}), flush=True)
         speed_models.clear()
 
-    def write():
+    def write() -> dict:
         base = rows.get("fp32")
         if base:
             for row in rows.values():
                 if "perplexity" in row:
                     row["perplexity_vs_fp32"] = round(row["perplexity"] / base["perplexity"] - 1, 5)
                     row["size_vs_fp32"] = round(row["weights_mb"] / base["weights_mb"], 4)
-        result = {
-            "model": "SmolLM2-135M-Instruct (builtin_model('smollm2-135m')); weights dequantized from a Q4_1 (4-bit "
-                     "asymmetric, group-32) GGUF, so int4 asymmetric group-32 re-quantization is near-lossless by "
-                     "construction",
-            "command": " ; ".join(([previous["command"]] if previous else []) +
-                                  ["HF_HUB_OFFLINE=1 nice -n 5 .venv/bin/python scripts/bench_lm.py " +
-                                   " ".join(sys.argv[1:])]),
-            "perplexity_setup": {"text": "load_text('bbc-news')['test'], documents in stored order joined by a "
-                                         "blank line", "tokens": args.tokens, "context": args.context,
-                                 "stride": args.stride, "tokens_scored": args.tokens - 1},
-            "calibration": {"text": "load_text('bbc-news')['train'], shuffled (seed 42), joined, cut into chunks "
-                                    f"of {args.calibration_length} tokens; each GPTQ variant records its "
-                                    "calibration_tokens (runs merged with --merge may differ)",
-                            "length": args.calibration_length},
-            "decode_setup": {"prompt_tokens": 64, "new_tokens": args.new_tokens, "repeats": args.repeats,
-                             "greedy": True, "kv_cache": True, "threads": args.threads,
-                             "note": "median over interleaved rounds; decode = total - time to first token"},
-            "variants": rows,
-            "decode": speed,
-            "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                        "torch": torch.__version__, "load_average": os.getloadavg()},
-            "elapsed_s": round(time.time() - t_start + (previous.get("elapsed_s", 0) if previous else 0), 1),
-        }
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        return run.write(
+            out, rows,
+            model="SmolLM2-135M-Instruct (builtin_model('smollm2-135m')); weights dequantized from a Q4_1 (4-bit "
+                  "asymmetric, group-32) GGUF, so int4 asymmetric group-32 re-quantization is near-lossless by "
+                  "construction",
+            perplexity_setup={"text": "load_text('bbc-news')['test'], documents in stored order joined by a "
+                                      "blank line", "tokens": args.tokens, "context": args.context,
+                              "stride": args.stride, "tokens_scored": args.tokens - 1},
+            calibration={"text": "load_text('bbc-news')['train'], shuffled (seed 42), joined, cut into chunks "
+                                 f"of {args.calibration_length} tokens; each GPTQ variant records its "
+                                 "calibration_tokens", "length": args.calibration_length,
+                         "samples": args.calibration_samples or {n: v["calibration_samples"]
+                                                                 for n, v in GPTQ_VARIANTS.items()}},
+            decode_setup={"prompt_tokens": 64, "new_tokens": args.new_tokens, "repeats": args.repeats,
+                          "greedy": True, "kv_cache": True, "threads": args.threads,
+                          "note": "median over interleaved rounds; decode = total - time to first token"},
+            decode=speed)
 
     for name, what in variants.items():
         if only and name not in only:
@@ -239,8 +244,9 @@ def main() -> None:
         write()
     if speed_models:
         measure_speed()
-    write()
+    result = write()
     print(f"wrote {out}")
+    return result
 
 
 if __name__ == "__main__":

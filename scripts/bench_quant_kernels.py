@@ -1,37 +1,23 @@
 """Candidate int8/int4 CPU kernels for Linear layers, timed side by side at MiniLM-L6 shapes.
 
-    nice -n 10 python scripts/bench_quant_kernels.py -o quant-kernels.json
+    python scripts/bench_quant_kernels.py --threads 1 -o scripts/results/bench_quant_kernels.json
 
-Rows = tokens in a batch-32 pass (32 x ~32 tokens) and a batch-1 call (~32 tokens). Reports the median and best ms
-of each kernel and its speed (best vs best) relative to fp32 ``F.linear``; the choice in hf_optim/quantize/kernels.py
-follows these numbers.
+Rows = tokens in a batch-32 pass (32 x ~32 tokens) and a batch-1 call (~32 tokens). The kernels of one shape are
+called in ``--repeats`` interleaved rounds (:func:`hf_optim.evaluation.harness.interleaved`); reports the median and
+best ms of each kernel and its speed (best vs best) relative to fp32 ``F.linear``; the choice in
+hf_optim/quantize/kernels.py follows these numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 
 warnings.filterwarnings("ignore")
-
-
-def _time(fn, repeats: int) -> tuple[float, float]:
-    """(median, best) ms. On a shared machine the best of many runs is the least disturbed estimate."""
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3, min(ts) * 1e3
 
 
 def kernels_for(x, w, b):
@@ -68,37 +54,45 @@ def kernels_for(x, w, b):
     return out
 
 
-def main() -> None:
+def _working(fns: dict) -> tuple[dict, dict]:
+    """(kernels that run here, ``{name: "unavailable: Error"}`` for those missing on this build)."""
+    ok, missing = {}, {}
+    for name, fn in fns.items():
+        try:
+            fn()
+            ok[name] = fn
+        except Exception as e:  # noqa: BLE001 - a kernel missing on this build is a result too
+            missing[name] = f"unavailable: {type(e).__name__}"
+    return ok, missing
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from hf_optim.evaluation.harness import BenchRun, interleaved, summarize, timed
+
     ap = argparse.ArgumentParser()
     ap.add_argument("-o", "--output", default=None)
-    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=30, help="interleaved rounds per shape")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads (1: least sensitive to a busy machine)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    run = BenchRun(args, argv, threads=args.threads)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = []
     for rows in (1024, 32):
         for k, n in ((384, 384), (384, 1536), (1536, 384)):
             x, w, b = torch.randn(rows, k), torch.randn(n, k) * 0.05, torch.randn(n) * 0.1
-            fns = kernels_for(x, w, b)
-            ms, best = {}, {}
-            for name, fn in fns.items():
-                try:
-                    med, low = _time(fn, args.repeats)
-                    ms[name], best[name] = round(med, 4), round(low, 4)
-                except Exception as e:  # noqa: BLE001 - a kernel missing on this build is a result too
-                    ms[name] = f"unavailable: {type(e).__name__}"
+            fns, missing = _working(kernels_for(x, w, b))
+            times = interleaved({name: timed(fn) for name, fn in fns.items()}, args.repeats, warmup=3)
+            stats = {name: summarize(ts, scale=1e3) for name, ts in times.items()}
+            ms = {**{name: s["median"] for name, s in stats.items()}, **missing}
+            best = {name: s["min"] for name, s in stats.items()}
             base = best["fp32 F.linear"]
             rel = {name: round(base / v, 2) for name, v in best.items()}
             results.append({"rows": rows, "in": k, "out": n, "median_ms": ms, "best_ms": best,
                             "speedup_vs_fp32_best": rel})
             print(json.dumps(results[-1]))
-    report = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "engine": torch.backends.quantized.engine},
-              "results": results}
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(report, f, indent=2)
+    return run.write(args.output, {f"{r['rows']}x{r['in']}->{r['out']}": r for r in results},
+                     quantized_engine=torch.backends.quantized.engine)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,22 @@
 """fp32 vs hf_optim's quantization schemes (and torch.ao's quantize_dynamic) on a fine-tuned classifier.
 
-    nice -n 10 python scripts/bench_quant_minilm.py --teacher runs/movie-sentiment/teacher --threads 1 \
-        -o scripts/results/bench_quant_minilm.json
+    python scripts/bench_quant_minilm.py --teacher runs/movie-sentiment/teacher --threads 1 \
+        -o scripts/results/bench_quant_minilm.json                                 # make bench-classifier
 
 ``--allocator tuned`` (the default) applies :func:`hf_optim.tune_allocator` before anything runs, so every
 variant (FP32 included) reuses its activation buffers instead of page-faulting fresh ones in every forward;
 ``--allocator default`` measures with glibc's defaults.
 
 Every variant is quantized and saved by hf_optim, reloaded with plain ``from_pretrained`` and measured in
-one process: test accuracy, batch-1 p50 latency, batch-32 throughput (rounds interleaved across the
-variants so machine noise hits all of them alike; medians reported), weights on disk and Linear bytes.
+one process (:func:`hf_optim.evaluation.bench.side_by_side`): test accuracy, batch-1 p50 latency, batch-32
+throughput (rounds interleaved across the variants so machine noise hits all of them alike; medians reported),
+weights on disk and Linear bytes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -34,8 +32,9 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from hf_optim.data import load_task
-    from hf_optim.evaluation.bench import dir_size_mb, latency_ms
+    from hf_optim.evaluation.bench import dir_size_mb, side_by_side
     from hf_optim.evaluation.classifier import TorchClassifier
+    from hf_optim.evaluation.harness import BenchRun
     from hf_optim.quantize.config import QuantizeConfig
     from hf_optim.quantize.stage import linear_weight_bytes, quantize_dir
 
@@ -54,6 +53,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--allocator", choices=("tuned", "default"), default="tuned")
     args = ap.parse_args()
+    run = BenchRun(args, threads=args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     from hf_optim.cpu import allocator_state, tune_allocator
@@ -81,56 +81,26 @@ def main() -> None:
         variants[scheme]["quantize_seconds"] = round(time.perf_counter() - t, 1)
         print(scheme, "quantized", variants[scheme].get("quantize"), flush=True)
 
+    ao_name = "torch.ao quantize_dynamic (reference)"
     models = {name: AutoModelForSequenceClassification.from_pretrained(v["dir"]).eval() for name, v in variants.items()}
     ref = AutoModelForSequenceClassification.from_pretrained(teacher).eval()
-    models["torch.ao quantize_dynamic (reference)"] = torch.ao.quantization.quantize_dynamic(
+    models[ao_name] = torch.ao.quantization.quantize_dynamic(
         ref, {torch.nn.Linear}, dtype=torch.qint8)
     clfs = {name: TorchClassifier(m, tok) for name, m in models.items()}
 
-    rows = {}
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    for name, clf in clfs.items():
-        preds = np.empty(len(texts), dtype=np.int64)
-        for i in range(0, len(texts), 64):
-            idx = order[i:i + 64]
-            preds[idx] = clf([texts[j] for j in idx]).argmax(-1)
+    rows = side_by_side(clfs, texts, labels, throughput_samples=args.throughput_samples,
+                        latency_samples=args.latency_samples, rounds=args.rounds, baseline="fp32")
+    ao = rows[ao_name]["throughput"]["samples_per_s"]
+    for name, row in rows.items():
         v = variants.get(name, {})
-        rows[name] = {"accuracy": float((preds == labels).mean()),
-                      "latency_ms": latency_ms(clf, texts[:args.latency_samples]),
-                      **({"size": dir_size_mb(v["dir"])} if "dir" in v else {}),
-                      **linear_weight_bytes(models[name]),
-                      **({"quantize": v["quantize"]} if "quantize" in v else {})}
-        print(name, rows[name]["accuracy"], rows[name]["latency_ms"]["p50"], flush=True)
-
-    batches = [texts[i:i + 32] for i in range(0, args.throughput_samples, 32)]
-    rates: dict[str, list[float]] = {n: [] for n in clfs}
-    for clf in clfs.values():
-        clf(batches[0])  # warm-up
-    for _ in range(args.rounds):  # interleaved: noise from other processes spreads over every variant
-        for name, clf in clfs.items():
-            t = time.perf_counter()
-            for b in batches:
-                clf(b)
-            rates[name].append(sum(len(b) for b in batches) / (time.perf_counter() - t))
-    base = statistics.median(rates["fp32"])
-    ao = statistics.median(rates["torch.ao quantize_dynamic (reference)"])
-    for name in clfs:
-        med = statistics.median(rates[name])
-        rows[name]["throughput_b32"] = {"samples_per_s": round(med, 2), "rounds": [round(r, 2) for r in rates[name]]}
-        rows[name]["speedup_vs_fp32"] = round(med / base, 3)
-        rows[name]["throughput_vs_torch_ao"] = round(med / ao, 3)
-        rows[name]["accuracy_drop_points"] = round(100 * (rows["fp32"]["accuracy"] - rows[name]["accuracy"]), 2)
-    report = {"command": "python scripts/bench_quant_minilm.py " + " ".join(sys.argv[1:]),
-              "teacher": str(teacher), "examples": len(texts),
-              "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                          "torch": torch.__version__, "engine": torch.backends.quantized.engine,
-                          "allocator": allocator_state()},
-              "rows": rows}
-    print(json.dumps({n: {k: r[k] for k in ("accuracy", "accuracy_drop_points", "speedup_vs_fp32",
+        row.update({**({"size": dir_size_mb(v["dir"])} if "dir" in v else {}), **linear_weight_bytes(models[name]),
+                    **({"quantize": v["quantize"]} if "quantize" in v else {}),
+                    **({"quantize_seconds": v["quantize_seconds"]} if "quantize_seconds" in v else {})})
+        row["throughput_vs_torch_ao"] = round(row["throughput"]["samples_per_s"] / ao, 3)
+    run.write(args.output, rows, teacher=str(teacher), examples=len(texts),
+              quantized_engine=torch.backends.quantized.engine, allocator=allocator_state())
+    print(json.dumps({n: {k: r[k] for k in ("accuracy", "accuracy_drop_points", "speedup",
                                               "throughput_vs_torch_ao")} for n, r in rows.items()}, indent=1))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

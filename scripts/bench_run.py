@@ -2,6 +2,7 @@
 
     python scripts/bench_run.py runs/movie-sentiment --artifacts teacher,export-teacher,export \\
         --baseline teacher --reference export-teacher --threads 1 -o scripts/results/bench_run_movie_sentiment.json
+                                                                                   # make bench-classifier
 
 The evaluate stages of a run measure one artifact after another; on a shared machine their ratios drift with
 the load. This script loads every named artifact (PyTorch, hf_optim-quantized/pruned or ONNX Runtime
@@ -12,8 +13,6 @@ directories) and interleaves the throughput rounds across them, so the ratios (v
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 from pathlib import Path
 
 import hf_optim  # noqa: F401 - from_pretrained understands hf_optim checkpoints
@@ -25,6 +24,7 @@ def main() -> None:
     from hf_optim.data import load_task
     from hf_optim.evaluation.bench import dir_size_mb, side_by_side
     from hf_optim.evaluation.classifier import load_classifier
+    from hf_optim.evaluation.harness import BenchRun
 
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch and ONNX Runtime intra-op threads")
     ap.add_argument("-o", "--output")
     args = ap.parse_args()
+    run_record = BenchRun(args, threads=args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -61,17 +62,12 @@ def main() -> None:
                 rows[n]["throughput"]["samples_per_s"] / rows[ref]["throughput"]["samples_per_s"], 3)
             rows[n]["accuracy_vs_reference_points"] = round(100 * (rows[n]["accuracy"] - rows[ref]["accuracy"]), 2)
         rows[n]["size_ratio_vs_baseline"] = round(rows[n]["size"]["weights_mb"] / rows[base]["size"]["weights_mb"], 4)
-    report = {"run": str(run), "task": args.task, "split": "test", "examples": len(test),
-              "baseline": base, "reference": ref,
-              "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                          "torch": torch.__version__},
-              "rows": rows}
+    run_record.write(args.output, rows, run=str(run), task=args.task, split="test", examples=len(test),
+                     baseline=base, reference=ref)
     for n, r in rows.items():
         print(f"{n:16s} acc {r['accuracy']:.3f}  b32 {r['throughput']['samples_per_s']:8.1f}/s  x{r['speedup']:.2f}"
               + (f"  vs ref x{r['throughput_vs_reference']:.2f}" if ref else "")
               + f"  {r['size']['weights_mb']:.1f} MB")
-    if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

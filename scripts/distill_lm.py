@@ -11,7 +11,8 @@ the same optimizer, learning rate, batch size and number of steps; the only diff
 Perplexity is measured as in ``hf_optim.evaluation.lm`` (BBC test text, fixed slice, sliding window) for the
 teacher, the untrained student and both trained students::
 
-    OMP_NUM_THREADS=2 python scripts/distill_lm.py --layers 10 --steps 100 --out scripts/results/distill_lm.json
+    python scripts/distill_lm.py --layers 10 --steps 100 --threads 2 \
+        --out scripts/results/distill_lm.json                                     # make bench-lm
 
 Results are written after every phase, so an interrupted run still leaves the finished numbers.
 """
@@ -21,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,15 +57,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     import torch
-    import transformers
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
 
     from hf_optim import DistillationTrainer, make_student
     from hf_optim.data import builtin_model, load_text
     from hf_optim.distill import DistillConfig
+    from hf_optim.evaluation.harness import BenchRun
     from hf_optim.evaluation.lm import perplexity, text_token_ids
 
+    run = BenchRun(args, argv, threads=args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     path = builtin_model("smollm2-135m")
@@ -78,7 +78,6 @@ def main(argv: list[str] | None = None) -> dict:
                               "labels": train})
 
     result: dict = {
-        "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "setup": {"teacher": "SmolLM2-135M (builtin_model('smollm2-135m')), 30 layers",
                   "student": f"make_student(teacher, num_layers={args.layers}) (uniform layers, teacher weights)",
                   "train": f"bbc-news train: {len(train)} chunks x {args.length} tokens, {args.steps} steps of "
@@ -86,18 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
                   "distill": {"alpha": args.alpha, "temperature": args.temperature},
                   "perplexity": f"bbc-news test, first {args.eval_tokens} tokens, context {args.context}, "
                                 f"stride {args.stride}"},
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "transformers": transformers.__version__, "threads": torch.get_num_threads()},
         "models": {},
     }
 
-    def save() -> None:
-        text = json.dumps(result, indent=2)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_suffix(".tmp")
-            tmp.write_text(text + "\n")
-            tmp.replace(args.out)
+    def save() -> dict:
+        return run.write(args.out, result["models"], **{k: v for k, v in result.items() if k != "models"})
 
     def record(name: str, model, **extra) -> None:
         t0 = time.perf_counter()
@@ -147,9 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
         "distilled_vs_teacher_perplexity": round(m["distilled"]["perplexity"] / m["teacher"]["perplexity"], 4),
         "student_params_vs_teacher": round(m["distilled"]["params_m"] / m["teacher"]["params_m"], 4),
     }
-    save()
     print(json.dumps(result["summary"], indent=2))
-    return result
+    return save()
 
 
 if __name__ == "__main__":

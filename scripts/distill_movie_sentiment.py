@@ -8,8 +8,9 @@ Reports, side by side on the 1,000-sentence test split:
 
 The teacher comes from the default recipe::
 
-    hf-optim run recipes/movie-sentiment.yaml -o /tmp/distill-run
-    python scripts/distill_movie_sentiment.py --teacher /tmp/distill-run/teacher --out /tmp/distill.json
+    hf-optim run recipes/movie-sentiment.yaml -o runs/movie-sentiment                           # make demo
+    python scripts/distill_movie_sentiment.py --teacher runs/movie-sentiment/teacher --epochs 1 \
+        --cache-bench-samples 320 --out scripts/results/distill_movie_sentiment.json
 
 Results are written after every phase, so an interrupted run still leaves the finished numbers.
 """
@@ -44,7 +45,7 @@ def _epoch_timer():
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", default="/tmp/distill-run/teacher", help="fine-tuned teacher directory")
+    p.add_argument("--teacher", default="runs/movie-sentiment/teacher", help="fine-tuned teacher directory")
     p.add_argument("--out", default=None, help="JSON file to write (default: a temp file, printed)")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--learning-rate", type=float, default=1e-4)
@@ -58,21 +59,22 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     a = p.parse_args()
 
-    import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               set_seed)
 
     from hf_optim.data import load_task
     from hf_optim.distill import DistillConfig, DistillationTrainer, make_student
+    from hf_optim.evaluation.harness import BenchRun
     from hf_optim.evaluation.metrics import compute_metric
     from hf_optim.finetune import tokenize_splits, training_arguments
 
+    run = BenchRun(a)
     out = Path(a.out or tempfile.mkstemp(prefix="distill-", suffix=".json")[1])
-    result: dict = {"command": " ".join(["python", "scripts/distill_movie_sentiment.py"] + os.sys.argv[1:]),
-                    "settings": vars(a), "torch_threads": torch.get_num_threads()}
+    result: dict = {}
 
     def save():
-        out.write_text(json.dumps(result, indent=2))
+        rows = {k: v for k, v in result.items() if k != "cache_benchmark"}
+        run.write(out, rows, **({"cache_benchmark": result["cache_benchmark"]} if "cache_benchmark" in result else {}))
 
     data = load_task("movie-sentiment")
     if a.train_samples:

@@ -34,6 +34,7 @@ def test_parser_lists_all_commands():
     assert set(COMMANDS) <= set(sub.choices)
 
 
+@pytest.mark.multiprocess
 def test_bad_recipe_is_one_line_error_exit_2(tmp_path):
     (tmp_path / "r.yaml").write_text("name: r\nstages:\n  - {name: a, kind: finetune, model: builtin:minilm-l6, epocs: 2}\n")
     proc = _cli("run", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "out"))
@@ -61,6 +62,7 @@ def test_wrong_task_and_wrong_model_kind(tmp_path, tiny_llama_dir, capsys):
     assert "is a causal LM and 'movie-sentiment' a classification task" in err and "--task bbc-news" in err
 
 
+@pytest.mark.multiprocess
 def test_usage_errors_exit_2():
     proc = _cli("frobnicate")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr

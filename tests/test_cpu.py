@@ -21,6 +21,7 @@ def _run(code: str, **env) -> str:
     return out.stdout.strip()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_tuning_applies_in_a_fresh_process_and_can_be_turned_off():
     code = "from hf_optim.cpu import tune_allocator, allocator_state as s; print(tune_allocator(), s()['tuned'])"
@@ -28,6 +29,7 @@ def test_tuning_applies_in_a_fresh_process_and_can_be_turned_off():
     assert _run(code, HF_OPTIM_ALLOCATOR="default") == "False False"
 
 
+@pytest.mark.multiprocess
 @pytest.mark.skipif(not GLIBC, reason="glibc only")
 def test_large_buffers_come_from_the_heap_after_tuning():
     # glibc's mallinfo2().hblks counts blocks served by mmap: an 8 MiB block is one by default, not once tuned
@@ -51,3 +53,15 @@ def test_state_is_a_copy():
     state = allocator_state()
     state["tuned"] = "x"
     assert allocator_state()["tuned"] in (True, False)
+
+
+def test_cpu_info_names_the_cpu_and_the_kernel_flags():
+    from hf_optim.cpu import KERNEL_FLAGS, cpu_flags, cpu_info
+
+    info = cpu_info()
+    assert info["model"] and info["logical_cores"] >= 1 and 1 <= info["available_cores"] <= info["logical_cores"]
+    assert list(info["flags"]) == list(KERNEL_FLAGS)
+    assert {f for f, on in info["flags"].items() if on} == cpu_flags() & set(KERNEL_FLAGS)
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        assert "sse2" in cpu_flags()  # every x86-64 CPU has it: the flags were read
+        assert not info["flags"]["avx512_vnni"] or info["flags"]["avx512f"]

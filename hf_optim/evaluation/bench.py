@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .harness import interleaved
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".pt", ".gguf")
 
 
@@ -85,8 +87,8 @@ def side_by_side(predictors: dict[str, Callable[[Sequence[str]], np.ndarray]], t
                  latency_samples: int = 100, rounds: int = 5, baseline: str | None = None) -> dict[str, dict]:
     """Accuracy, batch-1 latency and batch-``batch_size`` throughput of several predictors on the same data.
 
-    Throughput rounds are interleaved across the predictors (noise from other processes hits all of them
-    alike) and the median is reported, with ``speedup`` relative to ``baseline`` (default: the first).
+    Throughput rounds are interleaved across the predictors (:func:`~hf_optim.evaluation.harness.interleaved`:
+    noise from other processes hits all of them alike) and the median is reported, with ``speedup`` relative to ``baseline`` (default: the first).
     """
     labels = np.asarray(labels)
     order = np.argsort([len(t) for t in texts], kind="stable")
@@ -99,15 +101,17 @@ def side_by_side(predictors: dict[str, Callable[[Sequence[str]], np.ndarray]], t
         rows[name] = {"accuracy": float((preds == labels).mean()),
                       "latency_ms": latency_ms(predict, list(texts[:latency_samples]))}
     batches = [list(texts[i:i + batch_size]) for i in range(0, min(throughput_samples, len(texts)), batch_size)]
-    rates: dict[str, list[float]] = {n: [] for n in predictors}
-    for predict in predictors.values():
-        predict(batches[0])  # warm-up
-    for _ in range(rounds):
-        for name, predict in predictors.items():
+    n = sum(len(b) for b in batches)
+
+    def rate(predict):
+        def one_pass() -> float:
             start = time.perf_counter()
             for b in batches:
                 predict(b)
-            rates[name].append(sum(len(b) for b in batches) / (time.perf_counter() - start))
+            return n / (time.perf_counter() - start)
+        return one_pass
+
+    rates = interleaved({name: rate(predict) for name, predict in predictors.items()}, rounds)
     base_name = baseline or next(iter(predictors))
     base_rate, base_acc = float(np.median(rates[base_name])), rows[base_name]["accuracy"]
     for name, r in rows.items():

@@ -13,6 +13,8 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..cpu import cpu_flags
+
 logger = logging.getLogger("hf_optim")
 
 __all__ = ["quantize_dynamic_onnx", "calibrate_onnx", "quantize_static_onnx", "quantize_int4_onnx",
@@ -34,10 +36,7 @@ def _static_ops() -> list[str]:
 
 
 def cpu_has_vnni() -> bool:
-    try:
-        return "avx512_vnni" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return "avx512_vnni" in cpu_flags()
 
 
 def _optimum_qconfig(is_static: bool, per_channel: bool, nodes_to_exclude: Sequence[str] = ()):

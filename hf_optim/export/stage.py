@@ -3,7 +3,6 @@ validated on the task metric; the artifact is written only when the metric stays
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import shutil
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from ..evaluation.harness import package_versions
 from ..registry import register
 from .config import ExportConfig
 
@@ -30,16 +29,6 @@ _BACKEND_NOTES = {
     "torch": "torch.onnx.export + onnxruntime.transformers.optimizer + onnxruntime.quantization "
              "(fallback: optimum-onnx is not installed)",
 }
-
-
-def _versions() -> dict[str, str]:
-    out = {"hf_optim": __version__}
-    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "optimum", "optimum-onnx"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def export_model(model_dir: str | Path, output_dir: str | Path, config: ExportConfig | None = None,
@@ -83,7 +72,7 @@ def export_model(model_dir: str | Path, output_dir: str | Path, config: ExportCo
         record.update({
             "format": RECORD_FORMAT, "kind": "export", "source": str(src), "task_type": task_type,
             "backend": backend, "backend_note": _BACKEND_NOTES[backend], "file_name": "model.onnx",
-            "config": config.to_dict(), "versions": _versions(),
+            "config": config.to_dict(), "versions": package_versions(),
             "export_seconds": round(time.perf_counter() - t0, 2),
         })
         _assemble(final, work / "export", out, record)

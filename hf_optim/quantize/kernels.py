@@ -19,6 +19,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..cpu import cpu_flags
+
 __all__ = ["ACT_QMIN", "ACT_QMAX", "pack_int8", "linear_dynamic_int8", "linear_static_int8", "linear_token_int8",
            "quantize_weight", "quantize_weight_affine", "weight_qparams", "quantize_with_qparams",
            "dequantize_weight", "pack_int4", "unpack_int4", "check_group_size", "num_groups"]
@@ -31,11 +33,7 @@ REDUCE_RANGE = True
 
 
 def _has_vnni() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read(1 << 16)
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 

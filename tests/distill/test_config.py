@@ -95,6 +95,7 @@ def test_shipped_recipe_has_student_and_distill_after_the_teacher():
     assert kinds.index("finetune") < kinds.index("student") < kinds.index("distill")
 
 
+@pytest.mark.multiprocess
 def test_config_module_is_light():
     import subprocess
     import sys

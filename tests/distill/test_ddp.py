@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.multiprocess  # torchrun starts two worker processes
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -45,6 +45,7 @@ def test_evaluate_model_metric_matches_direct_predictions(tiny_bert_dir, toy_tas
     assert out["size"]["total_mb"] > out["size"]["weights_mb"]
 
 
+@pytest.mark.multiprocess
 def test_peak_memory_probe_runs_in_a_fresh_process(tiny_bert_dir):
     from hf_optim.evaluation.bench import peak_memory_mb
 

@@ -75,6 +75,7 @@ def test_bbc_slice_is_fixed(tiny_llama_dir):
     assert a.shape == (1, 300) and torch.equal(a, b[:, :300])
 
 
+@pytest.mark.multiprocess
 def test_evaluate_model_measures_a_causal_lm(tiny_llama_dir):
     cfg = EvalConfig(model=str(tiny_llama_dir), task="bbc-news", lm_tokens=256, context=64, stride=32,
                      prompt_tokens=8, new_tokens=4, generate_batch_sizes=(1, 8), generate_repeats=1, threads=1)

@@ -42,6 +42,7 @@ def test_torch_compile_records_warmup_shapes(bert_dir, tmp_path):
     assert (tmp_path / "c" / "model.safetensors").is_file()
 
 
+@pytest.mark.multiprocess
 def test_runner_export_then_evaluate_onnx(bert_dir, tmp_path):
     from hf_optim.recipe import Recipe
     from hf_optim.runner import run

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.multiprocess
 def test_importing_the_inference_package_does_not_import_torch():
     code = ("import sys, hf_optim, hf_optim.inference as i; i.InferenceConfig(); "
             "print(json.dumps(['torch' in sys.modules, hf_optim.InferenceConfig is i.InferenceConfig]))")
@@ -18,6 +21,7 @@ def test_importing_the_inference_package_does_not_import_torch():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [False, True]
 
 
+@pytest.mark.multiprocess
 def test_serve_example_self_test(capsys):
     spec = importlib.util.spec_from_file_location("serve_example", ROOT / "scripts" / "serve_example.py")
     module = importlib.util.module_from_spec(spec)

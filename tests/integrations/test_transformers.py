@@ -219,6 +219,7 @@ def test_tampered_checkpoints_fail_loudly(tiny_bert_dir, tmp_path):
             AutoModelForSequenceClassification.from_pretrained(broken)
 
 
+@pytest.mark.multiprocess
 def test_plain_transformers_without_hf_optim_fails_loudly(tiny_bert_dir, tmp_path):
     for scheme in ("int8_dynamic", "int4_weight_only"):
         _quantized_bert(tiny_bert_dir, scheme, _ids()).save_pretrained(tmp_path / scheme)
@@ -240,6 +241,7 @@ def test_plain_transformers_without_hf_optim_fails_loudly(tiny_bert_dir, tmp_pat
     assert out.stdout.split() == ["int8_dynamic", "FAILED", "RuntimeError", "int4_weight_only", "FAILED", "RuntimeError"]
 
 
+@pytest.mark.multiprocess
 def test_registration_is_idempotent_and_import_is_light():
     from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 

@@ -78,6 +78,7 @@ def test_llama_pruned_reloads_and_generates_the_same_tokens(tmp_path):
     assert [g.n_units for g in find_unit_groups(reloaded) if g.kind == "ffn"] == [24, 64]
 
 
+@pytest.mark.multiprocess
 def test_loading_without_hf_optim_fails_loudly(tmp_path):
     model = tiny_bert(seed=2)
     prune_structured_(model, heads={0: [1]}, ffn={1: [0, 1, 2]})

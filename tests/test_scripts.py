@@ -1,0 +1,36 @@
+"""The benchmark scripts in scripts/: their command lines parse, and each records through the harness."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+BENCHMARKS = sorted(p for p in SCRIPTS.glob("*.py") if p.name != "serve_example.py")
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(f"_script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmarks_are_all_here():
+    assert {p.stem for p in BENCHMARKS} == {"bench_export", "bench_inference", "bench_lm", "bench_prune",
+                                            "bench_quant_kernels", "bench_quant_minilm", "bench_run", "distill_lm",
+                                            "distill_movie_sentiment"}
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.stem)
+def test_help_parses_and_results_go_through_the_harness(path, monkeypatch, capsys):
+    source = path.read_text()
+    assert "BenchRun(" in source and ".write(" in source  # one schema, one atomic writer
+    assert "json.dump(" not in source and ".write_text(" not in source  # no hand-rolled result files
+    monkeypatch.setattr(sys, "argv", [str(path), "--help"])
+    with pytest.raises(SystemExit) as e:
+        _load(path).main()
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage:")
