@@ -16,12 +16,9 @@ and ``--batch-calls`` calls of one batch of 32 (median); each number is the medi
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,48 +29,6 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
-
-
-def _cpu() -> dict:
-    info = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "model": None, "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and info["model"] is None:
-            info["model"] = value.strip()
-        if key.strip() == "flags":
-            have = set(value.split())
-            info["flags"] = [f for f in _FLAGS if f in have]
-            break
-    info["kind"] = "AVX-512" if "avx512f" in info["flags"] else "AVX2" if "avx2" in info["flags"] else "other"
-    return info
-
-
-def _git_commit() -> str | None:
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("onnxruntime", "onnx", "torch", "transformers", "optimum-onnx"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-
 
 def _build_graphs(src: Path, work: Path, backend: str) -> tuple[dict[str, Path], dict]:
     from hf_optim.export.onnx import export_onnx, op_counts, optimize_onnx
@@ -117,16 +72,17 @@ def main(argv=None) -> int:
 
     from hf_optim.data import load_task
     from hf_optim.export.onnx import resolve_backend, skip_layernorm_timings
+    from hf_optim.evaluation.harness import BenchRun, interleaved
     from hf_optim.export.runtime import make_session
 
     from bench_export import _untrained_classifier  # scripts/ is on the path when this file runs
 
+    run = BenchRun(args, argv=argv, threads=args.threads)
     backend = resolve_backend(args.backend)
     output = Path(args.output).resolve() if args.output else None
     work = Path(tempfile.mkdtemp(prefix="bench-sln-"))
     cwd = os.getcwd()
     os.chdir(work)  # Optimum writes scratch files to the CWD in places: keep them in the scratch dir
-    load_start = os.getloadavg()
     try:
         src = _untrained_classifier(work)
         graphs, ops = _build_graphs(src, work, backend)
@@ -141,26 +97,23 @@ def main(argv=None) -> int:
         # the same logits from both forms: the split is a rewrite, not an approximation
         diffs = {q: float(np.abs(sessions[f"{q}_fused"].run(None, batch)[0] -
                                  sessions[f"{q}_split"].run(None, batch)[0]).max()) for q in ("fp32", "int8")}
-        for s in sessions.values():  # warm-up
-            s.run(None, single[0])
-            s.run(None, batch)
-        per_round = {n: {"batch1": [], "batch32": []} for n in names}
-        for r in range(args.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                sess = sessions[name]
+        def one_round(sess):
+            def measure():
                 start = time.perf_counter()
                 for feeds in single:
                     sess.run(None, feeds)
-                per_round[name]["batch1"].append((time.perf_counter() - start) * 1e3 / len(single))
+                batch1 = (time.perf_counter() - start) * 1e3 / len(single)
                 calls = []
                 for _ in range(args.batch_calls):
                     start = time.perf_counter()
                     sess.run(None, batch)
                     calls.append((time.perf_counter() - start) * 1e3)
-                per_round[name]["batch32"].append(float(np.median(calls)))
-            print(f"round {r + 1}/{args.rounds}: " + "  ".join(
-                f"{n} {per_round[n]['batch1'][-1]:.2f}/{per_round[n]['batch32'][-1]:.1f} ms" for n in names),
-                flush=True)
+                return {"batch1": batch1, "batch32": float(np.median(calls))}
+            return measure
+
+        # every graph once per round, the order rotated (a busy machine slows every graph alike)
+        results = interleaved({n: one_round(sessions[n]) for n in names}, rounds=args.rounds)
+        per_round = {n: {k: [r[k] for r in results[n]] for k in ("batch1", "batch32")} for n in names}
         rows = []
         for name in names:
             quant, form = name.split("_")
@@ -176,17 +129,14 @@ def main(argv=None) -> int:
         # its rule: split when the split form is at least 20 % faster
         probes = {"default_threads": skip_layernorm_timings(384),
                   "threads": skip_layernorm_timings(384, threads=args.threads)}
-        result = {
-            "command": "python scripts/bench_skip_layernorm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "git_commit": _git_commit(), "versions": _versions(), "cpu": _cpu(), "threads": args.threads,
-            "args": vars(args), "backend": backend,
+        extra = {
+            "backend": backend,
             "model": "minilm-l6 (packaged), untrained 2-way head from config; O2; max_length 128",
             "data": f"movie-sentiment test sentences (shuffled, seed 0): {len(single)} batch-1 calls per round "
                     f"(mean), {args.batch_calls} calls of one batch of {args.batch_size} "
                     f"({batch['input_ids'].shape[1]} tokens) per round (median); medians over {args.rounds} "
                     "interleaved rounds",
-            "load_average_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
-            "rows": rows, "split_over_fused_paired_median": ratios, "max_logit_diff_split_vs_fused": diffs,
+            "split_over_fused_paired_median": ratios, "max_logit_diff_split_vs_fused": diffs,
             "auto_probe": {k: {**v, "decision": "on" if v["split"] < 0.8 * v["fused"] else "off"}
                            for k, v in probes.items()},
             "auto_probe_shape": [8, 64, 384],
@@ -194,11 +144,8 @@ def main(argv=None) -> int:
     finally:
         os.chdir(cwd)
         shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=2)
-    if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n")
-    print(text)
+    result = run.write(output, rows, **extra)
+    print(json.dumps(result, indent=2))
     return 0
 
 
