@@ -16,11 +16,12 @@ import json
 from pathlib import Path
 from typing import Any, Union
 
+from .integrity import MARKER as _MARKER  # the runner's completion marker
+
 __all__ = ["TASK_RECORD", "record_task", "recorded_task", "inherit_task", "record_stage_task"]
 
 TASK_RECORD = "hf_optim_task.json"
 _FORMAT = 1
-_MARKER = "hf_optim_stage.json"  # the runner's completion marker (hf_optim.runner.MARKER; the runner imports this)
 
 Task = Union[str, dict]
 
