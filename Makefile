@@ -68,6 +68,9 @@ bench-classifier: demo
 		-o $(RESULTS)/bench_prune.json
 	$(BENCH_PY) scripts/bench_run.py $(RUN) --artifacts teacher,export-teacher,export --baseline teacher \
 		--reference export-teacher --threads 1 -o $(RESULTS)/bench_run_movie_sentiment.json
+	$(BENCH_PY) scripts/bench_run.py $(RUN) --artifacts teacher,export-teacher,export --baseline teacher \
+		--reference export-teacher --threads 2 -o $(RESULTS)/bench_run_movie_sentiment_threads2.json
+	$(BENCH_PY) scripts/bench_skip_layernorm.py --rounds 21 -o $(RESULTS)/bench_skip_layernorm.json
 	$(BENCH_PY) scripts/distill_movie_sentiment.py --teacher $(RUN)/teacher --epochs 1 --cache-bench-samples 320 \
 		--out $(RESULTS)/distill_movie_sentiment.json
 	$(BENCH_PY) scripts/distill_movie_sentiment.py --teacher $(RUN)/teacher --epochs 3 --cache-bench-samples 0 \
