@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -450,19 +451,25 @@ def main(argv: list[str] | None = None) -> int:
     from .cpu import tune_allocator
 
     tune_allocator()  # this process only runs hf_optim's own work (HF_OPTIM_ALLOCATOR=default: glibc's defaults)
+    from .runner import _terminate_as_interrupt
+
+    previous = _terminate_as_interrupt()  # SIGTERM unwinds like Ctrl-C: every command removes its scratch files
     try:
         return args.fn(args)
     except HfOptimError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted; completed stages are kept, the interrupted one was discarded", file=sys.stderr)
+        print("interrupted; nothing half-written was kept (a run keeps its completed stages)", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - last resort: one line, the details are in the log
         if args.verbose or os.environ.get("HF_OPTIM_DEBUG"):
             raise
         print(f"error: unexpected {type(e).__name__}: {e} (rerun with -v for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

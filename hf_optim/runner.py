@@ -139,11 +139,9 @@ def _umask() -> int:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; artifacts are ordinary files
-    os.replace(tmp, path)
+    from .data.sources import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def _replace_dir(tmp: Path, final: Path, run_id: str) -> None:
@@ -297,6 +295,9 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file
         "recipe": recipe.name, "description": recipe.description, "fingerprint": recipe.fingerprint(),
         "hf_optim": __version__, "started": _dt.datetime.now().isoformat(timespec="seconds"), "stages": [],
     }
+    # at once: a run that cannot write (a full disk, a read-only folder) stops here, and a report.json left from
+    # an earlier complete run never stands for this one
+    _write_report(out, report, status="running")
     logger.info("run %s (%d stages) -> %s", recipe.name, len(recipe.stages), out)
     total = len(recipe.stages)
     for i, stage in enumerate(recipe.stages, 1):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -75,7 +76,9 @@ def export_model(model_dir: str | Path, output_dir: str | Path, config: ExportCo
             "config": config.to_dict(), "versions": package_versions(),
             "export_seconds": round(time.perf_counter() - t0, 2),
         })
-        _assemble(final, work / "export", out, record)
+        # assembled in the scratch dir and renamed into place: an interrupted export leaves no half-written output
+        _assemble(final, work / "export", work / "assembled", record)
+        os.replace(work / "assembled", out)  # `out` is new or empty (checked above)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return record

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from hf_optim.cli import main
 
 
@@ -42,3 +44,26 @@ def test_cli_export_defaults_are_the_config_defaults():
 
     args = build_parser().parse_args(["export", "m", "-o", "o"])
     assert args.split_skip_layernorm == ExportConfig(model="m").split_skip_layernorm
+
+
+@pytest.mark.multiprocess
+def test_sigterm_during_export_leaves_no_scratch_and_no_output(bert_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "hf_optim.cli", "export", str(bert_dir), "-o", str(out),
+                             "--task", "movie-sentiment", "--backend", "torch", "--validation-samples", "64"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".export-work-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    assert not list(tmp_path.glob(".export-work-*")) and not out.exists()
