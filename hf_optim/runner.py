@@ -8,7 +8,7 @@ Output layout (``output_dir``)::
     <stage>/               one artifact directory per stage, with hf_optim_stage.json (its fingerprint) and,
                            for a model, hf_optim_task.json (the task it was trained for; see task_record.py)
 
-A stage writes into ``.tmp-<stage>-*`` and the directory is renamed to ``<stage>`` only after the handler
+A stage writes into ``.tmp-<run id>-<stage>-*`` and the directory is renamed to ``<stage>`` only after the handler
 returned and the marker was written, so a crash, a kill or Ctrl-C never leaves a directory that a later run
 mistakes for complete. A stage whose directory exists with the same fingerprint is skipped.
 """
