@@ -21,8 +21,8 @@ def _load(path: Path):
 
 def test_the_benchmarks_are_all_here():
     assert {p.stem for p in BENCHMARKS} == {"bench_export", "bench_inference", "bench_lm", "bench_prune",
-                                            "bench_quant_kernels", "bench_quant_minilm", "bench_run", "distill_lm",
-                                            "distill_movie_sentiment"}
+                                            "bench_quant_kernels", "bench_quant_minilm", "bench_run", "bench_skip_layernorm",
+                                            "distill_lm", "distill_movie_sentiment"}
 
 
 @pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.stem)

@@ -248,7 +248,7 @@ def test_plan_cli_measures_and_choice_respects_budgets(tiny_bert_dir, tmp_path, 
     text = capsys.readouterr().out
     assert code == 3 and "no choice: no candidate satisfies the budgets" in text and "| int4_weight_only" in text
     plan = json.loads(out.read_text())
-    assert plan["schema"] == 1 and plan["command"].startswith(f"hf-optim plan {tiny_bert_dir} --candidates ")
+    assert plan["schema"] == 1 and plan["command"].startswith(f"hf-optim plan {tiny_bert_dir} --task movie-sentiment --candidates ")
     assert plan["args"]["max_size_mb"] == 0.0001 and plan["cpu"]["logical_cores"] >= 1  # the benchmark result schema
     rows = plan["rows"]
     assert [r["candidate"] for r in rows] == ["fp32", "int8_dynamic", "int4_weight_only"]
