@@ -295,11 +295,13 @@ def check_model_labels(model_dir: str | Path, label_names: list[str], task_name:
         cfg = json.loads(path.read_text())
     except (OSError, ValueError):
         return  # not a config.json checkpoint: the loader says what is wrong
+    if not isinstance(cfg, dict):
+        return
     id2label = cfg.get("id2label") or {}
     try:
         model_labels = [str(id2label[k]) for k in sorted(id2label, key=int)]
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: id2label {id2label!r} must map class ids 0..N-1 to names") from None
+    except (TypeError, ValueError, AttributeError):
+        raise DataError(f"{path}: id2label {str(id2label)[:200]} must map class ids 0..N-1 to names") from None
     # transformers leaves its default (2 classes, LABEL_0/LABEL_1) out of config.json
     n_model = int(cfg.get("num_labels") or len(model_labels) or 2)
     task_labels = list(label_names)
