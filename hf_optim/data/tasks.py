@@ -305,8 +305,12 @@ def check_model_labels(model_dir: str | Path, label_names: list[str], task_name:
     # transformers leaves its default (2 classes, LABEL_0/LABEL_1) out of config.json
     n_model = int(cfg.get("num_labels") or len(model_labels) or 2)
     task_labels = list(label_names)
-    shown = (f"the model's labels {dict(enumerate(model_labels)) if model_labels else n_model}, the task "
-             f"{task_name!r}'s labels {dict(enumerate(task_labels))}")
+    def listed(labels: list) -> str:  # both sets, bounded: a model may have thousands of classes
+        text = str(dict(enumerate(labels)))
+        return text if len(text) <= 300 else text[:300] + f"... ({len(labels)} labels)"
+
+    shown = (f"the model's labels {listed(model_labels) if model_labels else n_model}, the task "
+             f"{task_name!r}'s labels {listed(task_labels)}")
     if n_model != len(task_labels):
         raise DataError(f"{model_dir} predicts {n_model} classes but task {task_name!r} has {len(task_labels)} "
                         f"({shown}); evaluate it on the task it was trained on (--task / `task:`), or fine-tune "
