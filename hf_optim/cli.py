@@ -50,6 +50,14 @@ def _model_task(args: argparse.Namespace, texts: bool = True):
                        + (" or --dataset FILE with your labelled data" if hasattr(args, "dataset") else ""))
 
 
+def _require_model_dir(path: str) -> None:
+    p = Path(path)
+    if p.is_file():
+        raise HfOptimError(f"{path!r} is a file; pass the model directory that holds it ({str(p.parent)!r})")
+    if not p.is_dir():
+        raise HfOptimError(f"model directory {path!r} does not exist")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .recipe import Recipe
     from .runner import run
@@ -76,8 +84,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.config import EvalConfig
     from .evaluation.stage import evaluate_model
 
-    if not Path(args.model_dir).is_dir():
-        raise HfOptimError(f"model directory {args.model_dir!r} does not exist")
+    _require_model_dir(args.model_dir)
     if args.dataset:
         task = {"dataset": args.dataset, "text_column": args.text_column, "label_column": args.label_column,
                 **({"name": args.task} if args.task else {})}
@@ -123,8 +130,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .quantize.planner import Budgets, plan_precision
 
-    if not Path(args.model_dir).is_dir():
-        raise HfOptimError(f"model directory {args.model_dir!r} does not exist")
+    _require_model_dir(args.model_dir)
     budgets = Budgets(max_size_mb=args.max_size_mb, max_latency_ms=args.max_latency_ms,
                       min_speedup=args.min_speedup, max_metric_drop=args.max_metric_drop)
     task = _model_task(args, texts=False)
@@ -150,8 +156,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import CompileConfig, ExportConfig
     from .task_record import inherit_task
 
-    if not Path(args.model_dir).is_dir():
-        raise HfOptimError(f"model directory {args.model_dir!r} does not exist")
+    _require_model_dir(args.model_dir)
     common = dict(model=args.model_dir, task=_model_task(args, texts=not args.compile),
                   max_metric_drop=args.max_metric_drop, validation_samples=args.validation_samples,
                   max_length=args.max_length)

@@ -179,3 +179,15 @@ def test_quiet_export_keeps_the_recorded_task(tmp_path, tiny_bert_dir):
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout.startswith(f"wrote {out} (") and "validation accuracy" in proc.stdout
     assert recorded_task(out) == task
+
+
+def test_eval_on_a_file_or_a_folder_without_tokenizer_is_one_clear_error(tmp_path, capsys):
+    from hf_optim.testing import tiny_bert
+
+    model_dir = tmp_path / "no-tokenizer"
+    tiny_bert().save_pretrained(model_dir)
+    assert main(["eval", str(model_dir / "config.json"), "--task", "movie-sentiment"]) == 2
+    assert f"is a file; pass the model directory that holds it ('{model_dir}')" in capsys.readouterr().err
+    assert main(["eval", str(model_dir), "--task", "movie-sentiment", "--no-memory", "--max-samples", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "has no usable tokenizer" in err and "tokenizer.save_pretrained(DIR)" in err and err.count("\n") == 1

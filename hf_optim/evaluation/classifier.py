@@ -32,6 +32,18 @@ class TorchClassifier:
         return self.predict_logits(texts)
 
 
+def load_tokenizer(path: str | Path):
+    """``AutoTokenizer.from_pretrained(path)``, or a :class:`DataError` saying what to add when the directory
+    holds no usable tokenizer (transformers raises anything from ``OSError`` to ``TypeError`` there)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise DataError(f"{path} has no usable tokenizer ({type(e).__name__}: {str(e)[:200]}); save it next to the "
+                        "weights with tokenizer.save_pretrained(DIR)") from None
+
+
 def load_classifier(model_dir: str | Path, max_length: int = 128) -> TorchClassifier:
     """Load a text classifier from a directory ``from_pretrained`` reads, an exported ONNX directory
     (``*.onnx`` and no torch weights: run by ONNX Runtime) or a ``compile`` stage artifact.
@@ -39,7 +51,7 @@ def load_classifier(model_dir: str | Path, max_length: int = 128) -> TorchClassi
     Raises:
         DataError: the directory is missing or is not a sequence-classification checkpoint.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = Path(model_dir)
     # exported / compiled artifacts (hf_optim.export) keep the same predict_logits interface
@@ -64,7 +76,7 @@ def load_classifier(model_dir: str | Path, max_length: int = 128) -> TorchClassi
                         "classifier; fine-tune it first (a `finetune` stage)")
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as e:
-        raise DataError(f"could not load the model in {path}: {e}") from None
+        raise DataError(f"could not load the model in {path}: {str(e)[:500]}") from None
+    tokenizer = load_tokenizer(path)
     return TorchClassifier(model, tokenizer, max_length=max_length)
