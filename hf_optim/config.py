@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, Union
 
 from .errors import ConfigError
 
-__all__ = ["OptimConfig", "config_class", "config_kinds", "config_from_dict"]
+__all__ = ["OptimConfig", "config_class", "config_kinds", "config_from_dict", "short_repr"]
 
 _CONFIG_KINDS: dict[str, type["OptimConfig"]] = {}
 
@@ -39,7 +39,13 @@ def config_class(kind: str) -> type["OptimConfig"]:
     try:
         return _CONFIG_KINDS[kind]
     except KeyError:
-        raise ConfigError(f"unknown kind {kind!r}; known kinds: {', '.join(config_kinds())}") from None
+        raise ConfigError(f"unknown kind {short_repr(kind)}; known kinds: {', '.join(config_kinds())}") from None
+
+
+def short_repr(value: Any, limit: int = 100) -> str:
+    """``repr(value)``, cut to ``limit`` characters: error messages quote what the user wrote, never megabytes of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def config_from_dict(data: dict[str, Any]) -> "OptimConfig":
@@ -165,7 +171,7 @@ class OptimConfig:
             out = _coerce(value, tp)
             if out is _NO:
                 raise ConfigError(
-                    f"{self.kind}.{f.name} = {value!r} is not valid: expected {_type_name(tp)}",
+                    f"{self.kind}.{f.name} = {short_repr(value)} is not valid: expected {_type_name(tp)}",
                     field=f.name,
                 )
             object.__setattr__(self, f.name, out)
@@ -175,7 +181,7 @@ class OptimConfig:
         """Extra checks across fields; raise :class:`~hf_optim.errors.ConfigError` naming the field."""
 
     def _fail(self, field: str, message: str) -> None:
-        raise ConfigError(f"{self.kind}.{field} = {getattr(self, field)!r}: {message}", field=field)
+        raise ConfigError(f"{self.kind}.{field} = {short_repr(getattr(self, field))}: {message}", field=field)
 
     # -- serialization ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

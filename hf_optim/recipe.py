@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from .config import OptimConfig, _CONFIG_KINDS
+from .config import OptimConfig, _CONFIG_KINDS, short_repr
 from .errors import ConfigError, RecipeError
 
 __all__ = ["StageConfig", "Stage", "Recipe", "stage_kinds", "BUILTIN_PREFIX"]
@@ -146,10 +146,10 @@ class Recipe:
                               f"{', '.join(sorted(_TOP_LEVEL))}", field=unknown[0])
         name = data.get("name")
         if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise RecipeError(f"`name` must be a simple name (letters, digits, - _ .), got {name!r}", field="name")
+            raise RecipeError(f"`name` must be a simple name (letters, digits, - _ .), got {short_repr(name)}", field="name")
         seed = data.get("seed", 42)
         if not isinstance(seed, int) or isinstance(seed, bool):
-            raise RecipeError(f"`seed` must be an integer, got {seed!r}", field="seed")
+            raise RecipeError(f"`seed` must be an integer, got {short_repr(seed)}", field="seed")
         raw_stages = data.get("stages")
         if not isinstance(raw_stages, list) or not raw_stages:
             raise RecipeError("`stages` must be a non-empty list of stages", field="stages")
@@ -190,17 +190,17 @@ class Recipe:
                 if ref.startswith(BUILTIN_PREFIX):
                     if ref[len(BUILTIN_PREFIX):] not in BUILTIN_MODELS:
                         raise RecipeError(
-                            f"stage {stage.name!r}: {field} = {ref!r} is not a builtin model; available: "
+                            f"stage {stage.name!r}: {field} = {short_repr(ref)} is not a builtin model; available: "
                             + ", ".join(BUILTIN_PREFIX + m for m in sorted(BUILTIN_MODELS)), field=field)
                     continue
                 if ref in {s.name for s in self.stages}:
-                    raise RecipeError(f"stage {stage.name!r}: {field} = {ref!r} refers to a later stage; "
+                    raise RecipeError(f"stage {stage.name!r}: {field} = {short_repr(ref)} refers to a later stage; "
                                       "a stage can only read stages above it", field=field)
-                if not self.resolve_path(ref).exists():
+                if not _exists(self.resolve_path(ref)):
                     raise RecipeError(
-                        f"stage {stage.name!r}: {field} = {ref!r} is not an earlier stage "
+                        f"stage {stage.name!r}: {field} = {short_repr(ref)} is not an earlier stage "
                         f"({', '.join(seen) or 'none'}), a builtin model (builtin:...) or an existing path "
-                        f"(looked for {self.resolve_path(ref)})", field=field)
+                        f"(looked for {short_repr(str(self.resolve_path(ref)), 300)})", field=field)
             seen.append(stage.name)
 
     def _check_task_kinds(self) -> None:
@@ -347,7 +347,7 @@ def _parse_report(raw: Any, stage_names: list[str]) -> dict:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise RecipeError(f"`report` must be a mapping (e.g. `report: {{price_per_hour: 0.09}}`), got {raw!r}",
+        raise RecipeError(f"`report` must be a mapping (e.g. `report: {{price_per_hour: 0.09}}`), got {short_repr(raw)}",
                           field="report")
     try:
         ReportConfig.from_dict(raw, strict=True)
@@ -355,7 +355,7 @@ def _parse_report(raw: Any, stage_names: list[str]) -> dict:
         raise RecipeError(f"report: {e}", field=e.field) from None
     for field in ("baseline", "reference"):
         if raw.get(field) is not None and raw[field] not in stage_names:
-            raise RecipeError(f"report.{field} = {raw[field]!r} is not a stage of this recipe; use the name of the "
+            raise RecipeError(f"report.{field} = {short_repr(raw[field])} is not a stage of this recipe; use the name of the "
                               f"stage whose evaluated model it is ({', '.join(stage_names)})", field=field)
     return dict(raw)
 
@@ -363,16 +363,16 @@ def _parse_report(raw: Any, stage_names: list[str]) -> dict:
 def _parse_stage(index: int, raw: Any, kinds: dict[str, type[StageConfig]], default_task: Any) -> Stage:
     where = f"stage #{index + 1}"
     if not isinstance(raw, dict):
-        raise RecipeError(f"{where} must be a mapping with `name` and `kind`, got {raw!r}")
+        raise RecipeError(f"{where} must be a mapping with `name` and `kind`, got {short_repr(raw)}")
     raw = dict(raw)
     name = raw.pop("name", None)
     if not isinstance(name, str) or not _NAME_RE.match(name) or name in _RESERVED:
         raise RecipeError(f"{where}: `name` must be a simple name (letters, digits, - _ .) and not one of "
-                          f"{', '.join(sorted(_RESERVED))}; got {name!r}", field="name")
+                          f"{', '.join(sorted(_RESERVED))}; got {short_repr(name)}", field="name")
     where = f"stage {name!r}"
     kind = raw.pop("kind", None)
     if kind not in kinds:
-        raise RecipeError(f"{where}: unknown kind {kind!r}; allowed kinds: {', '.join(kinds)}", field="kind")
+        raise RecipeError(f"{where}: unknown kind {short_repr(kind)}; allowed kinds: {', '.join(kinds)}", field="kind")
     cls = kinds[kind]
     if "task" in cls.field_names() and "task" not in raw and default_task is not None:
         raw["task"] = default_task
@@ -402,6 +402,13 @@ def _resolve_dataset_path(stage: Stage, base_dir: Path) -> Stage:
         return stage  # absolute, or a Hub dataset name
     task = {**task, "dataset": str(base_dir / path)}
     return Stage(name=stage.name, config=stage.config.replace(task=task))
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name longer than the filesystem allows, ...: nothing is there
+        return False
 
 
 def _path_identity(path: Path) -> dict[str, Any]:

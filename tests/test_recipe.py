@@ -171,3 +171,15 @@ def test_a_missing_dataset_file_is_found_at_validation(tmp_path, dataset):
             "stages": [{"name": "t", "kind": "finetune", "model": "builtin:minilm-l6"}]}
     with pytest.raises(RecipeError, match=r"stage 't': task.dataset = .* does not exist.*relative to the recipe file"):
         Recipe.from_dict(data, base_dir=tmp_path)
+
+
+def test_errors_quote_what_was_written_but_never_megabytes_of_it():
+    huge = "x" * 1_000_000
+    for data in ({"name": "r", "stages": [{"name": "a", "kind": huge}]},
+                 {"name": "r", "stages": [{"name": "a", "kind": "evaluate", "model": huge}]},
+                 {"name": "r", "stages": [{"name": "a", "kind": "evaluate", "model": "builtin:smollm2-135m",
+                                           "task": "bbc-news", "batch_size": huge}]},
+                 {"name": "not a name " * 100_000, "stages": []}):
+        with pytest.raises(RecipeError) as info:
+            Recipe.from_dict(data)
+        assert len(str(info.value)) < 1000 and "characters)" in str(info.value)
