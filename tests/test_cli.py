@@ -188,6 +188,8 @@ def test_eval_on_a_file_or_a_folder_without_tokenizer_is_one_clear_error(tmp_pat
     tiny_bert().save_pretrained(model_dir)
     assert main(["eval", str(model_dir / "config.json"), "--task", "movie-sentiment"]) == 2
     assert f"is a file; pass the model directory that holds it ('{model_dir}')" in capsys.readouterr().err
+    # transformers 4.57 raises a TypeError there; 5.x builds a 5-token tokenizer that maps every word to [UNK]
     assert main(["eval", str(model_dir), "--task", "movie-sentiment", "--no-memory", "--max-samples", "20"]) == 2
     err = capsys.readouterr().err
-    assert "has no usable tokenizer" in err and "tokenizer.save_pretrained(DIR)" in err and err.count("\n") == 1
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "has no usable tokenizer" in errors[0] and "tokenizer.save_pretrained(DIR)" in errors[0]
