@@ -32,11 +32,11 @@ class TorchClassifier:
         return self.predict_logits(texts)
 
 
-def load_tokenizer(path: str | Path, vocab_size: int | None = None):
+def load_tokenizer(path: str | Path):
     """``AutoTokenizer.from_pretrained(path)``, or a :class:`DataError` saying what to add when the directory
     holds no usable tokenizer: transformers 4.x raises anything from ``OSError`` to ``TypeError`` there, and 5.x
-    builds a tokenizer of a few special tokens that maps every word to ``[UNK]`` (a model scored through it
-    reports a number that means nothing). ``vocab_size``: the model's, to catch the latter."""
+    builds a tokenizer of special tokens only, which maps every word to ``[UNK]`` (a model scored through it
+    reports a number that means nothing)."""
     from transformers import AutoTokenizer
 
     fix = "save it next to the weights with tokenizer.save_pretrained(DIR)"
@@ -44,9 +44,8 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None):
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - see the docstring
         raise DataError(f"{path} has no usable tokenizer ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
-    if vocab_size and len(tokenizer) < vocab_size // 2:
-        raise DataError(f"{path} has no usable tokenizer (it knows {len(tokenizer)} tokens, the model {vocab_size}); "
-                        f"{fix}")
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        raise DataError(f"{path} has no usable tokenizer (it knows only its {len(tokenizer)} special tokens); {fix}")
     return tokenizer
 
 
@@ -84,5 +83,5 @@ def load_classifier(model_dir: str | Path, max_length: int = 128) -> TorchClassi
         model = AutoModelForSequenceClassification.from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as e:
         raise DataError(f"could not load the model in {path}: {str(e)[:500]}") from None
-    tokenizer = load_tokenizer(path, getattr(model.config, "vocab_size", None))
+    tokenizer = load_tokenizer(path)
     return TorchClassifier(model, tokenizer, max_length=max_length)
