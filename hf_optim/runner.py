@@ -298,6 +298,7 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file
     # at once: a run that cannot write (a full disk, a read-only folder) stops here, and a report.json left from
     # an earlier complete run never stands for this one
     _write_report(out, report, status="running")
+    verified: set[Path] = set()  # stage outputs whose weights were checked (or written) in this run: hashed once
     logger.info("run %s (%d stages) -> %s", recipe.name, len(recipe.stages), out)
     total = len(recipe.stages)
     for i, stage in enumerate(recipe.stages, 1):
@@ -306,12 +307,13 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file
         marker = _read_marker(final)
         if not force and marker and marker.get("fingerprint") == fp:
             verify_artifact(final)  # a complete output whose weights changed is not reused
+            verified.add(final)
             logger.info("[%d/%d] %s (%s): complete, skipped", i, total, stage.name, stage.config.kind)
             report["stages"].append({**{k: v for k, v in marker.items() if k != DIGESTS}, "status": "skipped"})
             continue
         logger.info("[%d/%d] %s (%s): running", i, total, stage.name, stage.config.kind)
         try:
-            entry = _run_stage(recipe, stage, fp, out, progress, run_id)
+            entry = _run_stage(recipe, stage, fp, out, progress, run_id, verified)
         except BaseException as e:
             # the report shows how far the run got; it is not a completion marker (hf_optim_stage.json is)
             report["stages"].append({"name": stage.name, "kind": stage.config.kind, "fingerprint": fp,
@@ -373,7 +375,8 @@ def _artifact_table(stages: list[dict]) -> list[dict]:
     return rows
 
 
-def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool, run_id: str) -> dict[str, Any]:
+def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool, run_id: str,
+               verified: set[Path]) -> dict[str, Any]:
     inputs = _resolve_inputs(recipe, stage, out)  # may raise (e.g. a missing data package): nothing made yet
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".tmp-{run_id}-{stage.name}-"))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700
@@ -384,7 +387,9 @@ def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool,
         for field, path in ctx.inputs.items():
             if not path.exists():
                 raise StageError(f"stage {stage.name!r}: input {field} = {path} does not exist")
-            verify_artifact(path)  # an hf_optim output read back: its weights are what was written
+            if path not in verified:  # an hf_optim output read back: its weights are what was written
+                verify_artifact(path)
+                verified.add(path)
         metrics = get_handler(stage.config)(stage.config, ctx) or {}
         record_stage_task(stage.config, ctx.inputs, tmp)  # the model's task, read back by `hf-optim eval` ...
         entry = {"name": stage.name, "kind": stage.config.kind, "fingerprint": fp,
@@ -395,6 +400,7 @@ def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool,
         # written last: its presence means "complete"; the digests let every later read detect changed weights
         _atomic_json(tmp / MARKER, {**entry, DIGESTS: weight_digests(tmp)})
         _replace_dir(tmp, out / stage.name, run_id)
+        verified.add(out / stage.name)  # written by this run just now: hashed once, when the marker was written
         return entry
     except BaseException as e:
         for path in ctx._scratch:

@@ -245,17 +245,20 @@ def is_text_corpus(task: Any) -> bool:
     return isinstance(task, str) and task in BUILTIN_TEXTS
 
 
-def checkpoint_kind(model_dir: str | Path) -> Optional[str]:
-    """What a checkpoint directory holds, from its ``config.json``: ``"sequence-classification"``,
-    ``"causal-lm"``, ``"base"`` (an encoder or backbone without a task head), or `None` when there is no
-    readable ``config.json``."""
+def _read_config(model_dir: str | Path) -> Optional[dict]:
     import json
 
-    path = Path(model_dir) / "config.json"
     try:
-        archs = json.loads(path.read_text()).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
         return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _kind(cfg: Optional[dict]) -> Optional[str]:
+    if cfg is None:
+        return None
+    archs = cfg.get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return "sequence-classification"
     if any(a.endswith("ForCausalLM") for a in archs):
@@ -263,18 +266,19 @@ def checkpoint_kind(model_dir: str | Path) -> Optional[str]:
     return "base"
 
 
+def checkpoint_kind(model_dir: str | Path) -> Optional[str]:
+    """What a checkpoint directory holds, from its ``config.json``: ``"sequence-classification"``,
+    ``"causal-lm"``, ``"base"`` (an encoder or backbone without a task head), or `None` when there is no
+    readable ``config.json``."""
+    return _kind(_read_config(model_dir))
+
+
 def checkpoint_facts(model_dir: str | Path) -> dict[str, Any]:
     """``{"kind", "num_layers", "max_positions"}`` of a checkpoint directory from its ``config.json`` (values
     `None` where it does not say)."""
-    import json
-
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        cfg = {}
-    cfg = cfg if isinstance(cfg, dict) else {}
-    return {"kind": checkpoint_kind(model_dir), "num_layers": cfg.get("num_hidden_layers"),
-            "max_positions": cfg.get("max_position_embeddings")}
+    cfg = _read_config(model_dir)
+    return {"kind": _kind(cfg), "num_layers": (cfg or {}).get("num_hidden_layers"),
+            "max_positions": (cfg or {}).get("max_position_embeddings")}
 
 
 def _is_generic(labels: list[str]) -> bool:
@@ -288,15 +292,10 @@ def check_model_labels(model_dir: str | Path, label_names: list[str], task_name:
     (not transformers' ``LABEL_<i>`` defaults) they must be the task's names in the task's order (compared
     without case): a model scored against another label set reports a number with no meaning.
     """
-    import json
-
     path = Path(model_dir) / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError):
+    cfg = _read_config(model_dir)
+    if cfg is None:
         return  # not a config.json checkpoint: the loader says what is wrong
-    if not isinstance(cfg, dict):
-        return
     id2label = cfg.get("id2label") or {}
     try:
         model_labels = [str(id2label[k]) for k in sorted(id2label, key=int)]

@@ -29,11 +29,9 @@ __all__ = ["text_token_ids", "perplexity", "generation_speed", "lm_peak_memory_m
 
 def is_causal_lm(model_dir: str | Path) -> bool:
     """Whether ``model_dir``'s ``config.json`` names a ``*ForCausalLM`` architecture."""
-    cfg = Path(model_dir) / "config.json"
-    if not cfg.is_file():
-        return False
-    archs = json.loads(cfg.read_text()).get("architectures") or []
-    return any(a.endswith("ForCausalLM") for a in archs)
+    from ..data.tasks import checkpoint_kind
+
+    return checkpoint_kind(model_dir) == "causal-lm"
 
 
 def text_token_ids(tokenizer, corpus: str = "bbc-news", split: str = "test", max_tokens: int | None = 4096):

@@ -73,13 +73,15 @@ def resolve_backend(backend: str) -> str:
 
 def detect_task_type(model_dir: str | Path) -> str:
     """``sequence-classification`` or ``causal-lm`` from the checkpoint's ``architectures``."""
+    from ..data.tasks import checkpoint_kind
+
+    kind = checkpoint_kind(model_dir)
+    if kind in ("sequence-classification", "causal-lm"):
+        return kind
+    from ..errors import DataError
+
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     archs = cfg.get("architectures") or []
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        return "sequence-classification"
-    if any(a.endswith("ForCausalLM") for a in archs):
-        return "causal-lm"
-    from ..errors import DataError
 
     raise DataError(f"{model_dir} holds {', '.join(archs) or cfg.get('model_type')}: export handles sequence "
                     "classifiers and causal LMs; set task_type or fine-tune the model first")
