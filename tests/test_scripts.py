@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-BENCHMARKS = sorted(p for p in SCRIPTS.glob("*.py") if p.name != "serve_example.py")
+# not benchmarks: an example server and the writer of docs/benchmarks.md (tests/test_docs.py)
+NOT_BENCHMARKS = {"serve_example.py", "make_benchmarks_doc.py", "benchmarks_doc_text.py"}
+BENCHMARKS = sorted(p for p in SCRIPTS.glob("*.py") if p.name not in NOT_BENCHMARKS)
 
 
 def _load(path: Path):
