@@ -104,6 +104,12 @@ every count of rows a stratified sample) and converted to the schema; their sect
 and which command replaces them.
 """
 
+# Columns several result files share (rows written by hf_optim.evaluation.bench.side_by_side).
+TEST_ACCURACY = ("test accuracy", "accuracy", ".3f")
+WEIGHTS_MB = ("weights MB", "size.weights_mb", ".1f")
+P50_MS = ("batch-1 p50 ms", "latency_ms.p50", ".2f")
+THROUGHPUT = ("batch-32 /s", "throughput.samples_per_s", ".1f")
+
 RUN_LABELS = {"teacher": "teacher, FP32 PyTorch (the baseline)",
               "export-teacher": "teacher, Optimum ORT dynamic INT8 (the reference)",
               "export": "final: distilled + pruned student, ORT O2 + INT8 + int4 embeddings"}
@@ -129,7 +135,7 @@ def run_notes(data: dict) -> str:
         return ""
     return (f"At {threads_text(data)}, the final artifact is {fmt(final['throughput_vs_reference'], 'x')} the Optimum "
             f"INT8 teacher's batch-32 throughput and {fmt(final['size']['weights_mb'] / ref['size']['weights_mb'], 'x')}"
-            f" its size, at {final['accuracy_vs_reference_points']:+.1f} accuracy points against it.")
+            f" its size, at {final['accuracy']:.3f} test accuracy against its {ref['accuracy']:.3f}.")
 
 
 def export_notes(data: dict) -> str:
@@ -261,6 +267,8 @@ def lm_notes(data: dict) -> str:
         "- The packaged weights were dequantized from a Q4_1 (4-bit asymmetric, group-32) GGUF, so asymmetric "
         "group-32 int4 is lossless by construction, and every other grid quantizes weights that already carry one "
         "4-bit rounding.",
+        "- The int4 PyTorch variants dequantize their weights at every decode step, hence their decode speed; "
+        "ONNX Runtime's int8 `MatMulNBits` with int8 compute is the fast path (see docs/llm.md).",
         "- Tuning costs calibration time (`quantize_s`): " + ", ".join(f"`{k}` {m:.0f} minutes"
                                                                      for k, m in minutes.items())
         + " on one shared thread. Without the end-to-end pass the best group-128 result is "
@@ -305,9 +313,8 @@ SECTIONS = {
             f"embeddings). Batch-32 throughput is the median of {d['args'].get('rounds')} interleaved rounds; batch-1 "
             f"latency over {get(d['rows'].get('teacher', {}), 'latency_ms.n')} calls."),
         "first": "artifact", "labels": RUN_LABELS, "notes": run_notes,
-        "table": [("test accuracy", "accuracy", ".3f"), ("weights MB", "size.weights_mb", ".1f"),
-                  ("batch-1 p50 ms", "latency_ms.p50", ".2f"), ("p95 ms", "latency_ms.p95", ".2f"),
-                  ("batch-32 /s", "throughput.samples_per_s", ".1f"), ("vs FP32", "speedup", "x"),
+        "table": [TEST_ACCURACY, WEIGHTS_MB, P50_MS, ("p95 ms", "latency_ms.p95", ".2f"), THROUGHPUT,
+                  ("vs FP32", "speedup", "x"),
                   ("vs Optimum INT8", "throughput_vs_reference", "x"), ("size vs FP32", "size_ratio_vs_baseline", "x")]},
     "bench_export": {
         "title": "ONNX Runtime exports of the teacher: PyTorch, Optimum and hf_optim",
@@ -319,8 +326,8 @@ SECTIONS = {
         "labels": EXPORT_LABELS, "notes": export_notes,
         "table": [("accuracy", "accuracy", ".3f"), ("MB", "size_mb", ".1f"),
                   ("agreement with torch", "agreement_with_torch", ".3f"),
-                  ("max logit diff", "max_logit_diff_vs_torch", ".2f"), ("batch-1 p50 ms", "latency_ms.p50", ".2f"),
-                  ("p95 ms", "latency_ms.p95", ".2f"), ("batch-32 /s", "throughput.samples_per_s", ".1f"),
+                  ("max logit diff", "max_logit_diff_vs_torch", ".2f"), P50_MS,
+                  ("p95 ms", "latency_ms.p95", ".2f"), THROUGHPUT,
                   ("vs torch FP32", "vs_torch_fp32.throughput_ratio", "x"),
                   ("vs Optimum INT8", "vs_int8_anchor.throughput_ratio", "x"),
                   ("p50 vs Optimum INT8", "vs_int8_anchor.latency_p50_speedup", "x")]},
@@ -336,7 +343,8 @@ SECTIONS = {
         "first": "scheme", "notes": quant_minilm_notes,
         "table": [("accuracy", "accuracy", ".3f"), ("batch-32 /s", "throughput.samples_per_s", ".1f"),
                   ("vs FP32", "speedup", "x"), ("batch-1 p50 ms", "latency_ms.p50", ".1f"),
-                  ("Linear weights MB", "linear_weight_bytes", "mb"), ("vs torch.ao", "throughput_vs_torch_ao", "x"),
+                  ("Linear weights MB", "linear_weight_bytes", "mb"),
+                  ("vs FP32 weights", "quantize.linear_weight_ratio", "x"), ("vs torch.ao", "throughput_vs_torch_ao", "x"),
                   ("logits SQNR dB", "quantize.logits_sqnr_db", ".1f")]},
     "bench_quant_kernels": {
         "title": "INT8 / INT4 CPU matmul kernels at MiniLM-L6 shapes",
@@ -362,10 +370,8 @@ SECTIONS = {
         "what": "The `distill` and `prune` stages of `make demo` side by side: the pruned model has whole attention "
                 "heads and FFN neurons removed (smaller matrices), recovered by distillation from the teacher.",
         "first": "model", "notes": prune_notes,
-        "table": [("test accuracy", "accuracy", ".3f"), ("heads per layer", "heads", ""),
-                  ("FFN neurons per layer", "ffn", ""), ("parameters", "params", ""),
-                  ("weights MB", "size.weights_mb", ".1f"), ("batch-1 p50 ms", "latency_ms.p50", ".2f"),
-                  ("batch-32 /s", "throughput.samples_per_s", ".1f"), ("speedup", "speedup", "x")]},
+        "table": [TEST_ACCURACY, ("heads per layer", "heads", ""), ("FFN neurons per layer", "ffn", ""),
+                  ("parameters", "params", ""), WEIGHTS_MB, P50_MS, THROUGHPUT, ("speedup", "speedup", "x")]},
     "distill_movie_sentiment": {
         "title": "Distilled vs label-only 3-layer student, one epoch (and the teacher-logit cache)",
         "what": "`scripts/distill_movie_sentiment.py`: a 3-layer student made from the teacher, trained one epoch "
@@ -398,7 +404,8 @@ SECTIONS = {
                 "slice: perplexity on the first 4,096 tokens of BBC News test text (window 512, stride 256), 1 thread.",
         "notes": lm_notes,
         "table": [("what", "what", ""), ("perplexity", "perplexity", ".2f"), ("vs fp32", "perplexity_vs_fp32", "pct"),
-                  ("weights MB", "weights_mb", ".0f"), ("calibration tokens", "calibration_tokens", ""),
+                  ("weights MB", "weights_mb", ".0f"), ("size vs fp32", "size_vs_fp32", "x"),
+                  ("calibration tokens", "calibration_tokens", ""),
                   ("quantize s", "quantize_s", ".0f")]},
     "distill_lm": {
         "title": "Distilling SmolLM2-135M into a 10-layer student",

@@ -26,8 +26,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchmarks_doc_text as text  # noqa: E402 - the prose lives next to this script
-from benchmarks_doc_text import fmt, rows_of, rows_table  # noqa: E402
+import benchmarks_doc_text as text  # the prose lives next to this script
+from benchmarks_doc_text import rows_of, rows_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "scripts" / "results"
