@@ -2,7 +2,7 @@
 
 Read by ``make_benchmarks_doc.py``, with the table helpers both use. What a result file records is read from it
 (notes are functions of the file), so the page changes when the file does; the few literal numbers are facts no
-result file holds. A layout is ``{"title", "what", "table", "labels"?, "first"?, "notes"?}``: ``what`` is text
+result file holds. A layout is ``{"title", "what", "table", "labels"?, "first"?, "notes"?, "threads"?}``: ``what`` is text
 or a function of the file, ``table`` a list of ``(header, dotted path in a row, cell format)`` or a function.
 """
 
@@ -96,6 +96,7 @@ other processes compete for the cores.
 | `make bench-classifier` | `bench_quant_kernels.py`, `bench_quant_minilm.py`, `bench_export.py` (2 and 1 threads), `bench_prune.py`, `bench_run.py` (1 and 2 threads), `bench_skip_layernorm.py`, `distill_movie_sentiment.py` (1 and 3 epochs), `hf-optim plan` | `bench_quant_kernels`, `bench_quant_minilm`, `bench_export`, `bench_export_threads1`, `bench_prune`, `bench_run_movie_sentiment` (+ `_threads2`), `bench_skip_layernorm`, `distill_movie_sentiment`, `distill_vs_label_only_3ep`, `plan_teacher` | `runs/movie-sentiment` (runs `make demo` first; a finished run is not redone); about two hours on two cores, most of it the two distillation runs |
 | `make bench-lm` | `bench_lm.py`, `distill_lm.py`, `recipes/smollm2-int4.yaml` (its generation table is in `runs/smollm2-int4/report.md`, see [causal LMs](llm.md)) | `bench_lm`, `distill_lm` | hours on two cores (the tuned GPTQ variants and the recipe's GPTQ stage about an hour each) |
 | `make bench-engine` | `bench_inference.py` | `bench_inference` | minutes |
+| `make check-extras` | `check_extras.py` (the wheel with each extra, no constraints) | `check_extras` | minutes, network |
 | `make docs` | `scripts/make_benchmarks_doc.py` | this page and the measured table of the [README](../README.md) | seconds, standard library only |
 
 `make bench` runs the three benchmark targets, then `make docs`. Files marked `"regenerated": false` were
@@ -415,11 +416,21 @@ SECTIONS = {
         "first": "model", "notes": distill_lm_notes,
         "table": [("layers", "layers", ""), ("parameters (M)", "params_m", ".1f"), ("perplexity", "perplexity", ",.1f"),
                   ("train s", "train_s", ".0f")]},
+    "check_extras": {
+        "title": "Every extra installs from the package index without the repository's constraints",
+        "what": "`scripts/check_extras.py` (`make check-extras`; CI runs it too): the wheel with each extra installed "
+                "into an empty virtual environment with no constraint file (the CPU torch wheel first), then "
+                "imported in a fresh interpreter; an install slower than `--max-seconds` fails the check.",
+        "first": "extra", "threads": False,
+        "table": [("installs and imports", "ok", ""), ("failed at", "stage", ""), ("install s", "install_s", ".1f"),
+                  ("transformers", "versions.transformers", ""), ("torch", "versions.torch", ""),
+                  ("optimum-onnx", "versions.optimum-onnx", ""), ("onnxruntime", "versions.onnxruntime", "")]},
 }
 ALIASES = {"bench_run_movie_sentiment_threads2": "bench_run_movie_sentiment", "bench_export_threads1": "bench_export"}
 ORDER = ["bench_run_movie_sentiment", "bench_run_movie_sentiment_threads2", "bench_export", "bench_export_threads1",
          "bench_quant_minilm", "bench_quant_kernels", "plan_teacher", "bench_prune", "distill_movie_sentiment",
-         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "distill_lm"]
+         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "distill_lm",
+         "check_extras"]
 
 
 def optimum_comparison(results: dict[str, dict]) -> str:

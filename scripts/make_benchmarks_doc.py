@@ -99,13 +99,18 @@ def layout_of(stem: str) -> dict | None:
     return text.SECTIONS.get(stem) or text.SECTIONS.get(text.ALIASES.get(stem, ""))
 
 
+def threads_suffix(stem: str, data: dict) -> str:
+    """`` (N threads)`` after a title, unless the layout says threads do not matter (``"threads": False``)."""
+    return "" if (layout_of(stem) or {}).get("threads") is False else f" ({text.threads_text(data)})"
+
+
 def section(stem: str, data: dict) -> str:
     layout = layout_of(stem)
     if layout is None:
         parts = [f"## {stem}", "No description yet: every scalar field of its rows.", generic_table(data)]
     else:
         what = layout["what"](data) if callable(layout["what"]) else layout["what"]
-        parts = [f"## {stem}", f"**{layout['title']}** ({text.threads_text(data)})", what]
+        parts = [f"## {stem}", f"**{layout['title']}**{threads_suffix(stem, data)}", what]
         parts += [layout["table"](data) if callable(layout["table"]) else
                   rows_table(data, layout["table"], layout.get("labels"), layout.get("first", "variant"))]
         notes = layout.get("notes")
@@ -118,7 +123,7 @@ def render_page(results: dict[str, dict]) -> str:
     """The whole of docs/benchmarks.md."""
     order = [s for s in text.ORDER if s in results] + sorted(s for s in results if s not in text.ORDER)
     titles = {s: (layout_of(s) or {}).get("title", "no description yet") for s in order}
-    contents = "\n".join(f"- [{s}](#{s}): {titles[s]} ({text.threads_text(results[s])})" for s in order)
+    contents = "\n".join(f"- [{s}](#{s}): {titles[s]}{threads_suffix(s, results[s])}" for s in order)
     body = "\n\n".join(section(s, results[s]) for s in order)
     return f"{text.HEADER.strip()}\n\n## Contents\n\n{contents}\n\n{body}\n"
 
