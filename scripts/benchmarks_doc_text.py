@@ -451,7 +451,7 @@ def optimum_comparison(results: dict[str, dict]) -> str:
     cores = cpu.get("available_cores") or cpu.get("logical_cores")
     return (table(header, body) + "\n\n" +
             f"1,000 test sentences, medians of interleaved rounds, {cpu.get('model', 'x86')} with {cores} cores. "
-            f"Reproduce with `make bench-classifier` (after `make demo`), which runs "
+            f"Reproduce with `make bench-classifier` (it runs `make demo` first), which runs "
             f"`{runs[0]['command']}` and the same at `--threads 2`; every table: "
             f"[docs/benchmarks.md](docs/benchmarks.md#bench_run_movie_sentiment).")
 
