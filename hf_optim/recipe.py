@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import re
 from pathlib import Path
@@ -31,8 +30,9 @@ from typing import Any, ClassVar
 
 import yaml
 
-from .config import OptimConfig, _CONFIG_KINDS, short_repr
+from .config import OptimConfig, short_repr
 from .errors import ConfigError, RecipeError
+from .registry import stage_kind_table
 
 __all__ = ["StageConfig", "Stage", "Recipe", "stage_kinds", "BUILTIN_PREFIX"]
 
@@ -44,8 +44,6 @@ DATA_ORDER = 2
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RESERVED = {"logs", "report.json", "recipe.yaml", "report.md", "report-accuracy-latency.png", "report-size.png"}
 _TOP_LEVEL = {"name", "description", "seed", "task", "output_dir", "report", "stages"}
-# Modules that define stage configs (light: no torch import). Handlers live in separate modules.
-_CONFIG_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.config", "hf_optim.quantize.config", "hf_optim.distill.config", "hf_optim.export.config", "hf_optim.prune.config")
 
 
 class StageConfig(OptimConfig):
@@ -68,15 +66,10 @@ class StageConfig(OptimConfig):
     sets_task: ClassVar[bool] = False
 
 
-def _load_config_modules() -> None:
-    for mod in _CONFIG_MODULES:
-        importlib.import_module(mod)
-
-
 def stage_kinds() -> dict[str, type[StageConfig]]:
-    """``{kind: config class}`` of every stage kind."""
-    _load_config_modules()
-    return {k: c for k, c in sorted(_CONFIG_KINDS.items()) if issubclass(c, StageConfig)}
+    """``{kind: config class}`` of every stage kind in the stage table (:mod:`hf_optim.registry`)."""
+    classes = {kind: row.config_class() for kind, row in stage_kind_table().items()}
+    return {k: c for k, c in classes.items() if issubclass(c, StageConfig)}
 
 
 @dataclasses.dataclass(frozen=True)

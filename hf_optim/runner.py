@@ -34,6 +34,7 @@ from .errors import HfOptimError, StageError
 from .integrity import DIGESTS, MARKER, verify_artifact, weight_digests
 from .recipe import BUILTIN_PREFIX, Recipe, Stage
 from .registry import get_handler
+from .report.summary import artifact_table
 from .task_record import record_stage_task
 
 __all__ = ["run", "RunResult", "StageContext", "MARKER"]
@@ -42,8 +43,6 @@ logger = logging.getLogger("hf_optim")
 # Tracebacks go to the run log only; the console gets one line (see cli.py).
 _trace = logging.getLogger("hf_optim_trace")
 _trace.propagate = False
-# Modules whose import registers the stage handlers (kept out of `import hf_optim`: they pull in torch).
-_HANDLER_MODULES = ("hf_optim.finetune", "hf_optim.evaluation.stage", "hf_optim.quantize.stage", "hf_optim.distill.stage", "hf_optim.export.stage", "hf_optim.export.compile", "hf_optim.prune.stage")
 
 
 @dataclasses.dataclass
@@ -98,13 +97,6 @@ class RunResult:
 
     def stage_dir(self, name: str) -> Path:
         return self.output_dir / name
-
-
-def _import_handlers() -> None:
-    import importlib
-
-    for mod in _HANDLER_MODULES:
-        importlib.import_module(mod)
 
 
 def _resolve_inputs(recipe: Recipe, stage: Stage, out: Path) -> dict[str, Path]:
@@ -253,7 +245,8 @@ def run(recipe: Recipe | str | Path, output_dir: str | Path | None = None, force
         output_dir = recipe.resolve_path(recipe.output_dir)
     out = Path(output_dir).expanduser().resolve()
     run_id = _claim_output_dir(out)
-    _import_handlers()
+    for stage in recipe.stages:  # import every handler the recipe needs now, not after hours of earlier stages
+        get_handler(stage.config)
     lock = open(out / ".lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -346,33 +339,8 @@ def _write_run_report(out: Path, report: dict[str, Any], recipe: Recipe) -> dict
 def _write_report(out: Path, report: dict[str, Any], status: str) -> None:
     report["status"] = status
     report["updated"] = _dt.datetime.now().isoformat(timespec="seconds")
-    report["artifacts"] = _artifact_table(report["stages"])
+    report["artifacts"] = artifact_table(report["stages"])
     _atomic_json(out / "report.json", report)
-
-
-def _artifact_table(stages: list[dict]) -> list[dict]:
-    """One row per evaluated artifact: which stage produced it and its measured metric, speed and size."""
-    rows = []
-    for st in stages:
-        m = st.get("metrics") or {}
-        if "model_stage" not in m or "metric" not in m:
-            continue
-        rows.append({
-            "artifact": m["model_stage"], "evaluated_by": st["name"], "task": m.get("task"), "split": m.get("split"),
-            "metric": m["metric"], "value": m.get(m["metric"]),
-            "latency_ms_p50": (m.get("latency_ms") or {}).get("p50"),
-            "latency_ms_p95": (m.get("latency_ms") or {}).get("p95"),
-            "throughput_samples_per_s": (m.get("throughput") or {}).get("samples_per_s"),
-            "size_mb": (m.get("size") or {}).get("weights_mb"),
-            "peak_memory_mb": (m.get("memory") or {}).get("model_peak_mb"),
-        })
-        gen = m.get("generation") or {}
-        for key, g in gen.items():  # causal LMs: time to first token and decode speed per batch size
-            if key.startswith("batch_") and isinstance(g, dict):
-                b = key.split("_", 1)[1]
-                rows[-1][f"ttft_ms_b{b}"] = g.get("ttft_ms")
-                rows[-1][f"decode_tokens_per_s_b{b}"] = g.get("decode_tokens_per_s")
-    return rows
 
 
 def _run_stage(recipe: Recipe, stage: Stage, fp: str, out: Path, progress: bool, run_id: str,

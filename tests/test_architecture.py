@@ -13,9 +13,6 @@ MAX_LINES = 450
 KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset({"hf_optim.integrations.transformers", "hf_optim.quantize.apply"}),
     frozenset({"hf_optim.evaluation.classifier", "hf_optim.export.compile"}),
-    frozenset({"hf_optim.report.markdown", "hf_optim.report.plots", "hf_optim.report.summary",
-               "hf_optim.report.writer", "hf_optim.runner"}),
-    frozenset({"hf_optim.distill.stage", "hf_optim.distill.trainer"}),
 }
 KNOWN_LONG: set[str] = {"cli.py", "quantize/gptq.py", "export/onnx.py", "inference/engine.py"}
 

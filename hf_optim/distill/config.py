@@ -6,9 +6,9 @@ import dataclasses
 from typing import Any, ClassVar, Literal, Optional, Union
 
 from ..data.tasks import TaskSpec
-from ..finetune import TrainingFields, validate_training_fields
 from ..errors import ConfigError
 from ..recipe import StageConfig
+from ..training import TrainingFields, validate_training_fields
 
 __all__ = ["DistillConfig", "StudentConfig"]
 

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from ..data.tasks import TaskSpec
-from ..registry import register
+from ..training import load_pretrained
 from .config import DistillConfig, StudentConfig
 
 logger = logging.getLogger("hf_optim")
 
 
-def load_pretrained(path: Path, **kwargs: Any):
-    """Load a model directory with the class named in its ``config.json`` (``architectures[0]``)."""
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(path)
-    arch = (getattr(config, "architectures", None) or [None])[0]
-    cls = getattr(transformers, arch, None) if arch else None
-    if cls is None:
-        raise ValueError(f"{path}: config.json names no known architecture ({arch!r}); cannot tell which model "
-                         "class (…ForSequenceClassification, …ForCausalLM) to build")
-    return cls.from_pretrained(path, **kwargs)
-
-
-@register(StudentConfig)
 def run_student(config: StudentConfig, ctx) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
@@ -43,12 +28,11 @@ def run_student(config: StudentConfig, ctx) -> dict[str, Any]:
     return {"teacher_params": n_t, "student_params": n_s, "param_ratio": round(n_s / n_t, 4)}
 
 
-@register(DistillConfig)
 def run_distill(config: DistillConfig, ctx) -> dict[str, Any]:
     from transformers import AutoTokenizer, set_seed
 
     from ..evaluation.metrics import compute_metric
-    from ..finetune import load_training_data, tokenize_splits, train_and_predict
+    from ..training import load_training_data, tokenize_splits, train_and_predict
     from .trainer import DistillationTrainer
 
     spec = TaskSpec.coerce(config.task)

@@ -66,7 +66,7 @@ class DistillationTrainer(Trainer):
         if distill_config is not None and not isinstance(distill_config, DistillConfig):
             raise TypeError(f"distill_config must be a DistillConfig, got {type(distill_config).__name__}")
         if isinstance(teacher_model, (str, os.PathLike)):
-            from .stage import load_pretrained
+            from ..training import load_pretrained
 
             teacher_model = load_pretrained(Path(teacher_model))
         super().__init__(*args, **kwargs)

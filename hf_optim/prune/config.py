@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
-from ..finetune import TrainingFields, validate_training_fields
 from ..recipe import StageConfig
+from ..training import TrainingFields, validate_training_fields
 
 __all__ = ["PruneConfig", "DEFAULT_EXCLUDE"]
 

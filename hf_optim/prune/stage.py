@@ -8,7 +8,6 @@ from typing import Any
 
 from ..data.tasks import TaskSpec
 from ..errors import StageError
-from ..registry import register
 from .config import PruneConfig
 
 logger = logging.getLogger("hf_optim")
@@ -28,7 +27,7 @@ def check_reload(model, directory, batch) -> float:
     """Max |logit difference| between ``model`` and its saved copy in ``directory`` on ``batch``."""
     import torch
 
-    from ..distill.stage import load_pretrained
+    from ..training import load_pretrained
 
     reloaded = load_pretrained(directory).eval()
     model.eval()
@@ -36,14 +35,12 @@ def check_reload(model, directory, batch) -> float:
         return _max_logit_diff(model(**batch).logits, reloaded(**batch).logits)
 
 
-@register(PruneConfig)
 def run_prune(config: PruneConfig, ctx) -> dict[str, Any]:
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, set_seed
 
     from ..distill.config import DistillConfig
-    from ..distill.stage import load_pretrained
     from ..evaluation.metrics import compute_metric
-    from ..finetune import load_training_data, tokenize_splits, train_and_predict
+    from ..training import load_pretrained, load_training_data, tokenize_splits, train_and_predict
     from .callback import PruningCallback
     from .structure import structure_summary
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HfOptimError
+from ..registry import stage_kind_table
 from .markdown import fmt, money, table
 from .summary import lineage, lineage_text, summarize
 
@@ -28,8 +29,6 @@ _HEADS = (("ForSequenceClassification", "SequenceClassification", "text-classifi
           ("ForTokenClassification", "TokenClassification", "token-classification"),
           ("ForQuestionAnswering", "QuestionAnswering", "question-answering"),
           ("ForMaskedLM", "MaskedLM", "fill-mask"))
-_KIND_TAGS = {"distill": "distillation", "prune": "pruning", "quantize": "quantization", "export": "onnx",
-              "compile": "torch-compile"}
 
 
 def check_artifact(path: str | Path) -> dict[str, Any]:
@@ -174,7 +173,8 @@ def build_model_card(path: str | Path, repo_id: str | None = None, base_model: s
     auto, pipeline = _head(config)
     recipe = (summary or {}).get("recipe")
     model_name = repo_id.split("/")[-1] if repo_id else f"{recipe}-{name}" if recipe else name
-    tags = ["hf-optim"] + sorted({_KIND_TAGS[s["kind"]] for s in steps if s["kind"] in _KIND_TAGS})
+    kind_tags = {kind: row.tag for kind, row in stage_kind_table().items() if row.tag}
+    tags = ["hf-optim"] + sorted({kind_tags[s["kind"]] for s in steps if s["kind"] in kind_tags})
     if fmt_ == "onnx":
         tags += ["onnxruntime"]
     scheme = (config.get("quantization_config") or {}).get("scheme")

@@ -28,7 +28,7 @@ def pipeline_report(teacher_tp: float = 100.0, student_tp: float = 400.0, second
 
     Stage seconds add up to ``seconds + 600`` (three 200 s evaluations).
     """
-    from hf_optim.runner import _artifact_table
+    from hf_optim.report.summary import artifact_table
 
     stages = [
         stage("teacher", "finetune", seconds / 2, model="builtin:minilm-l6", task="movie-sentiment", epochs=2.0),
@@ -42,7 +42,7 @@ def pipeline_report(teacher_tp: float = 100.0, student_tp: float = 400.0, second
     stages[5]["metrics"] = {"backend": "optimum"}
     return {"recipe": "pipe", "description": "test run", "fingerprint": "abc", "hf_optim": "0.1.0",
             "started": "2026-01-01T00:00:00", "status": "complete", "updated": "2026-01-01T01:00:00",
-            "stages": stages, "artifacts": _artifact_table(stages)}
+            "stages": stages, "artifacts": artifact_table(stages)}
 
 
 def write_run(directory: Path, report: dict) -> Path:

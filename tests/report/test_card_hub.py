@@ -11,7 +11,8 @@ import pytest
 from hf_optim.errors import HfOptimError
 from hf_optim.hub import push_artifact, upload_files
 from hf_optim.report.card import build_model_card, check_artifact, write_model_card
-from hf_optim.runner import MARKER, _artifact_table
+from hf_optim.report.summary import artifact_table
+from hf_optim.runner import MARKER
 
 from .helpers import eval_stage, stage
 
@@ -28,7 +29,7 @@ def _run_with(tmp_path, artifact_writer, kind="quantize", **config):
     (artifact / MARKER).write_text(json.dumps({k: v for k, v in stages[2].items() if k != "status"}))
     (artifact / ".lock").write_text("")  # hidden files are never uploaded
     (run / "report.json").write_text(json.dumps({"recipe": "pipe", "stages": stages, "status": "complete",
-                                                 "artifacts": _artifact_table(stages)}))
+                                                 "artifacts": artifact_table(stages)}))
     return artifact
 
 

@@ -157,7 +157,7 @@ def test_throughput_batch_size_is_read_from_the_measurements(tmp_path):
 
 
 def test_lm_runs_get_a_generation_table(tmp_path):
-    from hf_optim.runner import _artifact_table
+    from hf_optim.report.summary import artifact_table
 
     from .helpers import eval_stage, stage
 
@@ -174,7 +174,7 @@ def test_lm_runs_get_a_generation_table(tmp_path):
               stage("q", "quantize", 3.0, model="builtin:smollm2-135m", scheme="int8_dynamic"),
               lm_eval("eval-q", "q", 22.0, 34.0, 150.0)]
     report = {"recipe": "lm", "fingerprint": "x", "status": "complete", "stages": stages,
-              "artifacts": _artifact_table(stages)}
+              "artifacts": artifact_table(stages)}
     assert report["artifacts"][1]["decode_tokens_per_s_b8"] == 150.0 and report["artifacts"][1]["ttft_ms_b1"] == 200.0
     run_dir = write_run(tmp_path / "run", report)
     write_report(run_dir)
