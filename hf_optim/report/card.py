@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HfOptimError
+from ..integrity import MARKER  # the runner's completion marker
 from ..registry import stage_kind_table
 from .markdown import fmt, money, table
 from .summary import lineage, lineage_text, summarize
@@ -19,7 +20,6 @@ from .summary import lineage, lineage_text, summarize
 __all__ = ["check_artifact", "build_model_card", "write_model_card", "artifact_format", "CARD_NAME"]
 
 CARD_NAME = "README.md"
-MARKER = "hf_optim_stage.json"  # the runner's completion marker (hf_optim.runner.MARKER)
 # Hub ids of the embedded models (builtin:<name>), for `base_model`.
 _BUILTIN_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
                     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
