@@ -16,15 +16,14 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli_runs import (cmd_card, cmd_compare, cmd_push, cmd_recipe, cmd_report, cmd_run, cmd_verify, price_options,
+                       verbosity_options)
+from .cli_runs import show_progress as _progress
 from .errors import HfOptimError
 
 EXIT_USAGE = 2
 _DEFAULT_TEXT = "bbc-news"  # what causal LMs are measured on when no --task is given
 logger = logging.getLogger("hf_optim")
-
-
-def _progress(args: argparse.Namespace) -> bool:
-    return not (getattr(args, "no_progress", False) or args.quiet)
 
 
 def _model_task(args: argparse.Namespace, texts: bool = True):
@@ -56,28 +55,6 @@ def _require_model_dir(path: str) -> None:
         raise HfOptimError(f"{path!r} is a file; pass the model directory that holds it ({str(p.parent)!r})")
     if not p.is_dir():
         raise HfOptimError(f"model directory {path!r} does not exist")
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from .recipe import Recipe
-    from .runner import run
-
-    recipe = Recipe.from_yaml(args.recipe)
-    output = args.output
-    if output is None and not recipe.output_dir:
-        output = Path("runs") / recipe.name
-    result = run(recipe, output, force=args.force, progress=_progress(args))
-    print(f"run complete: {result.output_dir}")
-    print(f"report: {result.output_dir / 'report.json'}")
-    if (result.output_dir / "report.md").is_file():
-        print(f"report: {result.output_dir / 'report.md'} (regenerate: hf-optim report {result.output_dir})")
-    print(f"log: {result.log_file}")
-    for st in result.report["stages"]:
-        m = st.get("metrics") or {}
-        metric = m.get("metric")
-        summary = f"{metric}={m[metric]:.4f}" if metric and metric in m else ""
-        print(f"  {st['name']:<20} {st['kind']:<10} {st['status']:<8} {summary}")
-    return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -113,17 +90,6 @@ def _cmd_data(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for k, v in table.items():
             print(f"  {k:<16} {v}")
-    return 0
-
-
-def _cmd_recipe(args: argparse.Namespace) -> int:
-    from .recipe import Recipe
-
-    recipe = Recipe.from_yaml(args.recipe)
-    if args.action == "check":
-        print(f"{args.recipe}: valid, {len(recipe.stages)} stages, fingerprint {recipe.fingerprint()}")
-    else:
-        print(recipe.to_yaml(), end="")
     return 0
 
 
@@ -180,120 +146,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_config(args: argparse.Namespace, stored: dict | None):
-    """The report settings: the run's stored ones (or the defaults) with the command line's overrides."""
-    from .report.config import ReportConfig
-
-    base = ReportConfig.from_dict(stored) if stored else ReportConfig()
-    changes = {k: v for k, v in (("price_per_hour", args.price_per_hour), ("currency", args.currency),
-                                 ("requests", args.requests), ("baseline", args.baseline),
-                                 ("reference", args.reference)) if v is not None}
-    if "price_per_hour" in changes and args.price_source is None and base.price_source is None:
-        changes["price_source"] = "set on the command line"
-    if args.price_source is not None:
-        changes["price_source"] = args.price_source
-    return base.replace(**changes) if changes else base
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    import fcntl
-
-    from .report.summary import load_report
-    from .report.writer import REPORT_MD, write_report
-
-    run_dir = Path(args.run_dir)
-    report = load_report(run_dir)
-    if not run_dir.is_dir():
-        raise HfOptimError(f"{run_dir} is a file; pass the run directory that holds report.json")
-    config = _report_config(args, (report.get("cost") or {}).get("settings"))
-    with open(run_dir / ".lock", "a") as lock:  # the runner's lock: never rewrite a report a run is writing
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise HfOptimError(f"a run is using {run_dir}; wait for it to finish (it writes the report itself)") from None
-        summary = write_report(run_dir, report, config, plots=False if args.no_plots else None)
-    print(f"wrote {run_dir / REPORT_MD} and {run_dir / 'report.json'}")
-    cur = summary["cost"]["currency"]
-    for r, c in zip(summary["artifacts"], summary["cost"]["artifacts"]):
-        cpm = "—" if c["cost_per_million"] is None else f"{c['cost_per_million']:.4f} {cur}/1M"
-        roi = "" if c["roi"] is None else f"  ROI {c['roi']:.1f}"
-        tag = " (baseline)" if r["baseline"] else (" pareto" if r["pareto"] else "")
-        print(f"  {r['artifact']:<20} {r['metric']}={r['value']}  {cpm}{roi}{tag}")
-    return 0
-
-
-def _cmd_card(args: argparse.Namespace) -> int:
-    from .report.card import build_model_card, write_model_card
-
-    if args.stdout:
-        print(build_model_card(args.dir, repo_id=args.repo_id, base_model=args.base_model))
-        return 0
-    print(f"wrote {write_model_card(args.dir, repo_id=args.repo_id, base_model=args.base_model)}")
-    return 0
-
-
-def _cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push_artifact
-
-    result = push_artifact(args.dir, args.repo_id, private=args.private, dry_run=args.dry_run,
-                           card=not args.no_card, base_model=args.base_model)
-    head = "would upload" if result.dry_run else "uploaded"
-    print(f"{head} {len(result.files)} files ({result.total_bytes / 1e6:.2f} MB) from {args.dir} to "
-          f"{result.repo_id}{' (private)' if args.private else ''}:")
-    for name, size in result.files:
-        print(f"  {size:>14,}  {name}")
-    if result.url:
-        print(result.url)
-    return 0
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from .report.compare import compare_runs, render_comparison
-    from .report.summary import load_report
-
-    stored = (load_report(args.run_a).get("cost") or {}).get("settings")
-    cmp = compare_runs(args.run_a, args.run_b, _report_config(args, stored))
-    text = json.dumps(cmp, indent=2) if args.json else render_comparison(cmp)
-    print(text)
-    return 0
-
-
-def _cmd_verify(args: argparse.Namespace) -> int:
-    from .integrity import verify_artifact
-    from .runner import MARKER
-
-    for target in map(Path, args.dirs):
-        if not target.is_dir():
-            raise HfOptimError(f"{target} is not a directory; pass a stage output or a run directory")
-        # a run directory: every stage output in it; a stage output: itself
-        dirs = [target] if (target / MARKER).is_file() else sorted(p.parent for p in target.glob(f"*/{MARKER}"))
-        if not dirs:
-            raise HfOptimError(f"{target} holds no hf_optim stage output ({MARKER}); nothing to verify")
-        for d in dirs:
-            n = verify_artifact(d)
-            print(f"ok  {d}: {n} weight file(s) match" if n else f"--  {d}: no digests recorded (written before "
-                  "hf_optim recorded them)")
-    return 0
-
-
-def _price_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--price-per-hour", type=float, help="price of one machine-hour (default: the run's `report:` "
-                   "setting, else 0.08925 = AWS c7i.large on-demand, us-east-1)")
-    p.add_argument("--price-source", help="where the price comes from (shown in the report)")
-    p.add_argument("--currency", help="currency label (default USD)")
-    p.add_argument("--requests", type=int, help="request volume the benefit and ROI are stated for (default 100,000,000)")
-    p.add_argument("--baseline", help="artifact the savings are measured against (default: the first evaluated one)")
-    p.add_argument("--reference", help="a second artifact to compare every one with (e.g. the Optimum INT8 teacher)")
-
-
-def _verbosity_options(p: argparse.ArgumentParser, default) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("-q", "--quiet", action="store_true", default=default,
-                   help="print only results and errors: no progress bars, no INFO lines, no library warnings")
-    g.add_argument("-v", "--verbose", action="store_true", default=default,
-                   help="debug logging, library INFO lines and ONNX Runtime's warnings")
-
-
 _TASK_DEFAULT = ("(default: the task the model directory records, i.e. the one a finetune/distill/prune stage "
                  "trained it on; a classifier that records none needs --task)")
 
@@ -301,10 +153,10 @@ _TASK_DEFAULT = ("(default: the task the model directory records, i.e. the one a
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hf-optim", description="Make Transformers models smaller and faster.")
     p.add_argument("--version", action="version", version=f"hf-optim {__version__}")
-    _verbosity_options(p, False)
+    verbosity_options(p, False)
     # -q / -v after the command too; SUPPRESS keeps a subcommand from resetting what was given before it
     common = argparse.ArgumentParser(add_help=False)
-    _verbosity_options(common, argparse.SUPPRESS)
+    verbosity_options(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -315,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", "-o", help="output directory (default: the recipe's output_dir or runs/<name>)")
     r.add_argument("--force", action="store_true", help="re-run every stage")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.set_defaults(fn=_cmd_run)
+    r.set_defaults(fn=cmd_run)
 
     e = sub.add_parser("eval", parents=[common], help="evaluate a model directory on a task",
                        description="Task metric, batch-1 latency, batch-32 throughput, size and peak memory.")
@@ -347,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(check) or print it normalized (show).")
     rc.add_argument("action", choices=["check", "show"])
     rc.add_argument("recipe")
-    rc.set_defaults(fn=_cmd_recipe)
+    rc.set_defaults(fn=cmd_recipe)
     pl = sub.add_parser("plan", parents=[common],
                         help="measure precisions (fp32/bf16/int8/int4) and pick one under budgets",
                         description="Quantize the model every candidate way, measure metric, latency, throughput, "
@@ -404,9 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "million requests, savings vs the baseline and ROI; writes report.md and PNG plots (matplotlib, "
                         "the `plots` extra) next to it. `hf-optim run` does this at the end of every run.")
     rp.add_argument("run_dir", help="a run directory (holds report.json)")
-    _price_options(rp)
+    price_options(rp)
     rp.add_argument("--no-plots", action="store_true", help="write report.md without the PNG plots")
-    rp.set_defaults(fn=_cmd_report)
+    rp.set_defaults(fn=cmd_report)
 
     cd = sub.add_parser("card", parents=[common], help="write a model card (README.md) into an artifact directory",
                         description="Write README.md with Hub metadata (base_model, tags, model-index with the "
@@ -415,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     cd.add_argument("--repo-id", help="the Hub repository it will be pushed to (used in the name and the usage code)")
     cd.add_argument("--base-model", help="Hub id of the model it derives from (default: from the lineage)")
     cd.add_argument("--stdout", action="store_true", help="print the card instead of writing README.md")
-    cd.set_defaults(fn=_cmd_card)
+    cd.set_defaults(fn=cmd_card)
 
     pu = sub.add_parser("push", parents=[common], help="upload an artifact directory to the Hugging Face Hub",
                         description="Upload a finished stage's model directory (create_repo + upload_folder), writing "
@@ -426,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--dry-run", action="store_true", help="list the files and sizes that would be uploaded; send nothing")
     pu.add_argument("--no-card", action="store_true", help="do not write README.md when the directory has none")
     pu.add_argument("--base-model", help="base_model for the card (default: from the lineage)")
-    pu.set_defaults(fn=_cmd_push)
+    pu.set_defaults(fn=cmd_push)
 
     cp = sub.add_parser("compare", parents=[common], help="A/B table of two runs' reports",
                         description="Compare two runs artifact by artifact (matched by stage name) and final artifact "
@@ -434,16 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "cost per million requests (both priced alike).")
     cp.add_argument("run_a", help="run directory A (the reference)")
     cp.add_argument("run_b", help="run directory B")
-    _price_options(cp)
+    price_options(cp)
     cp.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    cp.set_defaults(fn=_cmd_compare)
+    cp.set_defaults(fn=cmd_compare)
 
     vf = sub.add_parser("verify", parents=[common], help="check that a run's or stage's weight files are as written",
                         description="Check every weight file of a stage output (or of every stage of a run "
                         "directory) against the SHA-256 recorded in its hf_optim_stage.json when it was written. "
                         "Exit 2 and name the files when any is missing or changed.")
     vf.add_argument("dirs", nargs="+", help="stage output or run directories")
-    vf.set_defaults(fn=_cmd_verify)
+    vf.set_defaults(fn=cmd_verify)
     return p
 
 

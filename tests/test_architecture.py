@@ -14,7 +14,7 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     frozenset({"hf_optim.integrations.transformers", "hf_optim.quantize.apply"}),
     frozenset({"hf_optim.evaluation.classifier", "hf_optim.export.compile"}),
 }
-KNOWN_LONG: set[str] = {"cli.py", "quantize/gptq.py", "export/onnx.py", "inference/engine.py"}
+KNOWN_LONG: set[str] = {"quantize/gptq.py", "export/onnx.py", "inference/engine.py"}
 
 
 def _modules() -> dict[str, Path]:
