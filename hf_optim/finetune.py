@@ -1,4 +1,5 @@
-"""``finetune`` stage: a plain ``Trainer`` run of a model on a classification task."""
+"""``finetune`` stage: a plain ``Trainer`` run of a model on a classification task (its row in the stage table is
+in :mod:`hf_optim.registry`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, Union
 
 from .data.tasks import TaskSpec
 from .recipe import StageConfig
-# the shared training helpers live in training.py; imported by name from here before they moved
+# re-exported: code written before hf_optim.training existed imports the shared helpers from here
 from .training import (TrainingFields, check_only_head_reinitialised, load_training_data, quiet_printer,  # noqa: F401
                        tokenize_splits, train_and_predict, training_arguments, validate_training_fields)
 

@@ -1,4 +1,5 @@
-"""Handlers of the ``student`` and ``distill`` recipe stages."""
+"""Handlers of the ``student`` and ``distill`` recipe stages (their rows in the stage table are in
+:mod:`hf_optim.registry`)."""
 
 from __future__ import annotations
 
