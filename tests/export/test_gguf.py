@@ -79,8 +79,8 @@ def test_hf_optim_grid_written_as_is(base, ids, tmp_path, scheme, kw, qtype):
         torch.testing.assert_close(state[f"{name}.weight"], _fp16_grid_weight(module, qtype), atol=1e-7, rtol=0)
         hf = grid_of(module).dequantized()
         assert (state[f"{name}.weight"] - hf).abs().max() <= blocks_max(report) + 1e-9
-    diff = (_logits(loaded, ids) - _logits(model, ids)).abs().max()
-    assert diff < 2e-3
+    if "include" not in kw:  # the other layers were float, re-quantized on the way
+        assert (_logits(loaded, ids) - _logits(model, ids)).abs().max() < 2e-3
 
 
 def blocks_max(report):
@@ -106,7 +106,7 @@ def test_float_model_round_to_nearest_and_auto(base, ids, tmp_path):
     assert report.tensors["blk.1.ffn_down.weight"]["type"] == "Q4_1"
     assert report.tensors["token_embd.weight"]["type"] == "Q8_0"  # heads stay 8-bit by default
     err = (_load(report.path).state_dict()["model.layers.1.mlp.down_proj.weight"]
-           - base.model.layers[1].mlp.down_proj.weight).abs().max()
+           - base.model.layers[1].mlp.down_proj.weight.detach()).abs().max()
     assert report.tensors["blk.1.ffn_down.weight"]["max_abs_error"] == pytest.approx(float(err), rel=1e-5)
     model = quantize_model_(copy.deepcopy(base), "int4_weight_only", group_size=32)
     auto = save_gguf(model, tmp_path / "auto.gguf", qtype="auto")
