@@ -3,7 +3,8 @@ task metric. Importing this package is light; the work happens in :mod:`.stage` 
 
 from .config import CompileConfig, ExportConfig
 
-__all__ = ["ExportConfig", "CompileConfig", "export_model", "compile_model", "load_compiled"]
+__all__ = ["ExportConfig", "CompileConfig", "export_model", "compile_model", "load_compiled", "save_gguf",
+           "save_compressed_tensors"]
 
 
 def export_model(*args, **kwargs):
@@ -23,5 +24,19 @@ def compile_model(*args, **kwargs):
 def load_compiled(*args, **kwargs):
     """See :func:`hf_optim.export.compile.load_compiled`."""
     from .compile import load_compiled as _impl
+
+    return _impl(*args, **kwargs)
+
+
+def save_gguf(*args, **kwargs):
+    """See :func:`hf_optim.export.gguf.save_gguf`."""
+    from .gguf import save_gguf as _impl
+
+    return _impl(*args, **kwargs)
+
+
+def save_compressed_tensors(*args, **kwargs):
+    """See :func:`hf_optim.export.compressed_tensors.save_compressed_tensors`."""
+    from .compressed_tensors import save_compressed_tensors as _impl
 
     return _impl(*args, **kwargs)
