@@ -7,9 +7,10 @@ Turning a fine-tuning script into a distillation script is one class name and a 
     trainer.train()
 
 Only public hooks are overridden: ``compute_loss`` (the loss), ``create_optimizer`` (adds the learned
-hidden-state projection, if any, as one more parameter group of the optimizer Trainer built) and ``log``
-(adds the separate loss terms to the logged metrics). Trainer's loop, data handling, checkpointing and
-distributed setup are untouched.
+hidden-state projection, if any, as one more parameter group of the optimizer Trainer built), ``log``
+(adds the separate loss terms to the logged metrics) and ``evaluate`` (reports the student's own task loss as
+``eval_task_loss`` next to the distillation loss ``eval_loss``). Trainer's loop, data handling, checkpointing
+and distributed setup are untouched.
 
 The teacher is a plain attribute of the trainer, not of the model: Trainer never wraps it (no DDP, no
 gradient sync), never hands it to the optimizer and never saves it in checkpoints. It is frozen, in eval mode
@@ -79,6 +80,8 @@ class DistillationTrainer(Trainer):
         self._sums: dict[str, torch.Tensor] = {}
         self._count = 0
         self._maps: dict[str, list[list[int]]] = {}
+        self._task_loss: Optional[list[torch.Tensor]] = None  # [loss x batch size, examples] per batch, in evaluate
+        self._task_prefix = "eval"
         self.distill_projection: Optional[nn.Linear] = None
         cfg = self.distill_config
         if cfg.hidden_weight > 0 and _width(self.model) != _width(self.teacher):
@@ -128,8 +131,12 @@ class DistillationTrainer(Trainer):
         if cfg.alpha < 1 and labels is None:
             raise ValueError(f"alpha = {cfg.alpha} mixes in the hard-label loss but the batch has no `labels`; "
                              "pass labelled data or use alpha=1 (pure distillation)")
-        student_inputs = inputs if cfg.alpha < 1 else {k: v for k, v in inputs.items() if k != "labels"}
+        # evaluating: the student also computes its own task loss (what a plain Trainer reports as eval_loss)
+        task_loss = self._task_loss is not None and not training and labels is not None
+        student_inputs = inputs if cfg.alpha < 1 or task_loss else {k: v for k, v in inputs.items() if k != "labels"}
         outputs = model(**student_inputs, **extra)
+        if task_loss and outputs.get("loss") is not None:
+            self._add_task_loss(outputs.loss, inputs)
         s_logits = outputs.logits
         kind = self._task_type(model, s_logits)
         t_logits, t_out = self._teacher_logits(inputs, extra, kind, s_logits)
@@ -172,6 +179,10 @@ class DistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._task_loss is not None and f"{self._task_prefix}_loss" in logs:
+            value = self._mean_task_loss(self._task_loss)
+            if value is not None:
+                logs[f"{self._task_prefix}_task_loss"] = value
         if "loss" in logs and self._count:
             names = sorted(self._sums)
             values = torch.stack([self._sums[k] for k in names]) / self._count
@@ -186,7 +197,41 @@ class DistillationTrainer(Trainer):
             self._sums, self._count = {}, 0
         super().log(logs, *args, **kwargs)
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """``Trainer.evaluate``, plus ``{metric_key_prefix}_task_loss``: the student's own loss on the labels
+        (cross-entropy for classifiers and causal LMs), averaged over examples exactly as a plain ``Trainer``
+        averages ``eval_loss``, so the two runs compare. ``eval_loss`` stays the distillation loss."""
+        self._task_loss, self._task_prefix = [], metric_key_prefix
+        try:
+            metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            key = f"{metric_key_prefix}_task_loss"
+            if key not in metrics:  # log() adds it to the metrics Trainer logs (the dict it returns)
+                value = self._mean_task_loss(self._task_loss)
+                if value is not None:
+                    metrics[key] = value
+        finally:
+            self._task_loss = None
+        return metrics
+
     # -- helpers -------------------------------------------------------------------------------------
+    def _add_task_loss(self, loss: torch.Tensor, inputs) -> None:
+        from transformers.trainer_pt_utils import find_batch_size
+
+        n = find_batch_size(inputs) or 1
+        self._task_loss.append(torch.stack([loss.detach().float().mean() * n,
+                                            torch.tensor(float(n), device=loss.device)]))
+
+    def _mean_task_loss(self, sums: list[torch.Tensor]) -> Optional[float]:
+        total = torch.stack(sums).sum(0) if sums else torch.zeros(2, device=self.args.device)
+        if self.args.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                total = total.to(self.args.device)
+                dist.all_reduce(total)  # every rank calls evaluate, so every rank reaches this
+        loss_sum, count = total.tolist()
+        return loss_sum / count if count else None
+
     def _task_type(self, model, logits: torch.Tensor) -> str:
         if self.distill_config.task_type != "auto":
             return self.distill_config.task_type

@@ -9,6 +9,9 @@ Adding pruning to an existing Trainer script is one callback::
     callback.finalize(trainer.model)        # structured: physically remove the pruned heads and neurons
     trainer.model.save_pretrained("pruned") # reloads with AutoModelFor*.from_pretrained after `import hf_optim`
 
+With ``PruningCallback(config, finalize_on_train_end=True)`` the removal happens when training ends, so a plain
+``trainer.save_model("pruned")`` writes the small model.
+
 Masks are recomputed every ``frequency`` steps following the schedule and re-applied after every optimizer step,
 so pruned weights stay exactly zero. Pruning is monotonic: a pruned unit never comes back. Resuming from a
 checkpoint continues the same schedule: the schedule is a function of the global step, the masks are the zero
@@ -268,13 +271,18 @@ class PruningCallback(TrainerCallback, ExportableState):
     Args:
         config (`PruneConfig` or `dict`, *optional*): what to prune, how and when; keyword arguments are
             ``PruneConfig`` fields (``PruningCallback(granularity="nm", n=2, m=4)``).
+        finalize_on_train_end (`bool`, *optional*, defaults to `False`): structured pruning: call
+            :meth:`finalize` when training ends, so ``trainer.save_model()`` writes the model with the pruned heads
+            and neurons removed (the masked weights are exactly zero, so the outputs do not change). Evaluating or
+            training further after that uses the smaller model; the optimizer's state no longer fits it.
 
     Attributes:
         pruner (`Pruner`): masks and scores (set when training begins).
         history (`list[dict]`): ``{"step", "target", **stats}`` after every mask update.
     """
 
-    def __init__(self, config: Optional[Union[PruneConfig, dict]] = None, **kwargs: Any):
+    def __init__(self, config: Optional[Union[PruneConfig, dict]] = None, *, finalize_on_train_end: bool = False,
+                 **kwargs: Any):
         if isinstance(config, dict):
             config = PruneConfig.from_dict({**config, **kwargs})
         elif config is None:
@@ -283,13 +291,15 @@ class PruningCallback(TrainerCallback, ExportableState):
             raise TypeError("pass either a PruneConfig or keyword arguments, not both")
         config.validate()
         self.config = config
+        self.finalize_on_train_end = bool(finalize_on_train_end)
         self.pruner: Optional[Pruner] = None
         self.history: list[dict] = []
         self._bounds = (0, 0)
 
     # ExportableState: Trainer stores this in checkpoints (restored with restore_callback_states_from_checkpoint)
     def state(self) -> dict:
-        return {"args": {"config": self.config.to_dict()}, "attributes": {"history": self.history}}
+        return {"args": {"config": self.config.to_dict(), "finalize_on_train_end": self.finalize_on_train_end},
+                "attributes": {"history": self.history}}
 
     def _maybe_update(self, step: int) -> None:
         start, end = self._bounds
@@ -330,6 +340,13 @@ class PruningCallback(TrainerCallback, ExportableState):
             logs.update(stats)
             if state.log_history:
                 state.log_history[-1].update(stats)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.finalize_on_train_end and self.pruner is not None:
+            remaining = self.finalize(model)
+            if remaining:
+                logger.info("pruning: removed the pruned units at the end of training; remaining per layer: %s",
+                            remaining)
 
     def on_save(self, args, state, control, **kwargs):
         if self.pruner is None or not self.pruner.scores:

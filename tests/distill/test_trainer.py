@@ -181,3 +181,20 @@ def test_bad_arguments(tmp_path):
     trainer = _trainer(tmp_path, tiny_bert(), tiny_bert(seed=3, num_labels=3), DistillConfig(alpha=1.0))
     with pytest.raises(ValueError, match="label set"):
         trainer.compute_loss(trainer.model, {"input_ids": torch.randint(5, 60, (2, 4))})
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5])
+def test_evaluate_reports_the_task_loss_a_plain_trainer_reports(tmp_path, alpha):
+    from transformers import Trainer
+
+    student, teacher = _sharp(tiny_bert(seed=1)), _sharp(tiny_bert(seed=2))
+    data = _seq_data(n=10)  # batches of 4, 4 and 2: the mean weighs each example once
+    trainer = _trainer(tmp_path, student, teacher, DistillConfig(alpha=alpha, temperature=2.0),
+                       per_device_eval_batch_size=4)
+    metrics = trainer.evaluate(eval_dataset=data)
+    plain = Trainer(model=student, args=_args(tmp_path, per_device_eval_batch_size=4)).evaluate(eval_dataset=data)
+    assert metrics["eval_task_loss"] == pytest.approx(plain["eval_loss"], rel=1e-6)
+    assert metrics["eval_loss"] != pytest.approx(plain["eval_loss"], rel=1e-3)  # still the distillation loss
+    logged = [h for h in trainer.state.log_history if "eval_loss" in h][-1]
+    assert logged["eval_task_loss"] == metrics["eval_task_loss"]
+    assert "test_task_loss" in trainer.evaluate(eval_dataset=data, metric_key_prefix="test")

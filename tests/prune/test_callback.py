@@ -174,3 +174,28 @@ def test_unsupported_architecture_is_a_clear_error():
         prune_structured_(model, heads={0: [7]})
     with pytest.raises(ValueError, match="names layer"):
         prune_structured_(model, ffn={5: [0]})
+
+
+def test_finalize_on_train_end_lets_save_model_write_the_small_model(tmp_path):
+    import hf_optim  # noqa: F401  from_pretrained restores the pruned shapes
+    from transformers import AutoModelForSequenceClassification
+
+    cb = PruningCallback(granularity="structured", heads=0.5, ffn=0.25, schedule="oneshot", start_step=0,
+                         finalize_on_train_end=True)
+    assert cb.state()["args"]["finalize_on_train_end"] is True  # a resumed run keeps the setting
+    trainer = _train(tmp_path, cb, max_steps=4)
+    assert trainer.model.bert.encoder.layer[0].intermediate.dense.weight.shape == (48, 32)
+    trainer.save_model(str(tmp_path / "saved"))
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+    assert reloaded.bert.encoder.layer[1].attention.self.query.weight.shape == (16, 32)
+    assert reloaded.bert.encoder.layer[0].intermediate.dense.weight.shape == (48, 32)
+    ids = torch.randint(5, 60, (3, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trainer.model.eval()(input_ids=ids).logits,
+                                   rtol=0, atol=1e-6)
+
+
+def test_finalize_on_train_end_leaves_dense_pruning_dense(tmp_path):
+    cb = PruningCallback(sparsity=0.5, schedule="oneshot", start_step=0, finalize_on_train_end=True)
+    trainer = _train(tmp_path, cb, max_steps=2)
+    assert trainer.model.bert.encoder.layer[0].intermediate.dense.weight.shape == (64, 32)
