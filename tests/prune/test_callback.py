@@ -196,6 +196,6 @@ def test_finalize_on_train_end_lets_save_model_write_the_small_model(tmp_path):
 
 
 def test_finalize_on_train_end_leaves_dense_pruning_dense(tmp_path):
-    cb = PruningCallback(sparsity=0.5, schedule="oneshot", start_step=0, finalize_on_train_end=True)
+    cb = PruningCallback(granularity="unstructured", sparsity=0.5, schedule="oneshot", start_step=0, finalize_on_train_end=True)
     trainer = _train(tmp_path, cb, max_steps=2)
     assert trainer.model.bert.encoder.layer[0].intermediate.dense.weight.shape == (64, 32)
