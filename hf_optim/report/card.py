@@ -1,29 +1,32 @@
-"""Model cards: a ``README.md`` with Hub metadata (base_model, tags, model-index), lineage, usage, limitations.
+"""Model cards: a ``README.md`` with Hub metadata (base_model and its relation, license, language, datasets, tags,
+the task metric as model-index), lineage, usage, speed, limitations.
 
 ``hf-optim card DIR`` writes one into an artifact directory; ``hf-optim push`` writes it when missing. The
-measured results come from the run's ``report.json`` (the artifact's parent directory).
+measured results come from the run's ``report.json`` (the artifact's parent directory). A model made with the
+Python API has no run: :class:`~hf_optim.report.card_meta.CardConfig` says what was done to it (see
+:func:`hf_optim.hub.push_to_hub`). The metadata rules are in :mod:`hf_optim.report.card_meta`.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from ..errors import HfOptimError
 from ..integrity import MARKER  # the runner's completion marker
 from ..registry import stage_kind_table
+from .card_meta import (TRAINING_KINDS, CardConfig, base_model_relation, hub_dataset_id, inherited_metadata,
+                        methods_in_config, quantization_tags)
 from .markdown import fmt, money, table
 from .summary import lineage, lineage_text, summarize
 
-__all__ = ["check_artifact", "build_model_card", "write_model_card", "artifact_format", "CARD_NAME"]
+__all__ = ["check_artifact", "build_model_card", "write_model_card", "artifact_format", "CardConfig", "CARD_NAME"]
 
 CARD_NAME = "README.md"
-# Hub ids of the embedded models (builtin:<name>), for `base_model`.
-_BUILTIN_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
-                    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The Hub has no snippet of its own for hf_optim checkpoints: naming another library would make it show one that
+# fails (plain Transformers refuses the hf_optim format), so those cards name hf-optim and carry the code themselves.
+_LIBRARIES = {"onnx": "optimum", "compiled": "hf-optim", "hf_optim": "hf-optim", "transformers": "transformers"}
 _HEADS = (("ForSequenceClassification", "SequenceClassification", "text-classification"),
           ("ForCausalLM", "CausalLM", "text-generation"),
           ("ForTokenClassification", "TokenClassification", "token-classification"),
@@ -85,23 +88,6 @@ def _run_summary(path: Path, name: str) -> dict[str, Any] | None:
     return summarize(report)
 
 
-def _base_model(steps: list[dict[str, Any]], explicit: str | None) -> str | None:
-    if explicit:
-        return explicit
-    root = steps[0]["inputs"].get("model") if steps else None
-    if not root:
-        return None
-    if root.startswith("builtin:"):
-        return _BUILTIN_HUB_IDS.get(root[len("builtin:"):])
-    if _HUB_ID.match(root) and not Path(root).exists():
-        return root
-    try:
-        name = json.loads((Path(root) / "config.json").read_text()).get("_name_or_path", "")
-    except (OSError, ValueError):
-        return None
-    return name if _HUB_ID.match(name) and not Path(name).exists() else None
-
-
 def _usage(fmt_: str, auto: str, pipeline: str | None, repo: str) -> list[str]:
     auto = auto or ""
     pipe = [f'pipe = pipeline("{pipeline}", model=model, tokenizer=tokenizer)'] if pipeline else []
@@ -146,72 +132,153 @@ def _results(row: dict[str, Any], base: dict[str, Any] | None, cost: dict[str, A
     return table(header, rows)
 
 
-def build_model_card(path: str | Path, repo_id: str | None = None, base_model: str | None = None) -> str:
-    """The ``README.md`` text for the artifact directory ``path``.
+def build_model_card(path: str | Path, repo_id: str | None = None, base_model: str | None = None,
+                     card: CardConfig | None = None) -> str:
+    """The ``README.md`` text for the model directory ``path``.
 
     Args:
-        path (`str` or `Path`): a finished stage's model directory (see :func:`check_artifact`).
+        path (`str` or `Path`): a finished stage's model directory (see :func:`check_artifact`) or, with ``card``,
+            any directory ``from_pretrained`` (or Optimum) loads, such as a model made with the Python API.
         repo_id (`str`, *optional*): the Hub repository it goes to (used in the name and the usage code).
-        base_model (`str`, *optional*): Hub id of the model it derives from; defaults to the Hub id of the
-            lineage's root (the embedded ``builtin:`` models, or a Hub id / ``_name_or_path`` of a local root).
+        base_model (`str`, *optional*): Hub id of the model it derives from; defaults to ``card.base_model``, then
+            to the Hub id of the lineage's root (the embedded ``builtin:`` models, or a Hub id / ``_name_or_path``
+            of a local root).
+        card (`CardConfig`, *optional*): what no run recorded (lineage, license, datasets, a metric) and
+            overrides of what one did.
     """
     from huggingface_hub import EvalResult, ModelCardData
 
+    from .. import __version__
+
     path = Path(path)
-    marker = check_artifact(path)
-    name = marker.get("name") or path.name
-    config = json.loads((path / "config.json").read_text())
-    summary = _run_summary(path, name)
-    stages = summary["stages"] if summary else [marker]
-    steps = lineage(stages, name)
-    rows = [r for r in (summary or {}).get("artifacts", []) if r["artifact"] == name]
-    row = rows[0] if rows else None
-    base = next((r for r in summary["artifacts"] if r.get("baseline")), None) if summary else None
-    if base is row:
-        base = None
-    fmt_ = artifact_format(path)
+    facts = _facts(path, card, repo_id)
+    card = card or CardConfig()
+    config, fmt_, row = facts["config"], facts["format"], facts["row"]
     auto, pipeline = _head(config)
-    recipe = (summary or {}).get("recipe")
-    model_name = repo_id.split("/")[-1] if repo_id else f"{recipe}-{name}" if recipe else name
-    kind_tags = {kind: row.tag for kind, row in stage_kind_table().items() if row.tag}
-    tags = ["hf-optim"] + sorted({kind_tags[s["kind"]] for s in steps if s["kind"] in kind_tags})
-    if fmt_ == "onnx":
-        tags += ["onnxruntime"]
-    scheme = (config.get("quantization_config") or {}).get("scheme")
-    if scheme:
-        tags.append(str(scheme).split("_")[0])
+    inherited = inherited_metadata(base_model or card.base_model or facts["root"])
+    base_id = inherited.get("base_model")
+    quant_tags = sorted({t for k, c in facts["configs"] for t in quantization_tags(k, c)}
+                        | ({"quantization"} if "quantize" in methods_in_config(config) else set()))
+    kinds = [k for k, _ in facts["configs"]]
+    kind_tags = {kind: r.tag for kind, r in stage_kind_table().items() if r.tag}
+    tags = sorted({"hf-optim", *quant_tags, *(kind_tags[k] for k in kinds if k in kind_tags)}
+                  | ({"onnxruntime"} if fmt_ == "onnx" else set()))
     eval_results = None
     if row and row.get("value") is not None:
-        task_type = pipeline or "text-classification"
-        dataset = row.get("task") or "unknown"
-        measured = [(row["metric"], row["value"], f"{row['split']} {row['metric']}"),
-                    ("latency_p50_ms", row.get("latency_ms_p50"), "latency p50 at batch 1 (ms)"),
-                    ("latency_p95_ms", row.get("latency_ms_p95"), "latency p95 at batch 1 (ms)"),
-                    ("throughput_batch32", row.get("throughput_samples_per_s"), "throughput at batch 32 (samples/s)"),
-                    ("size_mb", row.get("size_mb"), "weights size (MB)")]
-        eval_results = [EvalResult(task_type=task_type, dataset_type=dataset, dataset_name=dataset,
-                                   dataset_split=row.get("split"), metric_type=t, metric_value=v, metric_name=n)
-                        for t, v, n in measured if v is not None]
-    data = ModelCardData(base_model=_base_model(steps, base_model),
-                         library_name="optimum" if fmt_ == "onnx" else "transformers", pipeline_tag=pipeline,
-                         tags=tags, model_name=model_name, eval_results=eval_results)
-    repo = repo_id or str(path)
-    machine = next(((s.get("metrics") or {}).get("machine") for s in stages if (s.get("metrics") or {}).get("machine")),
-                   None)
-    lines = ["---", data.to_yaml(), "---", "", f"# {model_name}", ""]
-    lines += [f"`{name}` is the output of the `{marker.get('kind')}` stage of the hf-optim recipe "
-              f"`{recipe or '?'}` ({_kind_text(fmt_)}).", "", "## Results", ""]
-    if row:
+        dataset_id, dataset_name = hub_dataset_id(row.get("task_config") or row.get("task"))
+        eval_results = [EvalResult(task_type=pipeline or "text-classification", dataset_type=dataset_id or dataset_name,
+                                   dataset_name=dataset_name, dataset_split=row.get("split"),
+                                   metric_type=row["metric"], metric_value=row["value"],
+                                   metric_name=f"{row.get('split')} {row['metric']}")]
+    data = ModelCardData(base_model=base_id, license=card.license or inherited.get("license"),
+                         language=card.language or inherited.get("language"),
+                         datasets=card.datasets or facts["datasets"] or None,
+                         library_name=_LIBRARIES[fmt_], pipeline_tag=pipeline, tags=tags,
+                         model_name=facts["model_name"], eval_results=eval_results)
+    relation = base_model_relation(kinds, bool(quant_tags)) if base_id else None
+    if relation:
+        data.base_model_relation = relation
+    repo = repo_id or f"./{path.name}"
+    lines = ["---", data.to_yaml(), "---", "", f"# {facts['model_name']}", ""] + _needs(fmt_)
+    lines += [card.description or facts["intro"], "", _made_with(__version__, facts["run_version"]), "",
+              "## Results", ""]
+    if row and facts["summary"]:
+        machine = facts["machine"]
         where = ", ".join(f"{k} {v}" for k, v in machine.items()) if machine else "the run's machine"
         lines += [f"Measured by hf-optim on {where}, on the {row.get('split')} split of `{row.get('task')}`.", ""]
-        lines += _results(row, base, summary.get("cost"), summary["cost"]["currency"]) + [""]
+        cost = facts["summary"].get("cost")
+        lines += _results(row, facts["base"], cost, cost["currency"] if cost else "") + [""]
+    elif row:
+        lines += [f"{row['metric']} {row['value']:.4f} on the {row.get('split')} split of `{row.get('task')}` "
+                  "(as stated by the uploader; speed not measured by hf-optim). Measure latency, throughput and "
+                  "size with `hf-optim eval DIR --task TASK`.", ""]
     else:
         lines += ["Not evaluated: the run has no `evaluate` stage for this artifact, so no result is claimed. "
-                  f"Measure it with `hf-optim eval {path} --task TASK`.", ""]
-    lines += ["## Lineage", "", lineage_text(steps) if steps else f"`{name}` ({marker.get('kind')})", ""]
+                  "Measure it with `hf-optim eval DIR --task TASK`.", ""]
+    lines += ["## Lineage", "", facts["lineage"], ""]
     lines += ["## How to use", ""] + _usage(fmt_, auto, pipeline, repo) + [""]
     lines += ["## Limitations", ""] + _limitations(fmt_, row) + [""]
     return "\n".join(lines)
+
+
+def _facts(path: Path, card: CardConfig | None, repo_id: str | None) -> dict[str, Any]:
+    """What the card states about ``path``: from its run (a stage output) or from ``card`` and its config.json."""
+    if card is None or (path / MARKER).is_file():
+        marker = check_artifact(path)
+    else:
+        _check_model_dir(path)
+        marker = None
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    name = (marker or {}).get("name") or path.name
+    summary = _run_summary(path, name) if marker else None
+    stages = summary["stages"] if summary else [marker] if marker else []
+    facts: dict[str, Any] = {"config": config, "format": artifact_format(path), "name": name, "summary": summary,
+                             "run_version": (summary or {}).get("hf_optim")}
+    recipe = (summary or {}).get("recipe")
+    facts["model_name"] = repo_id.split("/")[-1] if repo_id else f"{recipe}-{name}" if recipe and marker else name
+    if marker:
+        steps = lineage(stages, name)
+        by_name = {s.get("name"): s.get("config") or {} for s in stages}
+        rows = [r for r in (summary or {}).get("artifacts", []) if r["artifact"] == name]
+        row = dict(rows[0]) if rows else None
+        if row:
+            row["task_config"] = (by_name.get(row.get("evaluated_by")) or {}).get("task")
+        base = next((r for r in summary["artifacts"] if r.get("baseline")), None) if summary else None
+        configs = [(s["kind"], by_name.get(s["stage"]) or {}) for s in steps]
+        facts.update(
+            row=row, base=None if base is not None and rows and base is rows[0] else base,
+            configs=configs, root=steps[0]["inputs"].get("model") if steps else None,
+            datasets=_training_datasets(configs),
+            intro=f"`{name}` is the output of the `{marker.get('kind')}` stage of the hf-optim recipe "
+                  f"`{recipe or '?'}` ({_kind_text(facts['format'])}).",
+            lineage=lineage_text(steps) if steps else f"`{name}` ({marker.get('kind')})",
+            machine=next(((s.get("metrics") or {}).get("machine") for s in stages
+                          if (s.get("metrics") or {}).get("machine")), None))
+        return facts
+    card = card or CardConfig()
+    methods = list(dict.fromkeys([*card.methods, *methods_in_config(config)]))
+    if facts["format"] == "onnx" and "export" not in methods:
+        methods.append("export")
+    row = {"artifact": name, "metric": card.metric, "value": card.metric_value, "split": card.split,
+           "task": card.task, "task_config": {"name": card.task, "dataset": card.task}} if card.metric else None
+    chain = " → ".join(methods) or "no recorded step"
+    root = card.base_model or "an unnamed base model"
+    facts.update(row=row, base=None, configs=[(m, {}) for m in methods], root=card.base_model,
+                 datasets=[], machine=None,
+                 intro=f"Made from `{root}` with the hf-optim Python API ({chain}); {_kind_text(facts['format'])}.",
+                 lineage=f"`{root}` → {chain} → **{name}**")
+    return facts
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise HfOptimError(f"{path} is not a directory; pass a saved model directory")
+    if not (path / "config.json").is_file():
+        raise HfOptimError(f"{path} holds no config.json: not a model directory that from_pretrained loads")
+
+
+def _training_datasets(configs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Hub ids of the datasets the training stages used (built-in tasks and local files have none)."""
+    ids = [hub_dataset_id(c.get("task"))[0] for k, c in configs if k in TRAINING_KINDS]
+    return list(dict.fromkeys(i for i in ids if i))
+
+
+def _needs(fmt_: str) -> list[str]:
+    if fmt_ == "hf_optim":
+        return ["> **Loading needs hf-optim.** This checkpoint is in the hf_optim format (pruned shapes and/or "
+                "quantized modules): `pip install hf-optim`, then `import hf_optim` before `from_pretrained` (see "
+                "[How to use](#how-to-use)). Plain Transformers refuses to load it.", ""]
+    if fmt_ == "compiled":
+        return ["> **Loading needs hf-optim.** A compiled PyTorch artifact: `pip install hf-optim` and load it "
+                "with `hf_optim.export.compile.load_compiled` (see [How to use](#how-to-use)).", ""]
+    return []
+
+
+def _made_with(version: str, run_version: str | None) -> str:
+    text = f"Card written by hf-optim {version}"
+    if run_version and run_version != version:
+        text += f"; the run that made the model used hf-optim {run_version}"
+    return text + "."
 
 
 def _kind_text(fmt_: str) -> str:
@@ -239,11 +306,12 @@ def _limitations(fmt_: str, row: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def write_model_card(path: str | Path, repo_id: str | None = None, base_model: str | None = None) -> Path:
+def write_model_card(path: str | Path, repo_id: str | None = None, base_model: str | None = None,
+                     card: CardConfig | None = None) -> Path:
     """Write :func:`build_model_card`'s text to ``path/README.md`` (whole, then renamed) and return its path."""
     from .writer import atomic_write
 
-    text = build_model_card(path, repo_id=repo_id, base_model=base_model)
+    text = build_model_card(path, repo_id=repo_id, base_model=base_model, card=card)
     out = Path(path) / CARD_NAME
     atomic_write(out, text)
     return out
