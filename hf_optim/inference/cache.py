@@ -9,6 +9,10 @@ Eviction is by entry count and by bytes, least recently used first; expiry is by
 stored (a hit does not refresh it: TTL bounds how stale an answer can be). Every operation is O(1) (an
 ``OrderedDict`` under one lock); expired entries are dropped when met, or all at once by
 :meth:`InferenceCache.purge_expired`.
+
+``cachetools.TTLCache`` was considered instead: it bounds one size only (entries, or bytes through ``getsizeof``,
+not both), is not thread-safe, and does not say why an entry left (count, bytes, expiry), so it would need this
+module's lock, a second budget and a ``popitem`` override around it. That leaves no code saved for a new dependency.
 """
 
 from __future__ import annotations

@@ -51,6 +51,12 @@ def write_report(run_dir: str | Path, report: dict[str, Any] | None = None, conf
     if report is None:
         report = load_report(run_dir)
     summary = summarize(report, config)
+    from .. import __version__
+
+    # `hf_optim` is the version that ran the stages (the runner writes it); a report assembled elsewhere gets
+    # this one, and `hf_optim_report` always says which version wrote these files
+    summary.setdefault("hf_optim", __version__)
+    summary["hf_optim_report"] = __version__
     want_plots = summary["cost"]["settings"]["plots"] if plots is None else plots
     drawn, note = None, None
     if not summary["artifacts"]:

@@ -183,3 +183,17 @@ def test_lm_runs_get_a_generation_table(tmp_path):
     assert "| q | 22.0000 | 200.0 | 34.00 | 2.00x | 900.0 | 150.00 | 2.00x |" in md
     write_report(write_run(tmp_path / "cls", pipeline_report()))  # classifiers: no generation table
     assert "## Generation" not in (tmp_path / "cls" / "report.md").read_text()
+
+
+def test_report_records_the_hf_optim_versions(tmp_path):
+    from hf_optim import __version__
+
+    report = pipeline_report()
+    report["hf_optim"] = "0.0.9"  # the version that ran the stages stays; the writer adds its own
+    write_report(write_run(tmp_path / "a", report), plots=False)
+    written = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert written["hf_optim"] == "0.0.9" and written["hf_optim_report"] == __version__
+    del report["hf_optim"]  # a report assembled outside a run
+    write_report(write_run(tmp_path / "b", report), plots=False)
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["hf_optim"] == __version__
+    assert f"hf_optim {__version__}" in (tmp_path / "b" / "report.md").read_text()
