@@ -154,10 +154,16 @@ class HfOptimConfig(QuantizationConfigMixin):
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Put ``module`` at the dotted path ``name`` of ``model`` (``"bert.encoder.layer.0.output.dense"``), in place
-    of what is there; ``""`` is not a path (the model itself cannot be replaced in place).
+    """Put ``module`` at the dotted path ``name`` of ``model``, in place of what is there: the one way pruning,
+    quantization and the loader swap a module.
+
+    Args:
+        model (`nn.Module`): the model to change (in place).
+        name (`str`): a submodule's dotted name, as ``named_modules`` gives it (``"bert.encoder.layer.0.output.dense"``).
+        module (`nn.Module`): the new module.
 
     Raises:
+        ValueError: ``name`` is empty (the model itself cannot be replaced in place).
         AttributeError: ``model`` has no module at the parent path.
     """
     parent_name, _, child = name.rpartition(".")

@@ -13,7 +13,7 @@ import torch
 from hf_optim.artifacts import (CompiledPredictor, OrtPredictor, TorchPredictor, artifact_format, checkpoint_facts,
                                 checkpoint_kind, is_onnx_dir, load_predictor, logits_module, onnx_file)
 from hf_optim.errors import ConfigError, DataError
-from hf_optim.testing import save_tiny_bert, save_tiny_llama
+from hf_optim.testing import save_tiny_bert, save_tiny_llama, save_tiny_onnx
 
 TEXTS = ["a great film", "the plot was dull and the acting worse", "fun", "I love this movie so much"]
 
@@ -25,17 +25,8 @@ def dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("artifacts")
     bert = save_tiny_bert(root / "bert", seed=4)
-    onnx_dir = root / "bert-onnx"
-    onnx_dir.mkdir()
-    for f in bert.iterdir():
-        if not f.name.endswith(".safetensors"):
-            shutil.copy(f, onnx_dir / f.name)
-    model = AutoModelForSequenceClassification.from_pretrained(bert).eval()
-    ids = torch.ones(2, 8, dtype=torch.long)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(onnx_dir / "model.onnx"),
-                      input_names=names, output_names=["logits"], opset_version=17, dynamo=False,
-                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}})
+    onnx_dir = save_tiny_onnx(bert, root / "bert-onnx")
+    model = AutoModelForSequenceClassification.from_pretrained(bert)
     base = root / "base"
     model.bert.save_pretrained(base)
     return {"bert": bert, "onnx": onnx_dir, "llama": save_tiny_llama(root / "llama"), "base": base,
