@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["tiny_vocab", "tiny_bert_config", "tiny_bert", "tiny_bert_tokenizer", "save_tiny_bert",
-           "tiny_llama_config", "tiny_llama", "tiny_llama_tokenizer", "save_tiny_llama"]
+           "tiny_llama_config", "tiny_llama", "tiny_llama_tokenizer", "save_tiny_llama", "save_tiny_onnx"]
 
 _WORDS = ("the a an and or but not no is was are be this that it of to in for on with as by at from film movie "
           "good great bad awful fun boring best worst love hate funny dull story plot acting actor "
@@ -119,4 +119,27 @@ def save_tiny_llama(path: str | Path, seed: int = 0, **config_overrides: Any) ->
     path = Path(path)
     tiny_llama(seed=seed, **config_overrides).save_pretrained(path)
     tiny_llama_tokenizer().save_pretrained(path)
+    return path
+
+
+def save_tiny_onnx(model_dir: str | Path, path: str | Path) -> Path:
+    """Export the sequence classifier in ``model_dir`` (e.g. from :func:`save_tiny_bert`) to ``path/model.onnx``
+    with ``torch.onnx`` (dynamic batch and length), next to its config and tokenizer but not its torch weights, as an
+    ONNX export directory is; returns ``path``."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    src, path = Path(model_dir), Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.endswith(".safetensors"):
+            shutil.copy(f, path / f.name)
+    model = AutoModelForSequenceClassification.from_pretrained(src).eval()
+    ids = torch.ones(2, 8, dtype=torch.long)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(path / "model.onnx"),
+                      input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
     return path

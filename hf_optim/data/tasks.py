@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+# what a checkpoint is has one home; these names stay importable from here
+from ..artifacts import checkpoint_facts, checkpoint_kind, read_config  # noqa: F401
 from ..config import OptimConfig
 from ..errors import ConfigError, DataError
 
@@ -245,42 +247,6 @@ def is_text_corpus(task: Any) -> bool:
     return isinstance(task, str) and task in BUILTIN_TEXTS
 
 
-def _read_config(model_dir: str | Path) -> Optional[dict]:
-    import json
-
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return cfg if isinstance(cfg, dict) else None
-
-
-def _kind(cfg: Optional[dict]) -> Optional[str]:
-    if cfg is None:
-        return None
-    archs = cfg.get("architectures") or []
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        return "sequence-classification"
-    if any(a.endswith("ForCausalLM") for a in archs):
-        return "causal-lm"
-    return "base"
-
-
-def checkpoint_kind(model_dir: str | Path) -> Optional[str]:
-    """What a checkpoint directory holds, from its ``config.json``: ``"sequence-classification"``,
-    ``"causal-lm"``, ``"base"`` (an encoder or backbone without a task head), or `None` when there is no
-    readable ``config.json``."""
-    return _kind(_read_config(model_dir))
-
-
-def checkpoint_facts(model_dir: str | Path) -> dict[str, Any]:
-    """``{"kind", "num_layers", "max_positions"}`` of a checkpoint directory from its ``config.json`` (values
-    `None` where it does not say)."""
-    cfg = _read_config(model_dir)
-    return {"kind": _kind(cfg), "num_layers": (cfg or {}).get("num_hidden_layers"),
-            "max_positions": (cfg or {}).get("max_position_embeddings")}
-
-
 def _is_generic(labels: list[str]) -> bool:
     return all(name == f"LABEL_{i}" for i, name in enumerate(labels))
 
@@ -293,7 +259,7 @@ def check_model_labels(model_dir: str | Path, label_names: list[str], task_name:
     without case): a model scored against another label set reports a number with no meaning.
     """
     path = Path(model_dir) / "config.json"
-    cfg = _read_config(model_dir)
+    cfg = read_config(model_dir)
     if cfg is None:
         return  # not a config.json checkpoint: the loader says what is wrong
     id2label = cfg.get("id2label") or {}

@@ -29,7 +29,7 @@ __all__ = ["text_token_ids", "perplexity", "generation_speed", "lm_peak_memory_m
 
 def is_causal_lm(model_dir: str | Path) -> bool:
     """Whether ``model_dir``'s ``config.json`` names a ``*ForCausalLM`` architecture."""
-    from ..data.tasks import checkpoint_kind
+    from ..artifacts import checkpoint_kind
 
     return checkpoint_kind(model_dir) == "causal-lm"
 

@@ -32,10 +32,10 @@ def main() -> None:
     except ImportError:
         pass
 
-    from hf_optim.evaluation.classifier import load_classifier
+    from hf_optim.artifacts import load_predictor
 
     baseline = _status_mb("VmRSS")
-    clf = load_classifier(req["model"], max_length=req["max_length"])
+    clf = load_predictor(req["model"], max_length=req["max_length"])
     clf.predict_logits(req["texts"])
     peak = _status_mb("VmHWM")
     print(json.dumps({"peak_rss_mb": round(peak, 1), "model_peak_mb": round(peak - baseline, 1)}))

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import checkpoint_kind
 from ..data import BUILTIN_TEXTS
 from ..data.sampling import class_counts, stratified_subset
-from ..data.tasks import TaskSpec, check_model_labels, checkpoint_kind
+from ..data.tasks import TaskSpec, check_model_labels
 from ..errors import DataError
 from .metrics import check_finite
 from ..registry import register
@@ -42,7 +43,7 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
     from ..console import progress as progress_bar
     from ..data import load_task
     from .bench import dir_size_mb, latency_ms, peak_memory_mb, throughput
-    from .classifier import load_classifier
+    from ..artifacts import load_predictor
     from .metrics import compute_metric
 
     config = config or EvalConfig(model=str(model_dir), **kwargs)
@@ -61,7 +62,7 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
     texts = split["text"]
     pairs = split["text_pair"] if "text_pair" in split.column_names else None
     labels = np.asarray(split["label"])
-    clf = load_classifier(model_dir, max_length=config.max_length)
+    clf = load_predictor(model_dir, max_length=config.max_length)
     prev_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)

@@ -19,10 +19,9 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
-
+from ..artifacts import COMPILE_RECORD, CompiledPredictor, compile_warm, load_compiled, logits_module
 from ..registry import register
 from .config import CompileConfig
 
@@ -30,58 +29,9 @@ logger = logging.getLogger("hf_optim")
 
 __all__ = ["compile_model", "load_compiled", "CompiledClassifier", "RECORD_NAME"]
 
-RECORD_NAME = "hf_optim_compile.json"
+RECORD_NAME = COMPILE_RECORD
+CompiledClassifier = CompiledPredictor  # the predictor is in hf_optim.artifacts, with the torch and ONNX ones
 _FILES = {"export": "model.pt2", "torchscript": "model.torchscript.pt"}
-
-
-def _wrapper(model, names: Sequence[str]):
-    import torch
-
-    class _Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask, token_type_ids=None):
-            kw = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                kw["token_type_ids"] = token_type_ids
-            return self.m(**kw).logits
-
-    return _Logits(model).eval()
-
-
-class CompiledClassifier:
-    """``predict_logits`` over a compiled module; pads inputs to the shapes it was built for."""
-
-    def __init__(self, fn, tokenizer, names: Sequence[str], lengths: Sequence[int], max_length: int, params: int = 0):
-        self.fn, self.tokenizer, self.names = fn, tokenizer, list(names)
-        self.lengths = sorted(lengths)
-        self.max_length = max_length
-        self._params = params
-
-    def num_parameters(self) -> int:
-        return self._params
-
-    def _pad_to(self, longest: int) -> int:
-        return next((n for n in self.lengths if n >= longest), self.max_length)
-
-    def predict_logits(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> np.ndarray:
-        import torch
-
-        pairs = list(text_pairs) if text_pairs else None
-        longest = max(len(x) for x in self.tokenizer(list(texts), pairs, truncation=True,
-                                                     max_length=self.max_length)["input_ids"])
-        enc = self.tokenizer(list(texts), pairs, truncation=True, max_length=self.max_length, padding="max_length",
-                             return_tensors="pt") if self._pad_to(longest) == self.max_length else \
-            self.tokenizer(list(texts), pairs, truncation=True, padding="max_length",
-                           max_length=self._pad_to(longest), return_tensors="pt")
-        args = [enc[n] if n in enc else torch.zeros_like(enc["input_ids"]) for n in self.names]
-        with torch.inference_mode():
-            return self.fn(*args).float().numpy()
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return self.predict_logits(texts)
 
 
 def _build(method: str, model, tokenizer, config: CompileConfig, out: Path | None) -> tuple[Any, dict]:
@@ -90,22 +40,15 @@ def _build(method: str, model, tokenizer, config: CompileConfig, out: Path | Non
 
     names = ["input_ids", "attention_mask"] + (["token_type_ids"] if "token_type_ids" in
                                                tokenizer.model_input_names else [])
-    wrapper = _wrapper(model, names)
+    wrapper = logits_module(model)
     info: dict[str, Any] = {"names": names}
 
     def example(bs: int, length: int):
         return tuple(torch.ones(bs, length, dtype=torch.long) for _ in names)
 
     if method == "compile":
-        fn = torch.compile(wrapper, mode=None if config.mode == "default" else config.mode, dynamic=False)
-        warm = {}
-        with torch.inference_mode():
-            for bs in config.warmup_batch_sizes:
-                for n in config.warmup_lengths:
-                    t = time.perf_counter()
-                    fn(*example(bs, n))
-                    warm[f"{bs}x{n}"] = round(time.perf_counter() - t, 3)
-        info["warmup_seconds"] = warm
+        fn, info["warmup_seconds"] = compile_warm(wrapper, len(names), config.mode, config.warmup_batch_sizes,
+                                                  config.warmup_lengths)
         return fn, info
     if method == "export":
         batch = torch.export.Dim("batch", min=1, max=4096)
@@ -144,7 +87,7 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
     """
     import torch
 
-    from ..evaluation.classifier import load_classifier
+    from ..artifacts import load_predictor
     from .onnx import copy_preprocessors
     from .validate import check_budget, compare, latency_vs_source, load_validation, predict_all
 
@@ -155,7 +98,7 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
                       DeprecationWarning, stacklevel=2)
     data = load_validation(config.task, config.validation_samples)
     data.check_model(src)
-    source = load_classifier(src, max_length=config.max_length)
+    source = load_predictor(src, max_length=config.max_length)
     source_logits = predict_all(source.predict_logits, data, progress=progress, desc="validate: source")
     params = int(sum(p.numel() for p in source.model.parameters()))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +107,7 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
         t = time.perf_counter()
         fn, info = _build(config.method, source.model, source.tokenizer, config, work)
         build_s = time.perf_counter() - t
-        clf = CompiledClassifier(fn, source.tokenizer, info["names"], _lengths(config, config.method),
+        clf = CompiledPredictor(fn, source.tokenizer, info["names"], _lengths(config, config.method),
                                  config.max_length, params)
         validation = compare(source_logits, predict_all(clf.predict_logits, data, progress=progress,
                                                         desc="validate: compiled"), data)
@@ -187,31 +130,6 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return record
-
-
-def load_compiled(model_dir: str | Path, max_length: int | None = None) -> CompiledClassifier:
-    """Load a ``compile`` stage artifact as a :class:`CompiledClassifier` (``torch.compile`` is redone here)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    path = Path(model_dir)
-    record = json.loads((path / RECORD_NAME).read_text())
-    config = CompileConfig.from_dict(record["config"])
-    if max_length and max_length != config.max_length:
-        config = config.replace(max_length=max_length, warmup_lengths=tuple(sorted(set(config.warmup_lengths) |
-                                                                                   {max_length})))
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    method = record["method"]
-    params = int(record.get("params", 0))
-    if method == "compile":
-        model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-        fn, _ = _build("compile", model, tokenizer, config, None)
-        params = int(sum(p.numel() for p in model.parameters()))
-    elif method == "export":
-        fn = torch.export.load(str(path / record["file_name"])).module()
-    else:
-        fn = torch.jit.load(str(path / record["file_name"]), map_location="cpu")
-    return CompiledClassifier(fn, tokenizer, record["input_names"], record["lengths"], config.max_length, params)
 
 
 @register(CompileConfig)

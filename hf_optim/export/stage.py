@@ -111,15 +111,14 @@ def _optimize_and_quantize_common(onnx_path: Path, work: Path, config: ExportCon
 
 def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str,
                        progress: bool = False) -> tuple[Path, dict]:
-    from ..evaluation.classifier import load_classifier
+    from ..artifacts import OrtPredictor, load_predictor
     from .onnx import export_onnx, op_counts
     from .ort_quant import quantize_dynamic_onnx
-    from .runtime import OrtClassifier
     from .validate import check_budget, compare, load_validation, predict_all
 
     data = load_validation(config.task, config.validation_samples)
     data.check_model(src)
-    source = load_classifier(src, max_length=config.max_length)
+    source = load_predictor(src, max_length=config.max_length)
     source_logits = predict_all(source.predict_logits, data, progress=progress, desc="validate: source")
     tokenizer = source.tokenizer
 
@@ -138,7 +137,7 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
     optimized = current
 
     def score(path: Path) -> dict:
-        clf = OrtClassifier(path, tokenizer=tokenizer, max_length=config.max_length)
+        clf = OrtPredictor(path, tokenizer=tokenizer, max_length=config.max_length)
         return compare(source_logits, predict_all(clf.predict_logits, data, progress=progress,
                                                   desc="validate: exported"), data)
 
@@ -157,7 +156,7 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
     if validation["drop"] <= config.max_metric_drop + 1e-9:
         from .validate import latency_vs_source
 
-        clf = OrtClassifier(current, tokenizer=tokenizer, max_length=config.max_length)
+        clf = OrtPredictor(current, tokenizer=tokenizer, max_length=config.max_length)
         validation["latency"] = latency_vs_source(source.predict_logits, clf.predict_logits, data)
     record["ops"] = op_counts(current)
     record["ops_fp32_export"] = fp32_ops

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["InferenceCache", "CacheStats", "model_fingerprint", "dir_fingerprint"]
+__all__ = ["InferenceCache", "CacheStats", "model_fingerprint", "dir_fingerprint", "input_key"]
 
 # Bytes charged per entry on top of key and value payloads (OrderedDict node, tuple, floats): an estimate that
 # keeps `max_bytes` honest for tiny values such as a 2-logit row.
@@ -203,6 +203,19 @@ class InferenceCache:
     def __repr__(self) -> str:
         return (f"InferenceCache(entries={len(self._data)}/{self.max_entries or 'inf'}, "
                 f"bytes={self._bytes}/{self.max_bytes or 'inf'}, ttl_s={self.ttl_s})")
+
+
+# -- request identity -------------------------------------------------------------------------------------
+def input_key(encoded: dict[str, np.ndarray]) -> bytes:
+    """An unambiguous key for one encoded request: each input's name, dtype, shape and bytes, length-prefixed (so
+    no input's bytes can spell another input's boundary), hashed."""
+    h = hashlib.blake2b(digest_size=32)
+    for name in sorted(encoded):
+        arr = np.ascontiguousarray(encoded[name])
+        for part in (name.encode(), arr.dtype.str.encode(), repr(arr.shape).encode(), arr.tobytes()):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+    return h.digest()
 
 
 # -- model identity ---------------------------------------------------------------------------------------

@@ -11,22 +11,18 @@ Torch's thread count is process-wide; the engine does not change it (``torch.set
 
 from __future__ import annotations
 
-import hashlib
-
-import inspect
-import json
 import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, HfOptimError
+from ..errors import ConfigError, HfOptimError
+from .backends import make_backend
 from .batching import BucketQueue, InputTooLong, LengthBuckets, pad_batch
-from .cache import InferenceCache, model_fingerprint
+from .cache import InferenceCache, input_key, model_fingerprint
 from .config import InferenceConfig
 
 __all__ = ["InferenceEngine", "EngineClosed", "QueueFull", "InputTooLong"]
@@ -43,163 +39,6 @@ class QueueFull(HfOptimError, RuntimeError):
     """The engine's queue holds ``max_queue`` requests (``on_full="raise"``, or a blocking submit timed out)."""
 
 
-# -- backends: a batch of int64 arrays in, a numpy array (batch, ...) out -------------------------------------
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # torch tensor
-        value = value.detach()
-        if value.dtype.is_floating_point:
-            value = value.float()
-        return value.cpu().numpy()
-    return np.asarray(value)
-
-
-def _pick(out: Any, name: str) -> Any:
-    if isinstance(out, Mapping) and name in out:
-        return out[name]
-    if hasattr(out, name):
-        return getattr(out, name)
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    if isinstance(out, Mapping) or hasattr(out, "keys"):
-        raise ConfigError(f"the model's output has no {name!r} (it has: {', '.join(out.keys())}); "
-                          "set output= to one of them", field="output")
-    return out
-
-
-class _TorchBackend:
-    def __init__(self, model, output: str):
-        import torch
-
-        self.model = model.eval()
-        self.output = output
-        params = inspect.signature(model.forward).parameters
-        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        self.accepts = None if var_kw else set(params)
-        first = next(iter(model.parameters()), None)
-        if first is None:
-            first = next(iter(model.buffers()), None)
-        self.device = first.device if first is not None else torch.device("cpu")
-        self._torch = torch
-        cfg = getattr(model, "config", None)
-        self.max_positions = getattr(cfg, "max_position_embeddings", None)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        torch = self._torch
-        feed = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()
-                if self.accepts is None or k in self.accepts}
-        with torch.inference_mode():
-            out = self.model(**feed)
-        return _to_numpy(_pick(out, self.output))
-
-
-class _OrtSessionBackend:
-    _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-    def __init__(self, session, output: str, max_positions: int | None = None):
-        self.session = session
-        self.inputs = [(i.name, self._DTYPES.get(i.type, np.int64)) for i in session.get_inputs()]
-        outputs = [o.name for o in session.get_outputs()]
-        if output in outputs:
-            self.output = output
-        elif output == "logits":  # the default: a single-output export names it anything
-            self.output = outputs[0]
-        else:
-            raise ConfigError(f"output={output!r} is not an output of this ONNX model (it has: {', '.join(outputs)})",
-                              field="output")
-        self.max_positions = max_positions
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {}
-        for name, dtype in self.inputs:
-            if name in batch:
-                feed[name] = batch[name].astype(dtype, copy=False)
-            elif name == "token_type_ids":
-                feed[name] = np.zeros_like(batch["input_ids"], dtype=dtype)
-            else:
-                raise ValueError(f"the ONNX model needs input {name!r}, which the request does not have")
-        return np.asarray(self.session.run([self.output], feed)[0])
-
-
-class _CallableBackend:
-    """Anything with a Hugging Face style ``__call__(**encoded) -> output.logits`` (e.g. Optimum's ``ORTModel``)."""
-
-    def __init__(self, model, output: str):
-        self.model = model
-        self.output = output
-        self.max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return _to_numpy(_pick(self.model(**batch), self.output))
-
-
-def _is_ort_session(model: Any) -> bool:
-    return type(model).__module__.startswith("onnxruntime") and hasattr(model, "run") and hasattr(model, "get_inputs")
-
-
-def _ort_session(path: Path, threads: int | None):
-    import onnxruntime as ort
-
-    from ..console import ort_session_options
-
-    opts = ort_session_options()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def _load_dir(path: Path, config: InferenceConfig):
-    """``(backend, tokenizer_dir)`` for a model directory (or a single ``.onnx`` file)."""
-    if path.is_file() and path.suffix == ".onnx":
-        return _OrtSessionBackend(_ort_session(path, config.ort_threads), config.output), path.parent
-    if not path.is_dir():
-        raise DataError(f"{path} does not exist; pass a directory written by save_pretrained, a recipe stage or an "
-                        "ONNX export, or a loaded model")
-    onnx = sorted(path.glob("*.onnx"))
-    max_positions = None
-    if (path / "config.json").is_file():
-        max_positions = json.loads((path / "config.json").read_text()).get("max_position_embeddings")
-    if onnx:
-        # A raw ONNX Runtime session works the same on both dependency stacks; Optimum's ORTModel wraps the same
-        # session and can be passed in directly when you want it.
-        chosen = path / "model.onnx" if (path / "model.onnx").is_file() else None
-        if chosen is None and len(onnx) > 1:
-            raise DataError(f"{path} holds several ONNX files ({', '.join(p.name for p in onnx)}); pass the one to "
-                            "serve (a .onnx file path)")
-        session = _ort_session(chosen or onnx[0], config.ort_threads)
-        return _OrtSessionBackend(session, config.output, max_positions), path
-    if not (path / "config.json").is_file():
-        raise DataError(f"{path} is not a model directory (no config.json and no .onnx file)")
-    from transformers import AutoModelForSequenceClassification
-
-    import hf_optim  # noqa: F401  (registers quant_method "hf_optim", so quantized artifacts load as saved)
-
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise DataError(f"could not load a sequence classifier from {path}: {e}") from None
-    return _TorchBackend(model, config.output), path
-
-
-def _make_backend(model: Any, config: InferenceConfig):
-    if isinstance(model, (str, Path)):
-        return _load_dir(Path(model), config)
-    if _is_ort_session(model):
-        return _OrtSessionBackend(model, config.output), None
-    try:
-        import torch
-
-        if isinstance(model, torch.nn.Module):
-            return _TorchBackend(model, config.output), getattr(model, "name_or_path", None) or None
-    except ImportError:  # pragma: no cover
-        pass
-    if callable(model):
-        save_dir = getattr(model, "model_save_dir", None)
-        return _CallableBackend(model, config.output), save_dir
-    raise TypeError(f"InferenceEngine needs a model directory, a torch model, an ORTModel or an "
-                    f"onnxruntime.InferenceSession, not {type(model).__name__}")
-
-
 # -- requests --------------------------------------------------------------------------------------------
 class _Pending:
     __slots__ = ("encoded", "length", "key", "futures", "enqueued_at")
@@ -210,18 +49,6 @@ class _Pending:
         self.key = key
         self.futures = [(fut, t0)]  # identical queued inputs share one row (only with a cache configured)
         self.enqueued_at = t0
-
-
-def _cache_key(encoded: dict[str, np.ndarray]) -> bytes:
-    """An unambiguous key for one encoded request: each input's name, dtype, shape and bytes, length-prefixed (so
-    no input's bytes can spell another input's boundary), hashed."""
-    h = hashlib.blake2b(digest_size=32)
-    for name in sorted(encoded):
-        arr = np.ascontiguousarray(encoded[name])
-        for part in (name.encode(), arr.dtype.str.encode(), repr(arr.shape).encode(), arr.tobytes()):
-            h.update(len(part).to_bytes(8, "little"))
-            h.update(part)
-    return h.digest()
 
 
 def _percentiles(samples: Iterable[float]) -> dict[str, float]:
@@ -271,14 +98,9 @@ class InferenceEngine:
             config = config.replace(**overrides)
         self.config = config
         self._buckets = LengthBuckets(config.length_buckets)
-        self._backend, tok_dir = _make_backend(model, config)
+        self._backend, tokenizer = make_backend(model, tokenizer, config)
         #: the model being served (a torch module, an ORTModel or an onnxruntime session)
         self.model = getattr(self._backend, "model", None) or getattr(self._backend, "session", None)
-        if tokenizer is None and tok_dir is not None and Path(tok_dir).is_dir() and any(
-                (Path(tok_dir) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         self.tokenizer = tokenizer
         limit = self._backend.max_positions
         if limit and self._buckets.max_length > limit:
@@ -484,7 +306,7 @@ class InferenceEngine:
             return fut
         key = None
         if self.cache is not None:
-            key = _cache_key(encoded)
+            key = input_key(encoded)
             hit = self.cache.get(self._model_id, key, _MISS)
             if hit is not _MISS:
                 fut.set_running_or_notify_cancel()
@@ -560,7 +382,7 @@ class InferenceEngine:
 
     def _forward(self, bucket: int, rows: list[dict[str, np.ndarray]]) -> np.ndarray:
         batch, width = pad_batch(rows, self._pad_id, self._padding_side)
-        out = self._backend(batch)
+        out = self._backend.predict(batch)
         if len(out) != len(rows):
             raise RuntimeError(f"the model returned {len(out)} rows for a batch of {len(rows)}")
         real = sum(len(r["input_ids"]) for r in rows)

@@ -24,6 +24,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from ..checkpoint import HfOptimConfig, set_module
+
 __all__ = ["Part", "UnitGroup", "find_unit_groups", "prune_structured_", "pruned_units", "structure_summary"]
 
 logger = logging.getLogger("hf_optim")
@@ -167,11 +169,6 @@ def _new_linear(old: nn.Linear, weight: torch.Tensor, bias: Optional[torch.Tenso
     return new
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def prune_structured_(model: nn.Module, heads: Optional[Mapping[int, Iterable[int]]] = None,
                       ffn: Optional[Mapping[int, Iterable[int]]] = None) -> dict:
     """Physically remove attention heads and feed-forward neurons from ``model`` (in place).
@@ -217,7 +214,7 @@ def prune_structured_(model: nn.Module, heads: Optional[Mapping[int, Iterable[in
             weight = lin.weight.detach().index_select(part.dim, idx)
             bias = None if lin.bias is None else (lin.bias.detach().index_select(0, idx) if part.dim == 0
                                                   else lin.bias.detach())
-            _set(model, part.module, _new_linear(lin, weight, bias))
+            set_module(model, part.module, _new_linear(lin, weight, bias))
         if g.attn_module is not None:
             attn = model.get_submodule(g.attn_module)
             attn.num_attention_heads = int(keep.sum())
@@ -228,8 +225,6 @@ def prune_structured_(model: nn.Module, heads: Optional[Mapping[int, Iterable[in
 
 def _record(model: nn.Module, groups: Sequence[UnitGroup]) -> None:
     """Describe every resized Linear and head count in ``model.config.quantization_config``."""
-    from ..integrations.transformers import HfOptimConfig
-
     old = getattr(model.config, "quantization_config", None)
     if old is not None and not isinstance(old, HfOptimConfig):
         raise ValueError(f"{type(model).__name__} is quantized by {type(old).__name__}; prune before quantizing")

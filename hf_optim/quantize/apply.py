@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.nn as nn
 
+from ..checkpoint import HfOptimConfig, set_module
 from .config import DEFAULT_EXCLUDE, LINEAR_SCHEMES, QuantizeConfig  # noqa: F401 - used in annotations
 from .modules import FakeQuantLinear, Int8StaticLinear, QuantEmbedding, QuantLinear, module_for_scheme
 
@@ -45,9 +46,7 @@ def target_linears(model: nn.Module, include: Iterable[str] | None = None,
     return out
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+_swap = set_module  # the name the GPTQ path imports
 
 
 def describe_(model: nn.Module, scheme: str, **provenance: Any):
@@ -55,8 +54,6 @@ def describe_(model: nn.Module, scheme: str, **provenance: Any):
 
     An existing hf_optim config (pruned shapes, head counts) is kept and extended.
     """
-    from ..integrations.transformers import HfOptimConfig
-
     old = getattr(getattr(model, "config", None), "quantization_config", None)
     if isinstance(old, dict) and old.get("quant_method") == "hf_optim":
         old = HfOptimConfig.from_dict(old)
@@ -117,7 +114,7 @@ def quantize_embeddings_(model: nn.Module, bits: int = 8, group_size: int | None
         raise ValueError(f"input embeddings are a {type(emb).__name__}; only nn.Embedding tables are quantized")
     name = _name_of(model, emb)
     untie_output_embeddings_(model)
-    _swap(model, name, QuantEmbedding.from_embedding(emb, bits, group_size, symmetric))
+    set_module(model, name, QuantEmbedding.from_embedding(emb, bits, group_size, symmetric))
     return name
 
 
@@ -221,7 +218,7 @@ def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dyn
             new.activations = activations
         else:
             new = cls.from_linear(lin, group_size=group_size, symmetric=symmetric, partial_groups=partial_groups)
-        _swap(model, name, new)
+        set_module(model, name, new)
     if embeddings:
         bits = 4 if embeddings == "int4" else 8
         # int8 rows need one scale each; int4 rows need groups (the scheme's, or 32).
@@ -290,7 +287,7 @@ def prepare_qat_(model: nn.Module, include: Iterable[str] | None = None, exclude
                  momentum: float = 0.01) -> nn.Module:
     """Swap target Linear layers for :class:`FakeQuantLinear` (same Parameters) so training sees int8 rounding."""
     for name, lin in target_linears(model, include, exclude):
-        _swap(model, name, FakeQuantLinear(lin, momentum=momentum))
+        set_module(model, name, FakeQuantLinear(lin, momentum=momentum))
     return model
 
 
@@ -308,7 +305,7 @@ def convert_qat_(model: nn.Module) -> nn.Module:
     if not names:
         raise ValueError("convert_qat_: the model has no fake-quantized layers; call prepare_qat_ before training")
     for name in names:
-        _swap(model, name, model.get_submodule(name).to_quantized())
+        set_module(model, name, model.get_submodule(name).to_quantized())
     describe_(model, "int8_qat")
     return model
 

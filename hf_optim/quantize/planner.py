@@ -238,7 +238,7 @@ def _interleaved_throughput(paths: list[str], task, split: str, samples: int, ro
 
     from ..console import progress as progress_bar
     from ..data import load_task
-    from ..evaluation.classifier import load_classifier
+    from ..artifacts import load_predictor
 
     texts = load_task(task)[split]["text"][:samples]
     batches = [texts[i:i + 32] for i in range(0, len(texts), 32)]
@@ -246,7 +246,7 @@ def _interleaved_throughput(paths: list[str], task, split: str, samples: int, ro
     if threads:
         torch.set_num_threads(threads)
     try:
-        clfs = [load_classifier(p) for p in paths]
+        clfs = [load_predictor(p) for p in paths]
         for clf in clfs:
             clf(batches[0])  # warm-up
         rates: list[list[float]] = [[] for _ in clfs]

@@ -22,14 +22,12 @@ logger = logging.getLogger("hf_optim")
 
 def _auto_class(model_dir: Path):
     import transformers
-    from transformers import AutoConfig
 
-    archs = getattr(AutoConfig.from_pretrained(model_dir), "architectures", None) or []
-    for suffix, name in (("ForSequenceClassification", "AutoModelForSequenceClassification"),
-                         ("ForCausalLM", "AutoModelForCausalLM")):
-        if any(a.endswith(suffix) for a in archs):
-            return getattr(transformers, name)
-    return transformers.AutoModel
+    from ..artifacts import checkpoint_kind
+
+    name = {"sequence-classification": "AutoModelForSequenceClassification",
+            "causal-lm": "AutoModelForCausalLM"}.get(checkpoint_kind(model_dir), "AutoModel")
+    return getattr(transformers, name)
 
 
 def linear_weight_bytes(model: torch.nn.Module) -> dict[str, int]:

@@ -69,25 +69,9 @@ def make_texts(n: int, seed: int = 0, max_words: int = 45) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_artifacts(tmp_path_factory):
     """``{"dir": torch checkpoint dir, "onnx_dir": dir with model.onnx + config + tokenizer}`` of one tiny BERT."""
-    import shutil
-
-    import torch
-
-    from hf_optim.testing import save_tiny_bert
+    from hf_optim.testing import save_tiny_bert, save_tiny_onnx
 
     root = tmp_path_factory.mktemp("inference-models")
     d = save_tiny_bert(root / "bert", seed=3)
-    onnx_dir = root / "bert-onnx"
-    onnx_dir.mkdir()
-    for f in d.iterdir():
-        if not f.name.endswith(".safetensors"):
-            shutil.copy(f, onnx_dir / f.name)
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(d).eval()
-    ids = torch.ones(2, 8, dtype=torch.long)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
-    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(onnx_dir / "model.onnx"),
-                      input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    onnx_dir = save_tiny_onnx(d, root / "bert-onnx")
     return {"dir": d, "onnx_dir": onnx_dir}

@@ -508,7 +508,7 @@ def test_a_dead_worker_refuses_new_requests_instead_of_leaving_them_pending(echo
 
 
 def test_cache_keys_are_unambiguous():
-    from hf_optim.inference.engine import _cache_key
+    from hf_optim.inference.cache import input_key as _cache_key
 
     def old_key(encoded):  # the former "name=bytes;" concatenation
         return b"".join(k.encode() + b"=" + encoded[k].tobytes() + b";" for k in sorted(encoded))
