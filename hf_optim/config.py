@@ -38,7 +38,7 @@ def config_class(kind: str) -> type["OptimConfig"]:
     """Return the config class registered for ``kind`` or raise a ``ValueError`` listing the known kinds."""
     try:
         return _CONFIG_KINDS[kind]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable kind (a list or mapping in a file)
         raise ConfigError(f"unknown kind {short_repr(kind)}; known kinds: {', '.join(config_kinds())}") from None
 
 
@@ -107,8 +107,8 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is int:
         if isinstance(value, bool):
             return _NO
-        if isinstance(value, int):
-            return value
+        if isinstance(value, int):  # beyond int64 no count, size or seed means anything (torch overflows)
+            return value if abs(value) < 2 ** 63 else _NO
         # 1e20 is a float YAML reads from "batch_size: 1e20": only whole numbers a float holds exactly
         if isinstance(value, float) and value.is_integer() and abs(value) <= 2 ** 53:
             return int(value)
@@ -116,14 +116,11 @@ def _coerce(value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, bool):
             return _NO
-        if isinstance(value, (int, float)):
+        if not isinstance(value, (int, float, str)):
+            return _NO
+        try:  # YAML 1.1 reads "1e-4" as a string; an int of 400 digits overflows a float
             out = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                out = float(value)
-            except ValueError:
-                return _NO
-        else:
+        except (ValueError, OverflowError):
             return _NO
         return out if math.isfinite(out) else _NO  # .inf epochs or a NaN learning rate never mean anything
     if tp is str:

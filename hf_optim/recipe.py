@@ -122,8 +122,10 @@ class Recipe:
             data = load_yaml(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
             raise RecipeError(f"{path}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8") from None
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of more than 4300 digits
             raise RecipeError(f"{path}: not valid YAML: {str(e)[:500]}") from None
+        except RecursionError:  # thousands of nested [ or {: the parser recurses once per level
+            raise RecipeError(f"{path}: not valid YAML: nested too deeply; a recipe needs a few levels") from None
         try:
             return cls.from_dict(data, base_dir=path.resolve().parent)
         except RecipeError as e:
@@ -364,7 +366,7 @@ def _parse_stage(index: int, raw: Any, kinds: dict[str, type[StageConfig]], defa
                           f"{', '.join(sorted(_RESERVED))}; got {short_repr(name)}", field="name")
     where = f"stage {name!r}"
     kind = raw.pop("kind", None)
-    if kind not in kinds:
+    if not isinstance(kind, str) or kind not in kinds:
         raise RecipeError(f"{where}: unknown kind {short_repr(kind)}; allowed kinds: {', '.join(kinds)}", field="kind")
     cls = kinds[kind]
     if "task" in cls.field_names() and "task" not in raw and default_task is not None:
