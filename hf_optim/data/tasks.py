@@ -126,6 +126,9 @@ def _load_user_dataset(spec: TaskSpec):
         ds = raw[split].select_columns(list(rename)).rename_columns({k: v for k, v in rename.items() if k != v})
         out[split] = ds
     out = datasets.DatasetDict(out)
+    for column in ("text", "text_pair"):  # a column of numbers reads as int64; a tokenizer takes text only
+        if getattr(out["train"].features.get(column), "dtype", "string") != "string":
+            out = out.cast_column(column, datasets.Value("string"))
     if isinstance(out["train"].features["label"], datasets.ClassLabel):
         _check_classes(spec, out["train"].features["label"].names, out)
         return out
@@ -173,15 +176,24 @@ def _check_classes(spec: TaskSpec, classes: list, data) -> None:
 
 
 def _load_files(builder: str, files: dict[str, str], tabs: bool):
+    import logging
+
     import datasets
 
+    lib = logging.getLogger("datasets")
+    level = lib.level
+    lib.setLevel(logging.CRITICAL)  # it logs the failure that is raised below as one DataError
     try:
         return datasets.load_dataset(builder, data_files=files, **({"delimiter": "\t"} if tabs else {}))
     except Exception as e:  # noqa: BLE001 - pyarrow/pandas/datasets raise many types for one "unreadable file"
+        while "error occurred while generating" in str(e) and (e.__cause__ or e.__context__):
+            e = e.__cause__ or e.__context__  # the parser's own words say which line is wrong
         msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         if "corresponds to no data" in msg:
             msg = "no data rows (a header without data?)"
         raise DataError(f"could not read {', '.join(Path(f).name for f in files.values())} as {builder}: {msg}") from None
+    finally:
+        lib.setLevel(level)
 
 
 def _read_dataset(source: str):
