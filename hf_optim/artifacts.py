@@ -424,8 +424,11 @@ def load_predictor(model_dir: str | Path, max_length: int = 128, *, output: str 
     from transformers import AutoModelForSequenceClassification
 
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise DataError(f"could not load the model in {path}: {str(e)[:500]}") from None
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or garbled weight file raises SafetensorError, not OSError
+        raise DataError(f"could not load the model in {path}: {type(e).__name__}: {' '.join(str(e).split())[:500]}") from None
+    if info.get("missing_keys"):  # transformers fills them with random numbers and scores those
+        raise DataError(f"the weights in {path} lack {len(info['missing_keys'])} tensor(s) the model needs "
+                        f"({', '.join(sorted(info['missing_keys'])[:3])} ...); the checkpoint is incomplete")
     return TorchPredictor(model, load_tokenizer(path) if isinstance(tokenizer, str) else tokenizer, max_length,
                           output=output)
