@@ -63,7 +63,9 @@ def check_repo_id(repo_id) -> str:
     """Return ``repo_id`` when it is a valid Hub model id (``USER/NAME``), else raise :class:`HfOptimError`."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+    # whitespace never belongs in an id; huggingface_hub's check lets a trailing newline through
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")) or \
+            any(c.isspace() for c in repo_id):
         raise HfOptimError(f"--repo-id {str(repo_id)[:100]!r} is not a Hub repository id; use USER/NAME or ORG/NAME")
     try:
         validate_repo_id(repo_id)

@@ -233,3 +233,15 @@ def report_status(run_dir: Path) -> str | None:
         return json.loads((run_dir / "report.json").read_text()).get("status")
     except OSError:
         return None
+
+
+def quantized_run(sources: _Sources, root: Path) -> Path:
+    """A finished one-stage run (stage ``q``: the tiny BERT, int8 dynamic) in ``root/run``."""
+    import yaml
+
+    shutil.copytree(sources.get("bert"), root / "bert")
+    recipe = root / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "stages": [
+        {"name": "q", "kind": "quantize", "model": "bert", "scheme": "int8_dynamic"}]}))
+    assert main(["run", str(recipe), "-o", str(root / "run"), "-q"]) == 0
+    return root / "run"
