@@ -97,7 +97,12 @@ def onnx_file(path: str | Path) -> Path:
     if path.is_file():
         return path
     record = path / EXPORT_RECORD
-    names = [json.loads(record.read_text()).get("file_name")] if record.is_file() else []
+    try:
+        names = [json.loads(record.read_text()).get("file_name")] if record.is_file() else []
+    except (ValueError, AttributeError):  # not JSON, or not a mapping
+        raise DataError(f"{record} is not the record hf_optim writes; export the model again") from None
+    if names and names[0] is not None and (not isinstance(names[0], str) or Path(names[0]).name != names[0]):
+        raise DataError(f"{record} names {str(names[0])[:100]!r} as the model file; export the model again")
     for name in names + ["model.onnx"]:
         if name and (path / name).is_file():
             return path / name
@@ -255,7 +260,11 @@ class OrtPredictor(Predictor):
     def __init__(self, onnx_path: str | Path | None = None, tokenizer: Any = "auto", max_length: int = 128,
                  threads: int | None = None, *, session=None, output: str = "logits"):
         self.path = Path(onnx_path) if onnx_path is not None else None
-        self.session = session if session is not None else make_session(self.path, threads)
+        try:
+            self.session = session if session is not None else make_session(self.path, threads)
+        except Exception as e:  # noqa: BLE001 - truncated protobuf, missing or short external data ...
+            raise DataError(f"ONNX Runtime cannot load {self.path} ({type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                            "); the export is damaged: export the model again") from None
         if isinstance(tokenizer, str):
             tokenizer = load_tokenizer(self.path.parent) if self.path is not None else None
         self.tokenizer, self.max_length = tokenizer, max_length
