@@ -8,6 +8,7 @@ errors and results on the terminal, ``-v`` shows more (see :mod:`hf_optim.consol
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from .cli_runs import show_progress as _progress
 from .errors import HfOptimError
 
 EXIT_USAGE = 2
+_CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)  # the user can fix these
 _DEFAULT_TEXT = "bbc-news"  # what causal LMs are measured on when no --task is given
 logger = logging.getLogger("hf_optim")
 
@@ -62,6 +64,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.stage import evaluate_model
 
     _require_model_dir(args.model_dir)
+    if args.output and (Path(args.output).is_dir() or not Path(args.output).absolute().parent.is_dir()):
+        raise HfOptimError(f"--output {args.output!r} must be a file in an existing directory")  # before, not after
     if args.dataset:
         task = {"dataset": args.dataset, "text_column": args.text_column, "label_column": args.label_column,
                 **({"name": args.task} if args.task else {})}
@@ -73,7 +77,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_model(args.model_dir, config, progress=_progress(args))
     text = json.dumps(metrics, indent=2)
     if args.output:
-        Path(args.output).write_text(text)
+        from .data.sources import atomic_write_text
+
+        atomic_write_text(Path(args.output), text)  # a full disk leaves the old file, not half a new one
     print(text)
     return 0
 
@@ -123,6 +129,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .task_record import inherit_task
 
     _require_model_dir(args.model_dir)
+    from .data.tasks import checkpoint_facts
+
+    positions = checkpoint_facts(args.model_dir)["max_positions"]
+    if isinstance(positions, int) and args.max_length > positions:
+        raise HfOptimError(f"--max-length {args.max_length}: {args.model_dir} reads at most {positions} positions")
     common = dict(model=args.model_dir, task=_model_task(args, texts=not args.compile),
                   max_metric_drop=args.max_metric_drop, validation_samples=args.validation_samples,
                   max_length=args.max_length)
@@ -315,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except HfOptimError as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        if e.errno not in _CANNOT_WRITE or args.verbose or os.environ.get("HF_OPTIM_DEBUG"):
+            raise
+        print(f"error: {e.strerror}: {e.filename or ''}; free some space or make the directory writable, or choose "
+              "another output directory (nothing half-written was kept)", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was kept (a run keeps its completed stages)", file=sys.stderr)

@@ -216,6 +216,7 @@ def _setup_log(out: Path) -> tuple[Path, logging.Handler]:
     path = logs / f"run-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.handleError = lambda record: None  # a full disk: the command's one error line says so, not a traceback per line
     for name in ("hf_optim", "hf_optim_trace", "transformers"):
         logging.getLogger(name).addHandler(handler)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
@@ -282,7 +283,6 @@ def _terminate_as_interrupt():
 
 def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file: Path, run_id: str) -> RunResult:
     _clean_leftovers(out, run_id)
-    (out / "recipe.yaml").write_text(recipe.to_yaml())
     fingerprints = recipe.stage_fingerprints()
     report: dict[str, Any] = {
         "recipe": recipe.name, "description": recipe.description, "fingerprint": recipe.fingerprint(),
@@ -291,6 +291,10 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file
     # at once: a run that cannot write (a full disk, a read-only folder) stops here, and a report.json left from
     # an earlier complete run never stands for this one
     _write_report(out, report, status="running")
+    from .data.sources import atomic_write_text
+
+    # after the report: a report saying "complete" never sits next to a new recipe, and never half a recipe
+    atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
     verified: set[Path] = set()  # stage outputs whose weights were checked (or written) in this run: hashed once
     logger.info("run %s (%d stages) -> %s", recipe.name, len(recipe.stages), out)
     total = len(recipe.stages)

@@ -55,10 +55,10 @@ def export_model(model_dir: str | Path, output_dir: str | Path, config: ExportCo
 
     config = config or ExportConfig(model=str(model_dir), **kwargs)
     src, out = Path(model_dir), Path(output_dir)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         from ..errors import HfOptimError
 
-        raise HfOptimError(f"output directory {out} is not empty; choose a new one")
+        raise HfOptimError(f"output {out} is a file or a directory that is not empty; choose a new one")
     backend = resolve_backend(config.backend)
     task_type = detect_task_type(src) if config.task_type == "auto" else config.task_type
     out.parent.mkdir(parents=True, exist_ok=True)

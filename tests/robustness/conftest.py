@@ -105,7 +105,9 @@ def cli(capsys, argv: list[str]) -> tuple[int, str, str]:
 
 def one_error(err: str, words: tuple[str, ...] | list[str]) -> str:
     """The single ``error:`` line of ``err`` (no traceback, bounded length), holding every word of ``words``."""
-    lines = [line for line in err.splitlines() if line.startswith(("error:", "hf-optim: error:"))]
+    import re
+
+    lines = [line for line in err.splitlines() if re.match(r"(hf-optim[\w ]*: )?error:", line)]  # argparse's too
     assert len(lines) == 1, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert len(lines[0]) < 1500, lines[0][:3000]
@@ -190,11 +192,20 @@ def failing_writes(monkeypatch, err: int = errno.ENOSPC, under: Path | None = No
     message = os.strerror(err)
 
     class _Full(io.RawIOBase):
-        def __init__(self, name):
-            self.name = name
+        """A writable file whose writes fail; it keeps the real one open (locks and ``fileno`` still work)."""
+
+        def __init__(self, real):
+            self.name, self._real = real.name, real
 
         def writable(self):
             return True
+
+        def fileno(self):
+            return self._real.fileno()
+
+        def close(self):
+            self._real.close()
+            super().close()
 
         def write(self, b):
             raise OSError(err, message, str(self.name))
@@ -204,16 +215,14 @@ def failing_writes(monkeypatch, err: int = errno.ENOSPC, under: Path | None = No
     def fake_open(file, mode="r", *a, **kw):
         f = real_open(file, mode, *a, **kw)
         if any(m in mode for m in "wax+") and not isinstance(file, int) and hit(file):
-            f.close()
-            return io.TextIOWrapper(io.BufferedWriter(_Full(file))) if "b" not in mode else io.BufferedWriter(_Full(file))
+            raw = _Full(f)
+            return io.BufferedWriter(raw) if "b" in mode else io.TextIOWrapper(io.BufferedWriter(raw))
         return f
 
     def fake_fdopen(fd, mode="r", *a, **kw):
         f = real_fdopen(fd, mode, *a, **kw)
         if any(m in mode for m in "wax+") and hit(os.readlink(f"/proc/self/fd/{fd}")):
-            name = f.name
-            f.close()
-            raw = _Full(name)
+            raw = _Full(f)
             return io.BufferedWriter(raw) if "b" in mode else io.TextIOWrapper(io.BufferedWriter(raw))
         return f
 
