@@ -78,7 +78,7 @@ CASES = [
 
 def _strip_tokenizer(model):
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
-        (model / name).unlink()
+        (model / name).unlink(missing_ok=True)
     return model
 
 
