@@ -425,7 +425,9 @@ def load_predictor(model_dir: str | Path, max_length: int = 128, *, output: str 
         what = "does not exist" if not path.exists() else "is not a model directory (no config.json)"
         raise DataError(f"{path} {what}; pass a folder written by save_pretrained, by a recipe stage or by an "
                         "ONNX export")
-    cfg = read_config(path) or {}
+    cfg = read_config(path)
+    if cfg is None:
+        raise DataError(f"{path}/config.json is not a readable model config (a JSON mapping); write it with save_pretrained")
     if _kind(cfg) != "sequence-classification":
         archs = cfg.get("architectures") or []
         raise DataError(f"{path} holds a {', '.join(archs) or cfg.get('model_type')} model, not a sequence "

@@ -109,7 +109,7 @@ TORCH_CASES = [
     CliCase("config-a-list", _eval_tampered("bert", _write("config.json", "[]")), CONFIG),
     CliCase("config-empty-mapping", _eval_tampered("bert", _write("config.json", "{}")), ("bert",)),  # 4.x guesses BERT from the name
     CliCase("config-unknown-model-type", _eval_tampered("bert", _config(lambda c: {**c, "model_type": "nonexistent"})),
-            CONFIG),
+            LOAD + ("model type `nonexistent`",)),
     CliCase("config-missing", _eval_tampered("bert", _unlink("config.json")), ("no config.json",)),
     CliCase("config-five-labels", _eval_tampered("bert", _config(lambda c: {
         k: v for k, v in {**c, "num_labels": 5}.items() if k not in ("id2label", "label2id")})), ("predicts 5 classes",)),
