@@ -100,17 +100,17 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .quantize.planner import Budgets, plan_precision
+    from .quantize.planner import Budgets, PlanConfig, plan_precision
 
     _require_model_dir(args.model_dir)
     budgets = Budgets(max_size_mb=args.max_size_mb, max_latency_ms=args.max_latency_ms,
                       min_speedup=args.min_speedup, max_metric_drop=args.max_metric_drop)
     task = _model_task(args, texts=False)
-    plan = plan_precision(args.model_dir, task=task, candidates=args.candidates.split(","), budgets=budgets,
-                          prefer=args.prefer, split=args.split, max_samples=args.max_samples,
-                          latency_samples=args.latency_samples, throughput_samples=args.throughput_samples,
-                          measure_memory=not args.no_memory, work_dir=args.keep_dir, keep=bool(args.keep_dir),
-                          progress=_progress(args))
+    plan = plan_precision(args.model_dir, PlanConfig(
+        task=task, candidates=args.candidates.split(","), budgets=budgets, prefer=args.prefer, split=args.split,
+        max_samples=args.max_samples, latency_samples=args.latency_samples,
+        throughput_samples=args.throughput_samples, measure_memory=not args.no_memory, work_dir=args.keep_dir,
+        keep=bool(args.keep_dir)), progress=_progress(args))
     if args.output:  # the plan in the benchmark result schema: the command, commit, versions and CPU it ran with
         from .evaluation.harness import BenchRun
 
@@ -148,6 +148,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         record = export_model(args.model_dir, args.output, ExportConfig(
             backend=args.backend, optimization=args.optimization, quantization=args.quantization,
             per_channel=args.per_channel, calibration_samples=args.calibration_samples, task_type=args.task_type,
+            group_size=args.group_size, symmetric=not args.asymmetric, method=args.method,
             embeddings=args.embeddings, split_skip_layernorm=args.split_skip_layernorm, **common),
             progress=_progress(args))
     inherit_task(args.model_dir, args.output)  # an exported or compiled model keeps its source's task
@@ -170,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity_options(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    from .export.config import ExportConfig
+    from .quantize.planner import CANDIDATES, DEFAULT_CANDIDATES, PREFER
 
     r = sub.add_parser("run", parents=[common],
                        help="run a recipe (resumable)", description="Run a recipe stage by stage. "
@@ -218,14 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "within the budgets (exit 3 when none fits).")
     pl.add_argument("model_dir", help="a float sequence-classifier directory")
     pl.add_argument("--task", help="evaluation and calibration task " + _TASK_DEFAULT)
-    pl.add_argument("--candidates", default="fp32,bf16,int8_dynamic,int8_static,int8_weight_only,int4_weight_only",
-                    help="comma-separated: fp32, fp16, bf16, int8_dynamic, int8_static, int8_qat, "
-                    "int8_weight_only, int4_weight_only")
+    pl.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES),
+                    help=f"comma-separated: {', '.join(CANDIDATES)}")
     pl.add_argument("--max-size-mb", type=float)
     pl.add_argument("--max-latency-ms", type=float, help="batch-1 p50 latency budget")
     pl.add_argument("--min-speedup", type=float, help="batch-32 throughput vs fp32")
     pl.add_argument("--max-metric-drop", type=float, help="in metric units (0.005 = 0.5 accuracy points)")
-    pl.add_argument("--prefer", default="throughput", choices=["throughput", "latency", "size", "metric"])
+    pl.add_argument("--prefer", default="throughput", choices=PREFER)
     pl.add_argument("--split", default="test", choices=["test", "validation", "train"])
     pl.add_argument("--max-samples", type=int)
     pl.add_argument("--latency-samples", type=int, default=100)
@@ -249,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--optimization", default="O2", choices=["none", "O1", "O2", "O3"])
     ex.add_argument("--quantization", default="dynamic", choices=["none", "dynamic", "static", "int4", "int8_weight_only"])
     ex.add_argument("--per-channel", action="store_true")
+    ex.add_argument("--group-size", type=int, default=ExportConfig.group_size,
+                    help="int4 / int8_weight_only: input features per scale (MatMulNBits block)")
+    ex.add_argument("--asymmetric", action="store_true", help="int4 / int8_weight_only: a zero point per group")
+    ex.add_argument("--method", default="rtn", choices=["rtn", "hqq"],
+                    help="int4 / int8_weight_only rounding: rtn (round to nearest) or hqq (int4)")
     ex.add_argument("--embeddings", default="float", choices=["float", "int4"],
                     help="int4: the token-embedding table in 4 bits (classifiers; most of a small encoder's size)")
     ex.add_argument("--split-skip-layernorm", default="on", choices=["auto", "on", "off"],

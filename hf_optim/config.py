@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, Union
 
 from .errors import ConfigError
 
-__all__ = ["OptimConfig", "config_class", "config_kinds", "config_from_dict", "short_repr"]
+__all__ = ["OptimConfig", "config_class", "config_kinds", "config_from_dict", "short_repr", "renamed_fields"]
 
 _CONFIG_KINDS: dict[str, type["OptimConfig"]] = {}
 
@@ -150,6 +150,10 @@ class OptimConfig:
 
     kind: ClassVar[str] = ""
     version: ClassVar[int] = 1
+    # {old name: new name} of renamed fields (see :func:`renamed_fields`) and {name: why} of removed ones: a
+    # file (or, for renames, a keyword) that uses them still loads, with a warning.
+    renamed: ClassVar[dict[str, str]] = {}
+    removed: ClassVar[dict[str, str]] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -198,7 +202,8 @@ class OptimConfig:
         for f in dataclasses.fields(self):
             if f.metadata.get("added") and getattr(self, f.name) == f.metadata["legacy"]:
                 out.pop(f.name)
-        return out
+        # a rename changes no behaviour: the fingerprint keeps the name the stage was first recorded with
+        return {next((old for old, new in self.renamed.items() if new == k), k): v for k, v in out.items()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -215,7 +220,7 @@ class OptimConfig:
 
         A ``kind`` that belongs to another class or a ``version`` newer than this release's is an error.
         """
-        data = dict(data)
+        data = _current_names(cls, dict(data))
         kind = data.pop("kind", cls.kind)
         if kind != cls.kind:
             raise ConfigError(f"cannot read a {kind!r} config as {cls.kind!r}")
@@ -249,3 +254,37 @@ class OptimConfig:
     def replace(self, **changes: Any) -> "OptimConfig":
         """A copy with ``changes`` applied (configs are never mutated in place)."""
         return dataclasses.replace(self, **changes)
+
+
+def _current_names(cls: type[OptimConfig], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with renamed fields under their new names and removed ones dropped, each with a warning."""
+    for old, new in cls.renamed.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ConfigError(f"{cls.kind}: {old} is the old name of {new}; set only {new}", field=old)
+        warnings.warn(f"{cls.kind}.{old} is renamed {new}; the old name is read until the next release",
+                      FutureWarning, stacklevel=3)
+        data[new] = data.pop(old)
+    for name, why in cls.removed.items():
+        if name in data:
+            warnings.warn(f"{cls.kind}.{name} was removed ({why}); ignoring {short_repr(data.pop(name))}",
+                          FutureWarning, stacklevel=3)
+    return data
+
+
+def renamed_fields(**names: str):
+    """Class decorator (above ``@dataclass``): the config's fields ``names`` (``old="new"``) were renamed; the old
+    names still load from files and keywords with a ``FutureWarning``, and stage fingerprints keep them."""
+    def wrap(cls: type[OptimConfig]) -> type[OptimConfig]:
+        cls.renamed = {**cls.renamed, **names}
+        init = cls.__init__
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **_current_names(cls, kwargs))
+
+        __init__.__wrapped__ = init
+        __init__.__doc__ = init.__doc__
+        cls.__init__ = __init__
+        return cls
+    return wrap

@@ -21,8 +21,12 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from .config import EvalConfig
 
 __all__ = ["text_token_ids", "perplexity", "generation_speed", "lm_peak_memory_mb", "evaluate_lm", "is_causal_lm"]
 
@@ -190,23 +194,36 @@ def load_causal_lm(model_dir: str | Path, threads: int | None = None):
     return AutoModelForCausalLM.from_pretrained(model_dir).eval()
 
 
-def evaluate_lm(model_dir: str | Path, corpus: str = "bbc-news", split: str = "test", max_tokens: int = 4096,
-                context: int = 512, stride: int = 256, batch_sizes: Sequence[int] = (1, 8), prompt_tokens: int = 64,
-                new_tokens: int = 32, repeats: int = 3, measure_memory: bool = True, threads: int | None = None,
-                model=None, progress: bool = False) -> dict[str, Any]:
+_OLD_NAMES = {"corpus": "task", "max_tokens": "lm_tokens", "batch_sizes": "generate_batch_sizes",
+              "repeats": "generate_repeats"}
+
+
+def _config_from_arguments(model_dir: str | Path, **kwargs: Any) -> EvalConfig:
+    """The :class:`EvalConfig` the keyword form of :func:`evaluate_lm` (before the config form) meant."""
+    from .config import EvalConfig
+
+    fields = {"task": "bbc-news", **{_OLD_NAMES.get(k, k): v for k, v in kwargs.items()}}
+    allowed = {"task", "split", "lm_tokens", "context", "stride", "generate_batch_sizes", "prompt_tokens",
+               "new_tokens", "generate_repeats", "measure_memory", "threads"}
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise TypeError(f"evaluate_lm() got unexpected keyword argument(s) {', '.join(unknown)}")
+    return EvalConfig(model=str(model_dir), task_type="causal-lm", **fields)
+
+
+def evaluate_lm(model_dir: str | Path, config: EvalConfig | None = None, *, model=None, progress: bool = False,
+                **kwargs: Any) -> dict[str, Any]:
     """Perplexity, generation speed, size and peak memory of the causal LM in ``model_dir``.
 
     Args:
         model_dir (`str` or `Path`): a directory ``AutoModelForCausalLM`` (or ``ORTModelForCausalLM``) loads.
-        corpus (`str`, *optional*, defaults to ``"bbc-news"``) / split (`str`, *optional*, defaults to ``"test"``):
-            the text (:func:`hf_optim.data.load_text`).
-        max_tokens (`int`, *optional*, defaults to 4096): the fixed slice scored for perplexity.
-        context (`int`, *optional*, defaults to 512) / stride (`int`, *optional*, defaults to 256): the window.
-        batch_sizes (`list[int]`, *optional*, defaults to ``(1, 8)``): generation batch sizes (empty: skip).
-        prompt_tokens (`int`, *optional*, defaults to 64) / new_tokens (`int`, *optional*, defaults to 32): per prompt.
-        repeats (`int`, *optional*, defaults to 3): timed generations per measurement (median).
-        measure_memory (`bool`, *optional*, defaults to `True`): peak RSS in a fresh process.
-        threads (`int`, *optional*): torch intra-op threads while measuring.
+        config (`EvalConfig`): what to measure: the text (``task``, a corpus of :func:`hf_optim.data.load_text`,
+            ``bbc-news`` unless ``task`` names one) and ``split``, the perplexity slice (``lm_tokens``) and window
+            (``context``, ``stride``), the generation timing (``generate_batch_sizes``, empty skips it;
+            ``prompt_tokens``, ``new_tokens``, ``generate_repeats``), ``measure_memory`` (peak RSS in a fresh
+            process) and ``threads``. The keyword form before this one (``corpus=``, ``max_tokens=``,
+            ``batch_sizes=``, ``repeats=`` ...) is deprecated and still read, with a ``FutureWarning``, until the
+            next release.
         model (*optional*): an already loaded model to measure instead of loading ``model_dir``.
         progress (`bool`, *optional*, defaults to `False`): progress bars over the perplexity windows and the
             timed generations.
@@ -214,6 +231,16 @@ def evaluate_lm(model_dir: str | Path, corpus: str = "bbc-news", split: str = "t
     Returns:
         `dict`: JSON-ready metrics (``metric: "perplexity"``, ``perplexity``, ``generation``, ``size``, ``memory``).
     """
+    if config is None:
+        warnings.warn("evaluate_lm(model_dir, **options) is deprecated: pass an EvalConfig, e.g. evaluate_lm("
+                      "model_dir, EvalConfig(model=model_dir, task='bbc-news', lm_tokens=4096))", FutureWarning,
+                      stacklevel=2)
+        config = _config_from_arguments(model_dir, **kwargs)
+    elif kwargs:
+        raise TypeError(f"evaluate_lm takes an EvalConfig; set {', '.join(kwargs)} on the config instead")
+    corpus, split, max_tokens, threads = config.text_corpus, config.split, config.lm_tokens, config.threads
+    batch_sizes, prompt_tokens, new_tokens = config.generate_batch_sizes, config.prompt_tokens, config.new_tokens
+
     import torch
     from transformers import AutoTokenizer
 
@@ -226,7 +253,7 @@ def evaluate_lm(model_dir: str | Path, corpus: str = "bbc-news", split: str = "t
     if threads:
         torch.set_num_threads(threads)
     try:
-        ppl = perplexity(model, ids[:, :max_tokens], context, stride, progress)
+        ppl = perplexity(model, ids[:, :max_tokens], config.context, config.stride, progress)
         out: dict[str, Any] = {"model": str(model_dir), "task": corpus, "split": split, "metric": "perplexity",
                                "perplexity": ppl["perplexity"],
                                "perplexity_setup": {**{k: v for k, v in ppl.items() if k != "perplexity"},
@@ -241,11 +268,11 @@ def evaluate_lm(model_dir: str | Path, corpus: str = "bbc-news", split: str = "t
         if callable(params):
             out["params"] = int(params())
         if batch_sizes:
-            out["generation"] = generation_speed(model, ids, batch_sizes, prompt_tokens, new_tokens, repeats,
-                                                 progress)
+            out["generation"] = generation_speed(model, ids, batch_sizes, prompt_tokens, new_tokens,
+                                                 config.generate_repeats, progress)
     finally:
         torch.set_num_threads(prev)
-    if measure_memory:
+    if config.measure_memory:
         out["memory"] = lm_peak_memory_mb(model_dir, prompt_tokens, min(new_tokens, 16))
     out["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": threads or prev,
                       "torch": torch.__version__}

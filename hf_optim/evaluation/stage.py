@@ -105,11 +105,7 @@ def _causal_lm(model_dir, config: EvalConfig) -> bool:
 def _evaluate_lm(model_dir, config: EvalConfig, progress: bool = False) -> dict:
     from .lm import evaluate_lm
 
-    return evaluate_lm(model_dir, corpus=config.text_corpus, split=config.split, max_tokens=config.lm_tokens,
-                       context=config.context, stride=config.stride, batch_sizes=config.generate_batch_sizes,
-                       prompt_tokens=config.prompt_tokens, new_tokens=config.new_tokens,
-                       repeats=config.generate_repeats, measure_memory=config.measure_memory, threads=config.threads,
-                       progress=progress)
+    return evaluate_lm(model_dir, config, progress=progress)
 
 
 @register(EvalConfig)

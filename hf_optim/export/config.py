@@ -6,7 +6,8 @@ import dataclasses
 from typing import Literal, Optional, Union
 
 from ..data.tasks import TaskSpec
-from ..config import added_field
+from ..config import added_field, renamed_fields
+from ..quantize.schemes import SCHEMES
 from ..recipe import StageConfig
 
 __all__ = ["ExportConfig", "CompileConfig"]
@@ -26,6 +27,8 @@ def _check_validation(cfg) -> None:
         cfg._fail("max_length", "must be >= 1")
 
 
+@renamed_fields(int4_block_size="group_size", int4_symmetric="symmetric", int4_min_size="min_weights",
+                int4_method="method")
 @dataclasses.dataclass
 class ExportConfig(StageConfig):
     """Export ``model`` to ONNX Runtime, optimize the graph, quantize it, and validate it on the task metric.
@@ -45,7 +48,7 @@ class ExportConfig(StageConfig):
         quantization (`str`, *optional*, defaults to ``"dynamic"``): ``none``, ``dynamic`` (int8 weights,
             activations quantized at run time), ``static`` (int8 QDQ with MinMax calibration and the accuracy
             guard), ``int4`` or ``int8_weight_only`` (weight-only ``MatMulNBits`` on large MatMuls, 4 or 8 bits
-            per weight, one scale per block of ``int4_block_size`` inputs; activations stay float, which suits
+            per weight, one scale per group of ``group_size`` inputs; activations stay float, which suits
             LLMs whose activation outliers per-tensor ``dynamic`` int8 cannot represent).
         per_channel (`bool`, *optional*, defaults to `False`): per-channel int8 weight scales.
         calibration_samples (`int`, *optional*, defaults to 128): training examples used to calibrate ``static``
@@ -54,15 +57,17 @@ class ExportConfig(StageConfig):
             reduced after every chunk, so memory is bounded by one chunk's activations.
         guard (`bool`, *optional*, defaults to `True`): for ``static``, keep nodes in float (LayerNorm, Gelu,
             residual Add, then whole layers) until the metric drop is within ``max_metric_drop``.
-        int4_block_size (`int`, *optional*, defaults to 32): block size of ``int4`` / ``int8_weight_only`` weights.
-        int4_symmetric (`bool`, *optional*, defaults to `True`): ``False`` stores a zero point per block
-            (``MatMulNBits`` with ``zero_points``): a block's range need not be centred on zero. ``hqq`` is
-            always asymmetric and ignores it.
-        int4_min_size (`int`, *optional*, defaults to 65536): only MatMuls with at least this many weights are
-            quantized by ``int4`` / ``int8_weight_only``.
-        int4_method (`str`, *optional*, defaults to ``"rtn"``): how ``int4`` / ``int8_weight_only`` weights are
-            rounded: ``rtn`` (round to nearest on each block's range) or ``hqq`` (each block's scale and float zero
-            point optimised for the least weight error, no calibration data; asymmetric).
+        group_size (`int`, *optional*, defaults to 32): ``int4`` / ``int8_weight_only``: input features per scale
+            (``MatMulNBits``' block size). Formerly ``int4_block_size``.
+        symmetric (`bool`, *optional*, defaults to `True`): ``int4`` / ``int8_weight_only``: ``False`` stores a zero
+            point per group (``MatMulNBits`` with ``zero_points``): a group's range need not be centred on zero.
+            ``hqq`` is always asymmetric and ignores it. Formerly ``int4_symmetric``.
+        min_weights (`int`, *optional*, defaults to 65536): only MatMuls with at least this many weights are
+            quantized by ``int4`` / ``int8_weight_only``. Formerly ``int4_min_size``.
+        method (`str`, *optional*, defaults to ``"rtn"``): how ``int4`` / ``int8_weight_only`` weights are
+            rounded: ``rtn`` (round to nearest on each group's range) or ``hqq`` (each group's scale and float zero
+            point optimised for the least weight error, no calibration data; asymmetric). Formerly
+            ``int4_method``.
         accuracy_level (`int`, *optional*): ``MatMulNBits``' compute type: unset (ONNX Runtime's default), 1
             (fp32), 2 (fp16), 3 (bf16) or 4 (int8: activations quantized per block at run time, the fast CPU
             path).
@@ -102,10 +107,10 @@ class ExportConfig(StageConfig):
     calibration_samples: int = 128
     calibration_batch_size: int = 16
     guard: bool = True
-    int4_block_size: int = 32
-    int4_symmetric: bool = added_field(True)
-    int4_min_size: int = 65536
-    int4_method: Literal["rtn", "hqq"] = added_field("rtn")
+    group_size: int = SCHEMES["int4_weight_only"].default_group_size
+    symmetric: bool = added_field(True)
+    min_weights: int = 65536
+    method: Literal["rtn", "hqq"] = added_field("rtn")
     accuracy_level: Optional[int] = added_field(None)
     max_metric_drop: float = 0.01
     validation_samples: Optional[int] = 500
@@ -128,7 +133,7 @@ class ExportConfig(StageConfig):
         if self.embeddings == "int4" and self.task_type == "causal-lm":
             self._fail("embeddings", "int4 embeddings are offered for classifiers only (an LM's table is its "
                                      "output layer too); use quantization: int4")
-        for f in ("calibration_samples", "calibration_batch_size", "int4_min_size"):
+        for f in ("calibration_samples", "calibration_batch_size", "min_weights"):
             if getattr(self, f) < 1:
                 self._fail(f, "must be >= 1")
         if self.accuracy_level is not None:
@@ -136,14 +141,14 @@ class ExportConfig(StageConfig):
                 self._fail("accuracy_level", "must be 1 (fp32), 2 (fp16), 3 (bf16), 4 (int8) or unset")
             if self.quantization not in ("int4", "int8_weight_only"):
                 self._fail("accuracy_level", "applies to int4 / int8_weight_only (MatMulNBits); remove it")
-            if self.int4_method == "hqq":
+            if self.method == "hqq":
                 self._fail("accuracy_level", "HQQ's float zero points run in fp32 whatever the level (ONNX Runtime "
-                                             "ignores it); remove it, or use int4_method: rtn for int8 compute")
-        if self.int4_method == "hqq" and self.quantization != "int4":
-            self._fail("int4_method", "hqq is offered for quantization: int4 (ONNX Runtime has no 8-bit kernel "
-                                      "with float zero points); use int4_method: rtn")
-        if self.int4_block_size < 16 or self.int4_block_size & (self.int4_block_size - 1):
-            self._fail("int4_block_size", "must be a power of two >= 16 (16, 32, 64, 128)")
+                                             "ignores it); remove it, or use method: rtn for int8 compute")
+        if self.method == "hqq" and self.quantization != "int4":
+            self._fail("method", "hqq is offered for quantization: int4 (ONNX Runtime has no 8-bit kernel "
+                                 "with float zero points); use method: rtn")
+        if self.group_size < 16 or self.group_size & (self.group_size - 1):
+            self._fail("group_size", "must be a power of two >= 16 (16, 32, 64, 128)")
         if self.opset is not None and not 11 <= self.opset <= 23:
             self._fail("opset", "must be between 11 and 23, or unset")
         if self.task_type == "causal-lm" and self.quantization == "static":

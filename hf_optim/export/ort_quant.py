@@ -163,15 +163,15 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, backend: str, ranges:
     return dst
 
 
-def quantize_int4_onnx(src: str | Path, dst: str | Path, block_size: int = 32, min_size: int = 65536,
+def quantize_int4_onnx(src: str | Path, dst: str | Path, group_size: int = 32, min_weights: int = 65536,
                        symmetric: bool = True, bits: int = 4, accuracy_level: int | None = None,
                        method: str = "rtn") -> tuple[Path, int]:
-    """Weight-only ``MatMulNBits`` (``bits`` 4 or 8 per weight, per block; ``symmetric=False`` adds a zero point per
-    block; ``accuracy_level`` is the kernel's compute type) for MatMuls whose weight has >= ``min_size``
-    elements; returns the output path and the number of MatMuls converted.
+    """Weight-only ``MatMulNBits`` (``bits`` 4 or 8 per weight, one scale per ``group_size`` inputs, ORT's block;
+    ``symmetric=False`` adds a zero point per group; ``accuracy_level`` is the kernel's compute type) for MatMuls
+    whose weight has >= ``min_weights`` elements; returns the output path and the number of MatMuls converted.
 
-    ``method="rtn"`` rounds to nearest on each block's range; ``"hqq"`` (Half-Quadratic Quantization, ONNX
-    Runtime's implementation) optimises each block's scale and float zero point for the least weight error,
+    ``method="rtn"`` rounds to nearest on each group's range; ``"hqq"`` (Half-Quadratic Quantization, ONNX
+    Runtime's implementation) optimises each group's scale and float zero point for the least weight error,
     asymmetric by construction; it needs no calibration data."""
     import numpy as np
     import onnx
@@ -186,7 +186,7 @@ def quantize_int4_onnx(src: str | Path, dst: str | Path, block_size: int = 32, m
             continue
         w = inits.get(node.input[1])
         shape = list(w.dims) if w is not None else []
-        if w is None or len(shape) != 2 or int(np.prod(shape)) < min_size or shape[0] % block_size:
+        if w is None or len(shape) != 2 or int(np.prod(shape)) < min_weights or shape[0] % group_size:
             small.append(node.name)
         else:
             large += 1
@@ -200,11 +200,11 @@ def quantize_int4_onnx(src: str | Path, dst: str | Path, block_size: int = 32, m
     if method == "hqq":
         from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig
 
-        algo = HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits)
-        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=False,
+        algo = HQQWeightOnlyQuantConfig(block_size=group_size, bits=bits)
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=group_size, is_symmetric=False,
                                          accuracy_level=accuracy_level, nodes_to_exclude=small, algo_config=algo)
     elif method == "rtn":
-        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=group_size, is_symmetric=symmetric,
                                          accuracy_level=accuracy_level, nodes_to_exclude=small)
     else:
         raise ValueError(f"method={method!r}: use 'rtn' or 'hqq'")

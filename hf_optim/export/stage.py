@@ -225,8 +225,9 @@ def _weight_only(src: Path, config: ExportConfig, record: dict) -> Path:
 
     bits = NBITS[config.quantization]
     dst, record[f"int{bits}_matmuls"] = quantize_int4_onnx(
-        src, src.parent / f"model_{config.quantization}.onnx", config.int4_block_size, config.int4_min_size,
-        config.int4_symmetric, bits, config.accuracy_level, config.int4_method)
+        src, src.parent / f"model_{config.quantization}.onnx", group_size=config.group_size,
+        min_weights=config.min_weights, symmetric=config.symmetric, bits=bits, accuracy_level=config.accuracy_level,
+        method=config.method)
     return dst
 
 

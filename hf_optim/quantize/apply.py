@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
 from ..checkpoint import HfOptimConfig, set_module
-from .config import DEFAULT_EXCLUDE, LINEAR_SCHEMES, QuantizeConfig  # noqa: F401 - used in annotations
-from .modules import FakeQuantLinear, Int8StaticLinear, QuantEmbedding, QuantLinear, module_for_scheme
+from .config import DEFAULT_EXCLUDE, QuantizeConfig
+from .modules import FakeQuantLinear, QuantEmbedding, QuantLinear, module_for_scheme
+from .schemes import SCHEMES
 
 __all__ = ["target_linears", "quantize_model_", "calibrate", "prepare_qat_", "convert_qat_", "describe_",
            "untie_output_embeddings_", "quantize_embeddings_", "check_group_sizes"]
 
 logger = logging.getLogger("hf_optim")
-_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 
 
 def target_linears(model: nn.Module, include: Iterable[str] | None = None,
@@ -46,9 +47,6 @@ def target_linears(model: nn.Module, include: Iterable[str] | None = None,
     return out
 
 
-_swap = set_module  # the name the GPTQ path imports
-
-
 def describe_(model: nn.Module, scheme: str, **provenance: Any):
     """Write ``model.config.quantization_config`` (an ``HfOptimConfig``) for the modules ``model`` now holds.
 
@@ -62,7 +60,7 @@ def describe_(model: nn.Module, scheme: str, **provenance: Any):
     modules = {n: m.spec() for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantEmbedding))}
     for n in modules:  # the quantized module's own spec carries its shape
         shapes.pop(n, None)
-    dtype = _DTYPES.get(scheme) or (old.dtype if isinstance(old, HfOptimConfig) else None)
+    dtype = SCHEMES[scheme].dtype or (old.dtype if isinstance(old, HfOptimConfig) else None)
     cfg = HfOptimConfig(scheme=scheme, modules=modules, linear_shapes=shapes, module_attrs=attrs, dtype=dtype,
                         provenance={k: v for k, v in provenance.items() if v is not None})
     if hasattr(model, "config"):
@@ -147,85 +145,80 @@ def _targets(model: nn.Module, include, exclude, lm_head: bool) -> list[tuple[st
     return targets
 
 
+def _config_from_arguments(scheme: str, group_size: int | None = None, include: Iterable[str] | None = None,
+                           exclude: Iterable[str] | None = None, symmetric: bool = True, lm_head: bool = False,
+                           embeddings: str | None = None, activations: str = "tensor",
+                           partial_groups: bool = False) -> QuantizeConfig:
+    """The :class:`QuantizeConfig` the keyword form of :func:`quantize_model_` (before the config form) meant."""
+    return QuantizeConfig(model="", scheme=scheme, group_size=group_size, include=tuple(include or ()),
+                          exclude=DEFAULT_EXCLUDE if exclude is None else tuple(exclude), symmetric=symmetric,
+                          lm_head=lm_head, embeddings=embeddings or "float", activations=activations,
+                          partial_groups=partial_groups)
+
+
 @torch.no_grad()
-def quantize_model_(model: nn.Module, scheme: "str | QuantizeConfig" = "int8_dynamic", group_size: int | None = None,
-                    include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
-                    ranges: Mapping[str, tuple[float, float]] | None = None, symmetric: bool = True,
-                    lm_head: bool = False, embeddings: str | None = None, activations: str = "tensor",
-                    partial_groups: bool = False) -> nn.Module:
+def quantize_model_(model: nn.Module, config: QuantizeConfig | str | None = None, *,
+                    ranges: Mapping[str, tuple[float, float]] | None = None, **kwargs: Any) -> nn.Module:
     """Quantize ``model`` in place by round-to-nearest and describe it in ``model.config.quantization_config``.
 
     Args:
         model (`nn.Module`): a float model (usually a ``PreTrainedModel``) in eval mode.
-        scheme (`str` or `QuantizeConfig`, *optional*, defaults to ``"int8_dynamic"``): a scheme name, or a
-            :class:`~hf_optim.quantize.QuantizeConfig` whose scheme, group size, symmetry, include/exclude,
-            lm_head, embeddings and activations are used.
-        group_size (`int`, *optional*): weight-only group size (int4 default 32, int8 default per channel). It
-            must divide the input size of every target layer (``ValueError`` otherwise; exclude the others).
-        include (`list[str]`, *optional*) / exclude (`list[str]`, *optional*): module-name regexes.
+        config (`QuantizeConfig`): its scheme, group size, symmetry, include/exclude, lm_head, embeddings,
+            activations and partial groups are used (``method`` and the calibration settings are the stage's:
+            see :func:`~hf_optim.quantize.gptq.gptq_quantize_` and :func:`calibrate`). Every target layer's input
+            size must be a multiple of the group size (``ValueError`` otherwise; exclude the others or allow
+            ``partial_groups``). A scheme name with the other settings as keyword arguments (the form before
+            this one) is deprecated and still read, with a ``FutureWarning``, until the next release.
         ranges (`dict`, *optional*): ``int8_static`` only: ``{name: (min, max)}`` from :func:`calibrate`.
-        symmetric (`bool`, *optional*, defaults to `True`): weight-only schemes: ``False`` stores a zero point
-            per group (asymmetric range).
-        lm_head (`bool`, *optional*, defaults to `False`): quantize the output head too (untied from the input
-            embeddings when they share a weight).
-        embeddings (`str`, *optional*): ``"int8"`` or ``"int4"`` stores the input embedding table quantized
-            (group size and symmetry as for the Linear layers where they divide its width).
-        activations (`str`, *optional*, defaults to ``"tensor"``): ``int8_dynamic`` only: ``"token"`` gives each
-            token its own activation scale (causal LMs).
-        partial_groups (`bool`, *optional*, defaults to `False`): allow a shorter last group where ``group_size``
-            does not divide a layer's input size (e.g. group 128 on 576 inputs: 4 groups of 128 + one of 64).
 
     Returns:
         The same ``model``.
+
+    Example:
+
+    ```python
+    >>> from hf_optim.quantize import QuantizeConfig, quantize_model_
+    >>> quantize_model_(model, QuantizeConfig(model="my-model", scheme="int4_weight_only", group_size=64))
+    ```
     """
-    if not isinstance(scheme, str):  # a QuantizeConfig
-        cfg = scheme
-        scheme, group_size = cfg.scheme, cfg.effective_group_size
-        include, exclude = cfg.include, cfg.exclude
-        symmetric, lm_head = cfg.symmetric, cfg.lm_head
-        embeddings = None if cfg.embeddings == "float" else cfg.embeddings
-        activations, partial_groups = cfg.activations, cfg.partial_groups
-    if scheme in _DTYPES:
-        nn.Module.to(model, getattr(torch, _DTYPES[scheme]))
-        describe_(model, scheme)
+    if not isinstance(config, QuantizeConfig):
+        warnings.warn("quantize_model_(model, scheme, **options) is deprecated: pass a QuantizeConfig, e.g. "
+                      "quantize_model_(model, QuantizeConfig(model=..., scheme=..., group_size=...))",
+                      FutureWarning, stacklevel=3)
+        config = _config_from_arguments(config or "int8_dynamic", **kwargs)
+    elif kwargs:
+        raise TypeError(f"quantize_model_ takes a QuantizeConfig; set {', '.join(kwargs)} on the config instead")
+    spec = SCHEMES[config.scheme]
+    if spec.dtype is not None:
+        nn.Module.to(model, getattr(torch, spec.dtype))
+        describe_(model, config.scheme)
         return model
-    if scheme not in LINEAR_SCHEMES or scheme == "int8_qat":
-        raise ValueError(f"scheme {scheme!r} is not applied by quantize_model_ (use one of "
-                         f"{', '.join(s for s in LINEAR_SCHEMES if s != 'int8_qat')}, fp16, bf16; "
-                         "QAT: prepare_qat_ + training + convert_qat_)")
-    if scheme == "int8_static" and ranges is None:
-        raise ValueError("int8_static needs activation ranges: ranges=calibrate(model, batches)")
-    if scheme == "int4_weight_only" and group_size is None:
-        group_size = 32
-    if not symmetric and scheme not in ("int8_weight_only", "int4_weight_only"):
-        raise ValueError(f"symmetric=False (zero points) applies to int8_weight_only / int4_weight_only, not {scheme}")
-    if activations != "tensor" and scheme != "int8_dynamic":
-        raise ValueError(f"activations={activations!r} applies to int8_dynamic only")
-    if embeddings not in (None, "int8", "int4"):
-        raise ValueError(f"embeddings={embeddings!r}: use 'int8', 'int4' or None (float)")
-    cls = module_for_scheme(scheme)
-    targets = _targets(model, include, exclude, lm_head)
-    if not partial_groups:
+    if spec.data == "training":
+        raise ValueError(f"scheme {config.scheme!r} trains: prepare_qat_ + training + convert_qat_ (quantize_model_ "
+                         f"applies {', '.join(n for n, s in SCHEMES.items() if s.data != 'training')})")
+    if spec.data == "calibration" and ranges is None:
+        raise ValueError(f"{config.scheme} needs activation ranges: ranges=calibrate(model, batches)")
+    cls, group_size = module_for_scheme(config.scheme), config.effective_group_size
+    targets = _targets(model, config.include, config.exclude, config.lm_head)
+    if not config.partial_groups:
         check_group_sizes(targets, group_size)
     for name, lin in targets:
-        if scheme == "int8_static":
+        if spec.data == "calibration":
             if name not in ranges:
                 raise ValueError(f"no calibrated range for {name}; calibrate with the same include/exclude")
             lo, hi = ranges[name]
             new = cls.from_linear(lin, input_min=lo, input_max=hi)
-        elif scheme == "int8_dynamic":
-            new = cls.from_linear(lin, group_size=group_size)
-            new.activations = activations
+        elif spec.weight_only:
+            new = cls.from_linear(lin, group_size=group_size, symmetric=config.symmetric,
+                                  partial_groups=config.partial_groups)
         else:
-            new = cls.from_linear(lin, group_size=group_size, symmetric=symmetric, partial_groups=partial_groups)
+            new = cls.from_linear(lin, group_size=group_size)
+            new.activations = config.activations
         set_module(model, name, new)
-    if embeddings:
-        bits = 4 if embeddings == "int4" else 8
-        # int8 rows need one scale each; int4 rows need groups (the scheme's, or 32).
-        quantize_embeddings_(model, bits, (group_size or 32) if bits == 4 else None,
-                             symmetric if scheme.endswith("weight_only") else True)
-    describe_(model, scheme, group_size=group_size, symmetric=None if symmetric else False,
-              partial_groups=partial_groups or None)
+    if config.embedding_bits:
+        quantize_embeddings_(model, config.embedding_bits, config.embedding_group_size, config.symmetric)
+    describe_(model, config.scheme, group_size=group_size, symmetric=None if config.symmetric else False,
+              partial_groups=config.partial_groups or None)
     return model
 
 
@@ -310,9 +303,9 @@ def convert_qat_(model: nn.Module) -> nn.Module:
     return model
 
 
-def qat_callback(freeze_observers_at: int | None = None, convert_at_end: bool = False):
-    """A ``TrainerCallback`` that freezes the activation ranges at step ``freeze_observers_at`` and optionally
-    converts the model to int8 when training ends (the model must have been through :func:`prepare_qat_`)."""
+def qat_callback(freeze_observers_at: int | None = None):
+    """A ``TrainerCallback`` that freezes the activation ranges at step ``freeze_observers_at`` (the model must
+    have been through :func:`prepare_qat_`; :func:`convert_qat_` turns it into int8 after training)."""
     from transformers import TrainerCallback
 
     class QATCallback(TrainerCallback):
@@ -321,12 +314,4 @@ def qat_callback(freeze_observers_at: int | None = None, convert_at_end: bool = 
                 set_qat_observers_(model, False)
                 logger.info("QAT: activation ranges frozen at step %d", state.global_step)
 
-        def on_train_end(self, args, state, control, model=None, **kwargs):
-            if convert_at_end and model is not None:
-                convert_qat_(model)
-
     return QATCallback()
-
-
-def is_static(module: nn.Module) -> bool:
-    return isinstance(module, Int8StaticLinear)

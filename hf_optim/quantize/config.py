@@ -9,10 +9,8 @@ from typing import Literal, Optional, Union
 from ..data.tasks import TaskSpec
 from ..config import added_field
 from ..recipe import StageConfig
+from .schemes import LINEAR_SCHEMES, SCHEME_NAMES, SCHEMES, WEIGHT_ONLY_SCHEMES  # noqa: F401 - LINEAR_SCHEMES re-exported
 
-SCHEMES = ("int8_dynamic", "int8_static", "int8_qat", "int8_weight_only", "int4_weight_only", "fp16", "bf16")
-# Schemes that replace Linear modules (the others cast the whole model).
-LINEAR_SCHEMES = ("int8_dynamic", "int8_static", "int8_qat", "int8_weight_only", "int4_weight_only")
 DEFAULT_EXCLUDE = (r"(^|\.)classifier(\.|$)", r"(^|\.)score$", r"(^|\.)lm_head$")
 
 
@@ -57,9 +55,6 @@ class QuantizeConfig(StageConfig):
             models").
         gptq_tune_lr (`float`, *optional*, defaults to 0.005): ``gptq``: the tuning's Adam learning rate (on the
             log of each scale and on each zero point in integer steps).
-        gptq_tune_rounding_lr (`float`, *optional*, defaults to 0): ``gptq`` with ``gptq_tune_steps``: above 0,
-            the tuning may also move each integer value one step up or down (a rounding offset learned by signed
-            gradient steps of this size, AutoRound-style); 0 keeps GPTQ's values.
         gptq_e2e_steps (`int`, *optional*, defaults to 0): ``gptq``: last, tune all the layers' scales and zero
             points together for this many Adam steps (one calibration batch each) so the model's next-token
             distribution follows the float model's (KL divergence); 0 skips it. Each step is a forward and backward
@@ -98,10 +93,11 @@ class QuantizeConfig(StageConfig):
 
     kind = "quantize"
     version = 1
+    removed = {"gptq_tune_rounding_lr": "learned rounding offsets did not lower perplexity; the layer tuning keeps "
+                                        "GPTQ's integer values"}
 
     model: str
-    scheme: Literal["int8_dynamic", "int8_static", "int8_qat", "int8_weight_only", "int4_weight_only",
-                    "fp16", "bf16"] = "int8_dynamic"
+    scheme: Literal[SCHEME_NAMES] = "int8_dynamic"
     group_size: Optional[int] = None
     partial_groups: bool = False
     symmetric: bool = True
@@ -113,7 +109,6 @@ class QuantizeConfig(StageConfig):
     gptq_clip_search: bool = added_field(False)
     gptq_tune_steps: int = added_field(0)
     gptq_tune_lr: float = added_field(5e-3)
-    gptq_tune_rounding_lr: float = added_field(0.0)
     gptq_e2e_steps: int = added_field(0)
     gptq_e2e_lr: float = added_field(1e-3)
     lm_head: bool = False
@@ -138,18 +133,18 @@ class QuantizeConfig(StageConfig):
 
         if not (isinstance(self.task, str) and self.task in BUILTIN_TEXTS):  # a text corpus serves causal LMs
             TaskSpec.coerce(self.task)
+        weight_only = SCHEMES[self.scheme].weight_only
         if self.group_size is not None:
-            if self.scheme not in ("int8_weight_only", "int4_weight_only"):
+            if not weight_only:
                 self._fail("group_size", f"only applies to weight-only schemes, not {self.scheme!r}; remove it")
             if self.group_size < 2 or self.group_size & (self.group_size - 1):
                 self._fail("group_size", "must be a power of two >= 2 (e.g. 32, 64, 128) or unset")
-        weight_only = self.scheme in ("int8_weight_only", "int4_weight_only")
         if self.partial_groups and not (weight_only and self.group_size):
             self._fail("partial_groups", "applies to weight-only schemes with a group_size")
         if not self.symmetric and not weight_only:
             self._fail("symmetric", f"zero points apply to weight-only schemes, not {self.scheme!r}; remove it")
         if self.method == "gptq" and not weight_only:
-            self._fail("method", f"gptq quantizes weights only (int8_weight_only / int4_weight_only), not {self.scheme!r}")
+            self._fail("method", f"gptq quantizes weights only ({' / '.join(WEIGHT_ONLY_SCHEMES)}), not {self.scheme!r}")
         if self.activations != "tensor" and self.scheme != "int8_dynamic":
             self._fail("activations", f"applies to int8_dynamic only, not {self.scheme!r}; remove it")
         if not 0 < self.gptq_damp < 1:
@@ -158,10 +153,6 @@ class QuantizeConfig(StageConfig):
             self._fail("gptq_tune_steps", "must be >= 0 (0 skips tuning), e.g. 40")
         if not 0 < self.gptq_tune_lr < 1:
             self._fail("gptq_tune_lr", "must be in (0, 1), e.g. 0.005")
-        if not 0 <= self.gptq_tune_rounding_lr < 1:
-            self._fail("gptq_tune_rounding_lr", "must be in [0, 1) (0 keeps GPTQ's values), e.g. 0.015")
-        if self.gptq_tune_rounding_lr and not self.gptq_tune_steps:
-            self._fail("gptq_tune_rounding_lr", "applies to the tuning: set gptq_tune_steps too (e.g. 100)")
         if self.gptq_e2e_steps < 0:
             self._fail("gptq_e2e_steps", "must be >= 0 (0 skips it), e.g. 40")
         if not 0 < self.gptq_e2e_lr < 1:
@@ -200,7 +191,7 @@ class QuantizeConfig(StageConfig):
         out = super().fingerprint_dict()
         if self.method != "gptq":  # the GPTQ settings do nothing for round-to-nearest
             for f in ("gptq_act_order", "gptq_refit", "gptq_clip_search", "gptq_tune_steps", "gptq_tune_lr",
-                      "gptq_tune_rounding_lr", "gptq_e2e_steps", "gptq_e2e_lr"):
+                      "gptq_e2e_steps", "gptq_e2e_lr"):
                 out.pop(f, None)
             return out
         for steps, lr in (("gptq_tune_steps", "gptq_tune_lr"), ("gptq_e2e_steps", "gptq_e2e_lr")):
@@ -219,6 +210,17 @@ class QuantizeConfig(StageConfig):
 
     @property
     def effective_group_size(self) -> Optional[int]:
-        if self.scheme == "int4_weight_only" and self.group_size is None:
-            return 32
-        return self.group_size
+        """``group_size``, or the scheme's default (int4: 32; others: one scale per output channel)."""
+        return self.group_size if self.group_size is not None else SCHEMES[self.scheme].default_group_size
+
+    @property
+    def embedding_bits(self) -> Optional[int]:
+        """Bits of the quantized input embedding table (``None``: it stays float)."""
+        return None if self.embeddings == "float" else SCHEMES[f"{self.embeddings}_weight_only"].weight_bits
+
+    @property
+    def embedding_group_size(self) -> Optional[int]:
+        """int4 embedding rows need groups (the Linear layers', or the int4 default); int8 rows one scale each."""
+        if self.embeddings != "int4":
+            return None
+        return self.effective_group_size or SCHEMES["int4_weight_only"].default_group_size

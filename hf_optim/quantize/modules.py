@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import kernels
+from .schemes import SCHEMES as _TABLE, WEIGHT_ONLY_SCHEMES
 
 __all__ = ["QuantLinear", "Int8DynamicLinear", "Int8StaticLinear", "WeightOnlyLinear", "Int4WeightOnlyLinear",
            "Int8WeightOnlyLinear", "QuantEmbedding", "FakeQuantLinear", "SCHEMES", "module_for_scheme",
@@ -308,7 +309,7 @@ class QuantEmbedding(nn.Module):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], device=None) -> "QuantEmbedding":
-        bits = 4 if spec["scheme"] == "int4_weight_only" else 8
+        bits = _TABLE[spec["scheme"]].weight_bits
         return cls(spec["out_features"], spec["in_features"], bits, spec.get("group_size"),
                    bool(spec.get("symmetric", True)), spec.get("padding_idx"), device=device)
 
@@ -352,15 +353,16 @@ class QuantEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}{gs}, symmetric={self.symmetric}"
 
 
-SCHEMES: dict[str, type[QuantLinear]] = {c.scheme: c for c in (Int8DynamicLinear, Int8StaticLinear,
-                                                               Int8WeightOnlyLinear, Int4WeightOnlyLinear)}
+# The module class of each scheme stored as quantized Linears (int8_qat is stored as int8_static).
+SCHEMES: dict[str, type[QuantLinear]] = {name: globals()[s.module] for name, s in _TABLE.items()
+                                         if s.module and globals()[s.module].scheme == name}
 
 
 def module_from_spec(spec: dict[str, Any], device=None) -> nn.Module:
     """The empty quantized module a ``quantization_config.modules`` entry describes (Linear or embedding)."""
     if spec.get("kind", "linear") == "embedding":
-        if spec.get("scheme") not in ("int8_weight_only", "int4_weight_only"):
-            raise ValueError(f"quantized embeddings use int8_weight_only or int4_weight_only, got {spec.get('scheme')!r}")
+        if spec.get("scheme") not in WEIGHT_ONLY_SCHEMES:
+            raise ValueError(f"quantized embeddings use {' or '.join(WEIGHT_ONLY_SCHEMES)}, got {spec.get('scheme')!r}")
         return QuantEmbedding.from_spec(spec, device)
     if spec.get("kind", "linear") != "linear":
         raise ValueError(f"unknown hf_optim module kind {spec.get('kind')!r}; known: linear, embedding")

@@ -13,18 +13,19 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
 
 from ..config import OptimConfig
-from .config import SCHEMES
+from .schemes import SCHEMES
 
-__all__ = ["Budgets", "PrecisionPlan", "plan_precision", "choose_plan", "pareto_front", "CANDIDATES"]
+__all__ = ["Budgets", "PlanConfig", "PrecisionPlan", "plan_precision", "choose_plan", "pareto_front", "CANDIDATES"]
 
 logger = logging.getLogger("hf_optim")
 
-CANDIDATES = ("fp32",) + SCHEMES
-DEFAULT_CANDIDATES = ("fp32", "bf16", "int8_dynamic", "int8_static", "int8_weight_only", "int4_weight_only")
+CANDIDATES = ("fp32", *SCHEMES)
+DEFAULT_CANDIDATES = ("fp32", *(n for n, s in SCHEMES.items() if s.plan_by_default))
 PREFER = ("throughput", "latency", "size", "metric")
 
 
@@ -71,6 +72,76 @@ class Budgets(OptimConfig):
             excess = (value - limit) * sign
             if excess > 1e-12:
                 out[name] = excess / max(abs(limit), 1e-3)
+        return out
+
+
+@dataclasses.dataclass
+class PlanConfig(OptimConfig):
+    """What :func:`plan_precision` measures and how it chooses.
+
+    Args:
+        task (`str` or `dict`, *optional*, defaults to ``"movie-sentiment"``): the evaluation (and calibration)
+            task.
+        candidates (`list[str]`, *optional*): ``fp32`` plus any :class:`~hf_optim.quantize.QuantizeConfig` scheme
+            (default: every scheme planned by default; ``int8_qat`` trains and is slow, ``fp16`` is slow on CPUs).
+        budgets (`Budgets` or `dict`, *optional*): limits; see :class:`Budgets`.
+        prefer (`str`, *optional*, defaults to ``"throughput"``): how to rank the candidates that fit.
+        split (`str`, *optional*, defaults to ``"test"``): the evaluation split.
+        max_samples (`int`, *optional*): evaluate on N examples of the split only.
+        latency_samples (`int`, *optional*, defaults to 100): batch-1 calls timed per candidate.
+        throughput_samples (`int`, *optional*, defaults to 256): examples per batch-32 throughput pass (0 skips it).
+        measure_memory (`bool`, *optional*, defaults to `True`): peak memory in a fresh process.
+        calibration_samples (`int`, *optional*, defaults to 256): calibration texts of ``int8_static``.
+        work_dir (`str`, *optional*): where quantized candidates are written (a temp dir by default, deleted
+            afterwards unless ``keep``).
+        keep (`bool`, *optional*, defaults to `False`): keep the temp dir of quantized candidates.
+        threads (`int`, *optional*): torch intra-op threads while measuring.
+        rounds (`int`, *optional*, defaults to 3): batch-32 throughput passes per candidate. The passes are
+            interleaved across candidates (A B C A B C ...) and the median is kept, so a load change on a
+            shared machine hits every candidate alike instead of favouring whichever ran in a quiet moment.
+    """
+
+    kind = "precision-plan"
+    version = 1
+
+    task: Union[str, dict] = "movie-sentiment"
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    budgets: Optional[Budgets] = None
+    prefer: Literal[PREFER] = "throughput"
+    split: Literal["test", "validation", "train"] = "test"
+    max_samples: Optional[int] = None
+    latency_samples: int = 100
+    throughput_samples: int = 256
+    measure_memory: bool = True
+    calibration_samples: int = 256
+    work_dir: Optional[str] = None
+    keep: bool = False
+    threads: Optional[int] = None
+    rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.budgets, dict):
+            self.budgets = Budgets.from_dict(self.budgets, strict=True)
+        if isinstance(self.work_dir, Path):
+            self.work_dir = str(self.work_dir)
+        super().__post_init__()
+
+    def validate(self) -> None:
+        unknown = [c for c in self.candidates if c not in CANDIDATES]
+        if unknown or not self.candidates:
+            self._fail("candidates", f"unknown candidate(s) {unknown}; choose from {', '.join(CANDIDATES)}")
+        if self.max_samples is not None and self.max_samples < 1:
+            self._fail("max_samples", "must be >= 1 or unset")
+        for f in ("latency_samples", "throughput_samples"):
+            if getattr(self, f) < 0:
+                self._fail(f, "must be >= 0")
+        for f in ("calibration_samples", "rounds"):
+            if getattr(self, f) < 1:
+                self._fail(f, "must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["budgets"] = None if self.budgets is None else self.budgets.to_dict()
         return out
 
 
@@ -147,86 +218,95 @@ def _f(v, digits):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def plan_precision(model_dir: Union[str, Path], task: Union[str, dict] = "movie-sentiment",
-                   candidates: Sequence[str] = DEFAULT_CANDIDATES, budgets: Budgets | dict | None = None,
-                   prefer: Literal["throughput", "latency", "size", "metric"] = "throughput",
-                   split: str = "test", max_samples: int | None = None, latency_samples: int = 100,
-                   throughput_samples: int = 256, measure_memory: bool = True, calibration_samples: int = 256,
-                   work_dir: Union[str, Path, None] = None, keep: bool = False, progress: bool = False,
-                   threads: int | None = None, rounds: int = 3) -> PrecisionPlan:
-    """Measure ``candidates`` for the classifier in ``model_dir`` and choose one under ``budgets``.
+def plan_precision(model_dir: Union[str, Path], config: PlanConfig | None = None, *, progress: bool = False,
+                   **kwargs: Any) -> PrecisionPlan:
+    """Measure the candidate precisions of the classifier in ``model_dir`` and choose one under the budgets.
 
     Args:
         model_dir (`str` or `Path`): a float sequence classifier directory.
-        task (`str` or `dict`, *optional*): the evaluation (and calibration) task.
-        candidates (`list[str]`, *optional*): ``fp32`` plus any :class:`~hf_optim.quantize.QuantizeConfig`
-            scheme (``int8_qat`` trains and is slow; it is not a default).
-        budgets (`Budgets` or `dict`, *optional*): limits; see :class:`Budgets`.
-        prefer (`str`, *optional*, defaults to ``"throughput"``): how to rank the candidates that fit.
-        work_dir (`str`, *optional*): where quantized candidates are written (a temp dir by default,
-            deleted afterwards unless ``keep``).
+        config (`PlanConfig`, *optional*): candidates, budgets, ranking and measurement settings (defaults: a
+            ``PlanConfig()``). Its fields as keyword arguments (the form before this one) are deprecated and
+            still read, with a ``FutureWarning``, until the next release.
         progress (`bool`, *optional*, defaults to `False`): progress bars over the candidates, their
             calibration and evaluation, and the throughput rounds.
-        rounds (`int`, *optional*, defaults to 3): batch-32 throughput passes per candidate. The passes are
-            interleaved across candidates (A B C A B C ...) and the median is kept, so a load change on a
-            shared machine hits every candidate alike instead of favouring whichever ran in a quiet moment.
 
     Returns:
         :class:`PrecisionPlan`.
     """
-    from ..console import progress as progress_bar
-    from ..evaluation.config import EvalConfig
-    from ..evaluation.stage import evaluate_model
-    from .config import QuantizeConfig
-    from .stage import quantize_dir
+    if config is None:
+        if kwargs:
+            warnings.warn("plan_precision(model_dir, **options) is deprecated: pass a PlanConfig, e.g. "
+                          "plan_precision(model_dir, PlanConfig(candidates=[...], budgets=Budgets(...)))",
+                          FutureWarning, stacklevel=2)
+        config = PlanConfig(**kwargs)
+    elif kwargs:
+        raise TypeError(f"plan_precision takes a PlanConfig; set {', '.join(kwargs)} on the config instead")
+    return _Planner(Path(model_dir), config, progress).run()
 
-    unknown = [c for c in candidates if c not in CANDIDATES]
-    if unknown or not candidates:
-        raise ValueError(f"unknown candidate(s) {unknown}; choose from {', '.join(CANDIDATES)}")
-    if isinstance(budgets, dict):
-        budgets = Budgets.from_dict(budgets, strict=True)
-    budgets = budgets or Budgets()
-    candidates = ["fp32"] + [c for c in candidates if c != "fp32"]  # the baseline is always measured
-    own_tmp = work_dir is None
-    work = Path(tempfile.mkdtemp(prefix="hf_optim-plan-") if own_tmp else work_dir)
-    rows: list[dict[str, Any]] = []
-    try:
-        for cand in progress_bar(candidates, desc="plan", enabled=progress, unit="candidate"):
-            if cand == "fp32":
-                cand_dir, qmetrics = Path(model_dir), {}
-            else:
-                cand_dir = work / cand
-                if cand_dir.exists():
-                    shutil.rmtree(cand_dir)
-                qmetrics = quantize_dir(model_dir, cand_dir, QuantizeConfig(
-                    model=str(model_dir), scheme=cand, task=task, calibration_samples=calibration_samples),
-                    progress=progress)
-            # Throughput is measured below, interleaved across candidates, not here one after another.
-            ev = evaluate_model(cand_dir, EvalConfig(
-                model=str(cand_dir), task=task, split=split, max_samples=max_samples, latency_samples=latency_samples,
-                throughput_samples=0, measure_memory=measure_memory, threads=threads), progress=progress)
-            metric = ev["metric"]
-            rows.append({
-                "candidate": cand, "metric_value": ev[metric],
-                "latency_p50_ms": (ev.get("latency_ms") or {}).get("p50"),
+
+@dataclasses.dataclass
+class _Planner:
+    model_dir: Path
+    config: PlanConfig
+    progress: bool
+
+    def run(self) -> PrecisionPlan:
+        from ..console import progress as progress_bar
+
+        cfg = self.config
+        candidates = ["fp32"] + [c for c in cfg.candidates if c != "fp32"]  # the baseline is always measured
+        own_tmp = cfg.work_dir is None
+        work = Path(tempfile.mkdtemp(prefix="hf_optim-plan-") if own_tmp else cfg.work_dir)
+        rows: list[dict[str, Any]] = []
+        metric = ""
+        try:
+            for cand in progress_bar(candidates, desc="plan", enabled=self.progress, unit="candidate"):
+                row, metric = self._measure(cand, work)
+                rows.append(row)
+                logger.info("plan: %s", row)
+            if cfg.throughput_samples:
+                rates = _interleaved_throughput([r["path"] for r in rows], cfg.task, cfg.split, cfg.throughput_samples,
+                                                cfg.rounds, cfg.threads, self.progress)
+                for r, rate in zip(rows, rates):
+                    r["throughput"] = rate
+        finally:
+            if own_tmp and not cfg.keep:
+                shutil.rmtree(work, ignore_errors=True)
+        base = rows[0]
+        for r in rows:
+            r["metric_drop"] = round(base["metric_value"] - r["metric_value"], 6)
+            r["speedup"] = (round(r["throughput"] / base["throughput"], 3)
+                            if r.get("throughput") and base.get("throughput") else None)
+        budgets = cfg.budgets or Budgets()
+        return PrecisionPlan(rows=rows, pareto=pareto_front(rows), decision=choose_plan(rows, budgets, cfg.prefer),
+                             budgets=budgets.to_dict(), metric=metric)
+
+    def _measure(self, cand: str, work: Path) -> tuple[dict[str, Any], str]:
+        """Quantize (unless fp32) and evaluate one candidate: its row (throughput comes later, interleaved) and the
+        name of the task metric."""
+        from ..evaluation.config import EvalConfig
+        from ..evaluation.stage import evaluate_model
+        from .config import QuantizeConfig
+        from .stage import quantize_dir
+
+        cfg = self.config
+        if cand == "fp32":
+            cand_dir, qmetrics = self.model_dir, {}
+        else:
+            cand_dir = work / cand
+            if cand_dir.exists():
+                shutil.rmtree(cand_dir)
+            qmetrics = quantize_dir(self.model_dir, cand_dir, QuantizeConfig(
+                model=str(self.model_dir), scheme=cand, task=cfg.task, calibration_samples=cfg.calibration_samples),
+                progress=self.progress)
+        ev = evaluate_model(cand_dir, EvalConfig(
+            model=str(cand_dir), task=cfg.task, split=cfg.split, max_samples=cfg.max_samples,
+            latency_samples=cfg.latency_samples, throughput_samples=0, measure_memory=cfg.measure_memory,
+            threads=cfg.threads), progress=self.progress)
+        metric = ev["metric"]
+        return {"candidate": cand, "metric_value": ev[metric], "latency_p50_ms": (ev.get("latency_ms") or {}).get("p50"),
                 "size_mb": ev["size"]["weights_mb"], "peak_mb": (ev.get("memory") or {}).get("model_peak_mb"),
-                "logits_sqnr_db": qmetrics.get("logits_sqnr_db"), "path": str(cand_dir),
-            })
-            logger.info("plan: %s", rows[-1])
-        if throughput_samples:
-            rates = _interleaved_throughput([r["path"] for r in rows], task, split, throughput_samples, rounds, threads,
-                                            progress)
-            for r, rate in zip(rows, rates):
-                r["throughput"] = rate
-    finally:
-        if own_tmp and not keep:
-            shutil.rmtree(work, ignore_errors=True)
-    base = rows[0]
-    for r in rows:
-        r["metric_drop"] = round(base["metric_value"] - r["metric_value"], 6)
-        r["speedup"] = round(r["throughput"] / base["throughput"], 3) if r["throughput"] and base["throughput"] else None
-    return PrecisionPlan(rows=rows, pareto=pareto_front(rows), decision=choose_plan(rows, budgets, prefer),
-                         budgets=budgets.to_dict(), metric=metric)
+                "logits_sqnr_db": qmetrics.get("logits_sqnr_db"), "path": str(cand_dir)}, metric
 
 
 def _interleaved_throughput(paths: list[str], task, split: str, samples: int, rounds: int,

@@ -13,7 +13,8 @@ import torch
 
 from ..data.tasks import TaskSpec
 from ..registry import register
-from .config import LINEAR_SCHEMES, QuantizeConfig
+from .config import QuantizeConfig
+from .schemes import SCHEMES
 
 __all__ = ["quantize_dir", "run_quantize", "linear_weight_bytes", "sqnr_db"]
 
@@ -150,7 +151,7 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
     model = _auto_class(model_dir).from_pretrained(model_dir).eval()
     before = linear_weight_bytes(model)
     targeted = target_linears(model, config.include, config.exclude)
-    if config.scheme in LINEAR_SCHEMES and not targeted and not config.lm_head:
+    if SCHEMES[config.scheme].replaces_linears and not targeted and not config.lm_head:
         linears = [n for n, m in model.named_modules() if type(m) is torch.nn.Linear]
         raise ValueError(f"{config.scheme}: include={list(config.include or [])} / exclude="
                          f"{list(config.exclude) if config.exclude is not None else 'the default heads'} match none "
@@ -178,20 +179,14 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
         else:
             texts = _texts(spec, config.calibration_split, config.calibration_samples)
             batches = list(_batches(tokenizer, texts, config.batch_size, config.max_length))
-        metrics.update(gptq_quantize_(model, batches, config.scheme, config.effective_group_size, config.symmetric,
-                                      config.include, config.exclude, config.gptq_damp, config.lm_head,
-                                      None if config.embeddings == "float" else config.embeddings,
-                                      config.partial_groups, config.gptq_clip_search, act_order=config.gptq_act_order,
-                                      refit=config.gptq_refit, tune_steps=config.gptq_tune_steps,
-                                      tune_lr=config.gptq_tune_lr, tune_rounding_lr=config.gptq_tune_rounding_lr,
-                                      e2e_steps=config.gptq_e2e_steps, e2e_lr=config.gptq_e2e_lr, progress=progress))
-    elif config.scheme == "int8_static":
+        metrics.update(gptq_quantize_(model, batches, config, progress=progress))
+    elif SCHEMES[config.scheme].data == "calibration":
         texts = _texts(spec, config.calibration_split, config.calibration_samples)
         ranges = calibrate(model, list(_batches(tokenizer, texts, config.batch_size, config.max_length)),
                            config.observer, config.percentile, config.include, config.exclude, progress)
-        quantize_model_(model, "int8_static", include=config.include, exclude=config.exclude, ranges=ranges)
+        quantize_model_(model, config, ranges=ranges)
         metrics["calibration_samples"] = len(texts)
-    elif config.scheme == "int8_qat":
+    elif SCHEMES[config.scheme].data == "training":
         if "ForSequenceClassification" not in type(model).__name__:
             raise ValueError("int8_qat fine-tunes on the task's labels and needs a sequence classifier; got "
                              f"{type(model).__name__}. Use int8_static for other models.")
