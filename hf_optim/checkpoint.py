@@ -41,6 +41,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from .quantize.modules import SCHEMES as MODULE_SCHEMES
 from .quantize.modules import QuantEmbedding, QuantLinear, module_from_spec
+from .quantize.schemes import AT_LOAD_SCHEMES
 
 __all__ = ["HfOptimConfig", "QUANT_METHOD", "FORMAT_VERSION", "AT_LOAD_SCHEMES", "DTYPES", "MODULE_ATTRS",
            "set_module", "restore_structure_", "check_loaded_", "quantized_keys", "absent_keys", "raise_missing"]
@@ -49,7 +50,6 @@ logger = logging.getLogger("hf_optim")
 
 QUANT_METHOD = "hf_optim"
 FORMAT_VERSION = 1
-AT_LOAD_SCHEMES = ("int8_dynamic", "int8_weight_only", "int4_weight_only", "fp16", "bf16")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -41,6 +41,7 @@ import hf_optim  # noqa: E402,F401
 from hf_optim.data import builtin_model  # noqa: E402
 from hf_optim.evaluation.harness import BenchRun, interleaved  # noqa: E402
 from hf_optim.evaluation.lm import _generate, perplexity, text_token_ids  # noqa: E402
+from hf_optim.quantize import QuantizeConfig  # noqa: E402
 from hf_optim.quantize.apply import quantize_model_  # noqa: E402
 from hf_optim.quantize.gptq import gptq_quantize_  # noqa: E402
 from hf_optim.quantize.stage import text_chunks  # noqa: E402
@@ -51,14 +52,14 @@ RTN_GRID = [(gs, sym) for gs in (32, 64, 128) for sym in (True, False)]
 # GPTQ settings of each GPTQ variant (column order unless act_order) and its calibration chunks
 # (``calibration_samples``; --calibration-samples overrides it for every variant).
 GPTQ_VARIANTS = {
-    "int4-gptq-g128-asym": {"act_order": False, "calibration_samples": 16},
-    "int4-gptq-g128-asym-clip": {"act_order": False, "clip_search": True, "calibration_samples": 16},
-    "int4-gptq-g128-asym-act": {"act_order": True, "calibration_samples": 64},
-    "int4-gptq-g128-asym-act-refit": {"act_order": True, "refit": True, "calibration_samples": 64},
-    "int4-gptq-g128-asym-act-refit-clip": {"act_order": True, "refit": True, "clip_search": True,
+    "int4-gptq-g128-asym": {"gptq_act_order": False, "calibration_samples": 16},
+    "int4-gptq-g128-asym-clip": {"gptq_act_order": False, "gptq_clip_search": True, "calibration_samples": 16},
+    "int4-gptq-g128-asym-act": {"gptq_act_order": True, "calibration_samples": 64},
+    "int4-gptq-g128-asym-act-refit": {"gptq_act_order": True, "gptq_refit": True, "calibration_samples": 64},
+    "int4-gptq-g128-asym-act-refit-clip": {"gptq_act_order": True, "gptq_refit": True, "gptq_clip_search": True,
                                            "calibration_samples": 64},
-    "int4-gptq-g128-asym-act-tune": {"act_order": True, "tune_steps": 40, "calibration_samples": 128},
-    "int4-gptq-g128-asym-act-tune-e2e": {"act_order": True, "tune_steps": 40, "e2e_steps": 40,
+    "int4-gptq-g128-asym-act-tune": {"gptq_act_order": True, "gptq_tune_steps": 40, "calibration_samples": 128},
+    "int4-gptq-g128-asym-act-tune-e2e": {"gptq_act_order": True, "gptq_tune_steps": 40, "gptq_e2e_steps": 40,
                                          "calibration_samples": 128},
 }
 
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
     ids = text_token_ids(tok, "bbc-news", "test", args.tokens)
     scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="bench-lm-"))
 
+    def _config(**fields):
+        return QuantizeConfig(model=str(src), task="bbc-news", **fields)
+
     def build(name):
         """(model, quantization info) for a variant name."""
         model = load(src)
@@ -109,28 +113,29 @@ def main(argv: list[str] | None = None) -> dict:
         if name == "fp32":
             pass
         elif name == "int8-rtn":
-            quantize_model_(model, "int8_weight_only")
+            quantize_model_(model, _config(scheme="int8_weight_only"))
         elif name.startswith("int4-rtn"):
             _, _, g, kind = name.split("-")
-            quantize_model_(model, "int4_weight_only", group_size=int(g[1:]), symmetric=kind == "sym",
-                            partial_groups=True)
+            quantize_model_(model, _config(scheme="int4_weight_only", group_size=int(g[1:]), symmetric=kind == "sym",
+                                           partial_groups=True))
         elif name in GPTQ_VARIANTS:
             settings = dict(GPTQ_VARIANTS[name])
             samples = settings.pop("calibration_samples")
             samples = args.calibration_samples or samples
             cal = text_chunks(tok, "bbc-news", "train", samples, args.calibration_length)
             batches = [{"input_ids": cal[i:i + 4]} for i in range(0, len(cal), 4)]
-            info = gptq_quantize_(model, batches, "int4_weight_only", group_size=128, symmetric=False,
-                                  partial_groups=True, **settings)
+            info = gptq_quantize_(model, batches, _config(scheme="int4_weight_only", method="gptq", group_size=128,
+                                                          symmetric=False, partial_groups=True, **settings))
         elif name.startswith("int4-gptq-g128-asym-") and name.endswith("head") or name.endswith("all-linear"):
             # The GPTQ checkpoint of this run (reloaded), with the head and the embedding table quantized too.
             model = load(scratch / "int4-gptq-g128-asym")
             head = ("int8_weight_only", None) if name.endswith("int8-head") else ("int4_weight_only", 128)
-            quantize_model_(model, head[0], group_size=head[1], symmetric=head[0] == "int8_weight_only",
-                            partial_groups=head[1] is not None, include=[r"^lm_head$"], lm_head=True,
-                            embeddings="int8")
+            quantize_model_(model, _config(scheme=head[0], group_size=head[1],
+                                           symmetric=head[0] == "int8_weight_only", partial_groups=head[1] is not None,
+                                           include=[r"^lm_head$"], lm_head=True, embeddings="int8"))
         elif name == "int8-dynamic-token":
-            quantize_model_(model, "int8_dynamic", activations="token", lm_head=True, embeddings="int8")
+            quantize_model_(model, _config(scheme="int8_dynamic", activations="token", lm_head=True,
+                                           embeddings="int8"))
         else:
             raise ValueError(name)
         info["quantize_s"] = round(time.time() - t, 1)

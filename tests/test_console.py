@@ -93,6 +93,7 @@ def test_long_steps_show_progress_and_quiet_hides_it(verbosity, capsys):
 
     from hf_optim.evaluation.lm import perplexity
     from hf_optim.quantize.apply import calibrate
+    from hf_optim.quantize import QuantizeConfig
     from hf_optim.quantize.gptq import gptq_quantize_
     from hf_optim.testing import tiny_llama
 
@@ -104,7 +105,9 @@ def test_long_steps_show_progress_and_quiet_hides_it(verbosity, capsys):
         model = tiny_llama()
         ranges = calibrate(model, batches, progress=True)
         ppl = perplexity(model, ids, context=16, stride=8, progress=True)
-        info = gptq_quantize_(model, batches, "int4_weight_only", group_size=16, e2e_steps=2, progress=True)
+        cfg = QuantizeConfig(model="tiny-llama", scheme="int4_weight_only", method="gptq", group_size=16,
+                             gptq_e2e_steps=2)
+        info = gptq_quantize_(model, batches, cfg, progress=True)
         return ranges, ppl, info
 
     ranges, ppl, info = work()

@@ -68,9 +68,11 @@ class HfOptimQuantizer(HfQuantizer):
         cfg = self.quantization_config
         if cfg.quantizes_at_load:
             from ..quantize.apply import quantize_model_
+            from ..quantize.config import DEFAULT_EXCLUDE, QuantizeConfig
 
-            quantize_model_(model, scheme=cfg.scheme, group_size=cfg.group_size, include=cfg.include,
-                            exclude=cfg.exclude)
+            quantize_model_(model, QuantizeConfig(
+                model=str(getattr(model, "name_or_path", "")), scheme=cfg.scheme, group_size=cfg.group_size,
+                include=cfg.include or (), exclude=DEFAULT_EXCLUDE if cfg.exclude is None else cfg.exclude))
             cfg = model.config.quantization_config  # quantize_model_ wrote the concrete description
             self.quantization_config = cfg
         else:

@@ -25,9 +25,10 @@ class QuantizeConfig(StageConfig):
             calibration), ``int8_qat`` (fine-tune with fake quantization, then convert to static int8),
             ``int8_weight_only`` / ``int4_weight_only`` (group-wise scales; int4 packed two per byte),
             ``fp16`` or ``bf16`` (cast).
-        group_size (`int`, *optional*): weight-only schemes: input features per scale (must divide the input
-            size of every target Linear, else quantizing raises naming the layers: exclude them or pick another
-            size). Unset: one scale per output channel for int8, 32 for int4.
+        group_size (`int`, *optional*): weight-only schemes: input features per scale, a power of two (must divide
+            the input size of every target Linear, else quantizing raises naming the layers: exclude them or pick
+            another size; with ``partial_groups`` any size >= 2). Unset: the scheme's default (int4: 32; int8: one
+            scale per output channel).
         partial_groups (`bool`, *optional*, defaults to `False`): let the last group of a row be shorter where
             ``group_size`` does not divide the input size (group 128 on 576 inputs: 4 x 128 + 64).
         symmetric (`bool`, *optional*, defaults to `True`): weight-only schemes: ``False`` stores a zero point
@@ -137,8 +138,10 @@ class QuantizeConfig(StageConfig):
         if self.group_size is not None:
             if not weight_only:
                 self._fail("group_size", f"only applies to weight-only schemes, not {self.scheme!r}; remove it")
-            if self.group_size < 2 or self.group_size & (self.group_size - 1):
-                self._fail("group_size", "must be a power of two >= 2 (e.g. 32, 64, 128) or unset")
+            # any size >= 2 works with a shorter last group; without one, a power of two divides most widths
+            if self.group_size < 2 or (self.group_size & (self.group_size - 1) and not self.partial_groups):
+                self._fail("group_size", "must be a power of two >= 2 (e.g. 32, 64, 128), any size >= 2 with "
+                                         "partial_groups, or unset")
         if self.partial_groups and not (weight_only and self.group_size):
             self._fail("partial_groups", "applies to weight-only schemes with a group_size")
         if not self.symmetric and not weight_only:

@@ -105,3 +105,18 @@ def test_bad_lm_eval_config_names_the_field(changes, field):
     with pytest.raises(ConfigError) as e:
         EvalConfig(model="m", **changes)
     assert e.value.field == field
+
+
+def test_evaluate_lm_takes_the_eval_config_and_still_reads_the_keyword_form(tiny_llama_dir):
+    from hf_optim.evaluation.lm import evaluate_lm
+
+    cfg = EvalConfig(model=str(tiny_llama_dir), task="bbc-news", lm_tokens=128, context=64, stride=32,
+                     generate_batch_sizes=(), measure_memory=False, threads=1)
+    new = evaluate_lm(tiny_llama_dir, cfg)
+    with pytest.warns(FutureWarning, match="pass an EvalConfig"):
+        old = evaluate_lm(tiny_llama_dir, corpus="bbc-news", max_tokens=128, context=64, stride=32, batch_sizes=(),
+                          measure_memory=False, threads=1)
+    assert old["perplexity"] == new["perplexity"] and old["perplexity_setup"] == new["perplexity_setup"]
+    assert "generation" not in new and "memory" not in new
+    with pytest.raises(TypeError, match="set context on the config"):
+        evaluate_lm(tiny_llama_dir, cfg, context=32)

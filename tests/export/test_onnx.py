@@ -74,7 +74,7 @@ def test_static_int8_guard_and_int4(backend, bert_dir, tmp_path, clean_cwd):
 
     rec4 = export_model(bert_dir, tmp_path / "i4", ExportConfig(model=str(bert_dir), backend=backend,
                                                                 optimization="none", quantization="int4",
-                                                                int4_block_size=16, int4_min_size=1024, **FAST))
+                                                                group_size=16, min_weights=1024, **FAST))
     # 2 layers x (q, k, v, attention out, FFN in, FFN out) = 12 MatMuls with >= 1024 weights
     assert rec4["int4_matmuls"] == rec4["ops"]["MatMulNBits"] == 12
     assert rec4["validation"]["max_logit_diff"] < 0.05
@@ -88,8 +88,8 @@ def test_causal_lm_int4_asymmetric_matmulnbits_generates(tiny_llama_dir, tmp_pat
 
     out = tmp_path / "lm4"
     rec = export_model(tiny_llama_dir, out, ExportConfig(model=str(tiny_llama_dir), task="bbc-news",
-                                                         optimization="none", quantization="int4", int4_block_size=16,
-                                                         int4_symmetric=False, int4_min_size=1024,
+                                                         optimization="none", quantization="int4", group_size=16,
+                                                         symmetric=False, min_weights=1024,
                                                          max_metric_drop=0.1))
     assert rec["int4_matmuls"] == rec["ops"]["MatMulNBits"] >= 4
     assert abs(rec["validation"]["drop"]) < 0.1
@@ -202,9 +202,9 @@ def _lm_runner(path):
 LM_CASES = [
     pytest.param("none", {}, 1e-4, 1e-5, id="fp32"),
     pytest.param("dynamic", {}, 0.04, 0.02, id="dynamic"),
-    pytest.param("int4", dict(int4_block_size=16, int4_min_size=1024), 0.08, 1e-5, id="int4"),
-    pytest.param("int8_weight_only", dict(int4_block_size=16, int4_min_size=1024), 0.01, 1e-5, id="int8-weight-only"),
-    pytest.param("int4", dict(int4_block_size=16, int4_min_size=1024, int4_method="hqq"), 0.08, 1e-5, id="int4-hqq"),
+    pytest.param("int4", dict(group_size=16, min_weights=1024), 0.08, 1e-5, id="int4"),
+    pytest.param("int8_weight_only", dict(group_size=16, min_weights=1024), 0.01, 1e-5, id="int8-weight-only"),
+    pytest.param("int4", dict(group_size=16, min_weights=1024, method="hqq"), 0.08, 1e-5, id="int4-hqq"),
 ]
 
 
@@ -229,14 +229,14 @@ def test_torch_backend_exports_causal_lm_with_past(quantization, extra, vs_torch
         assert ops["MatMul"] >= 15 and "MatMulInteger" not in ops and "MatMulNBits" not in ops
     elif quantization == "dynamic":
         assert ops.get("MatMulInteger") == 15 and ops.get("DynamicQuantizeLinear", 0) >= 1
-    else:  # k/v projections (32 x 16 = 512 weights) stay below int4_min_size
+    else:  # k/v projections (32 x 16 = 512 weights) stay below min_weights
         bits = 4 if quantization == "int4" else 8
         assert rec[f"int{bits}_matmuls"] == ops.get("MatMulNBits") == 11
         import onnx
 
         graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
         assert {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"} == {bits}
-        if extra.get("int4_method") == "hqq":  # HQQ's zero points are floats (any offset), not packed integers
+        if extra.get("method") == "hqq":  # HQQ's zero points are floats (any offset), not packed integers
             inits = {i.name: i.data_type for i in graph.initializer}
             zps = [n.input[3] for n in graph.node if n.op_type == "MatMulNBits" and len(n.input) > 3 and n.input[3]]
             assert len(zps) == 11 and {inits[z] for z in zps} == {onnx.TensorProto.FLOAT}

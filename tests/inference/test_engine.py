@@ -167,10 +167,10 @@ def test_batched_results_equal_unbatched(backend, tiny_artifacts, tmp_path):
 
         tok = AutoTokenizer.from_pretrained(ref_dir)
     else:  # an hf_optim quantized artifact, restored by from_pretrained
-        from hf_optim.quantize import quantize_model_
+        from hf_optim.quantize import QuantizeConfig, quantize_model_
         from hf_optim.testing import tiny_bert, tiny_bert_tokenizer
 
-        q = quantize_model_(tiny_bert(seed=3), "int8_weight_only")
+        q = quantize_model_(tiny_bert(seed=3), QuantizeConfig(model="tiny-bert", scheme="int8_weight_only"))
         q.save_pretrained(tmp_path / "q")
         tiny_bert_tokenizer(tmp_path / "q")
         ref_dir = model = tmp_path / "q"

@@ -13,6 +13,7 @@ import torch
 
 import hf_optim  # noqa: F401 - registers the integration
 from hf_optim.integrations.transformers import HfOptimConfig, register
+from hf_optim.quantize import QuantizeConfig
 from hf_optim.quantize.apply import calibrate, quantize_model_
 from hf_optim.quantize.modules import QuantLinear
 
@@ -30,7 +31,7 @@ def _quantized_bert(base_dir, scheme, ids):
 
     model = AutoModelForSequenceClassification.from_pretrained(base_dir).eval()
     ranges = calibrate(model, [{"input_ids": ids}]) if scheme == "int8_static" else None
-    return quantize_model_(model, scheme, ranges=ranges)
+    return quantize_model_(model, QuantizeConfig(model="tiny-bert", scheme=scheme), ranges=ranges)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -72,7 +73,7 @@ def test_pipeline_and_causal_lm_round_trip(tiny_bert_dir, tiny_llama_dir, tmp_pa
     assert direct == loaded
 
     lm = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    quantize_model_(lm, scheme)
+    quantize_model_(lm, QuantizeConfig(model="tiny-llama", scheme=scheme))
     ids = _ids(2, 10)
     with torch.inference_mode():
         before = lm(input_ids=ids).logits
@@ -133,7 +134,7 @@ def test_reshaped_linears_reload_and_compose_with_quantization(tiny_bert_dir, tm
     ids = _ids()
     model = _shrunk_bert(tiny_bert_dir)
     if quantize:
-        quantize_model_(model, "int8_dynamic")
+        quantize_model_(model, QuantizeConfig(model="tiny-bert", scheme="int8_dynamic"))
     with torch.inference_mode():
         before = model(input_ids=ids).logits
     model.save_pretrained(tmp_path / "m")

@@ -28,13 +28,18 @@ def _calibration(n=3, length=32, seed=1):
     return [{"input_ids": torch.randint(0, 60, (4, length), generator=g)} for _ in range(n)]
 
 
+def _gptq(scheme="int4_weight_only", **kw):
+    """A GPTQ :class:`QuantizeConfig` (``group_size`` defaults to 16, the tiny Llama's smallest width / 2)."""
+    return QuantizeConfig(model="tiny-llama", scheme=scheme, method="gptq", **{"group_size": 16, **kw})
+
+
 def _gptq_per_setting(cal, setting, values, model_kw=None, **kw):
-    """GPTQ int4 group 16 on a fresh tiny Llama for each value of one ``gptq_quantize_`` argument:
+    """GPTQ int4 group 16 on a fresh tiny Llama for each value of one ``QuantizeConfig`` field:
     ``(models, infos)`` keyed by that value."""
     models, infos = {}, {}
     for v in values:
         models[v] = _llama(**(model_kw or {}))
-        infos[v] = gptq_quantize_(models[v], cal, "int4_weight_only", group_size=16, **{setting: v}, **kw)
+        infos[v] = gptq_quantize_(models[v], cal, _gptq(**{setting: v}, **kw))
     return models, infos
 
 
@@ -72,9 +77,9 @@ def test_quantize_save_from_pretrained_generate_same_tokens(name, tmp_path):
     with torch.inference_mode():
         ref = model(IDS).logits
     if gptq:
-        gptq_quantize_(model, _calibration(), kw.pop("scheme"), **kw)
+        gptq_quantize_(model, _calibration(), _gptq(**kw))
     else:
-        quantize_model_(model, **kw)
+        quantize_model_(model, QuantizeConfig(model="tiny-llama", **kw))
     with torch.inference_mode():
         logits = model(IDS).logits
     # Quantized, but close: relative logit error bounded (see MAX_REL_ERR).
@@ -155,10 +160,10 @@ def test_gptq_model_output_closer_than_rtn():
     for method in ("rtn", "gptq"):
         model = _llama()
         if method == "gptq":
-            info = gptq_quantize_(model, cal, "int4_weight_only", group_size=16)
+            info = gptq_quantize_(model, cal, _gptq())
             assert info["modules_gptq"] == 14 and info["calibration_tokens"] == 4 * 4 * 32
         else:
-            quantize_model_(model, "int4_weight_only", group_size=16)
+            quantize_model_(model, QuantizeConfig(model="tiny-llama", scheme="int4_weight_only", group_size=16))
         with torch.inference_mode():
             errs[method] = float((model(**cal[0]).logits - ref).norm() / ref.norm())
     assert errs["gptq"] < errs["rtn"]
@@ -179,9 +184,9 @@ def test_partial_last_group_keeps_the_error_bound():
 def test_bad_group_sizes_raise_clearly():
     model = _llama()  # hidden 32, intermediate 64
     with pytest.raises(ValueError, match=r"group_size=64 does not divide the input size 32 .*q_proj.*16, 32.*partial_groups"):
-        quantize_model_(model, "int4_weight_only", group_size=64)
+        quantize_model_(model, QuantizeConfig(model="tiny-llama", scheme="int4_weight_only", group_size=64))
     with pytest.raises(ValueError, match=r"group_size=64 does not divide"):
-        gptq_quantize_(model, _calibration(n=1), "int4_weight_only", group_size=64)
+        gptq_quantize_(model, _calibration(n=1), _gptq(group_size=64))
     with pytest.raises(ValueError, match=r"group_size=24 does not divide the input size 64"):
         Int4WeightOnlyLinear(64, 8, group_size=24)
     with pytest.raises(ValueError, match="does not divide"):
@@ -222,7 +227,8 @@ def test_quantized_embedding_looks_up_dequantized_rows():
 def test_int4_lm_checkpoint_size(tmp_path):
     model = _llama(hidden_size=64, intermediate_size=128, tie_word_embeddings=True)
     model.save_pretrained(tmp_path / "fp32")
-    quantize_model_(model, "int4_weight_only", group_size=32, symmetric=False, lm_head=True, embeddings="int8")
+    quantize_model_(model, QuantizeConfig(model="tiny-llama", scheme="int4_weight_only", group_size=32, symmetric=False,
+                                          lm_head=True, embeddings="int8"))
     model.save_pretrained(tmp_path / "int4")
     fp32 = (tmp_path / "fp32" / "model.safetensors").stat().st_size
     int4 = (tmp_path / "int4" / "model.safetensors").stat().st_size
@@ -252,9 +258,6 @@ def test_lm_configs_round_trip(config):
     ({"scheme": "int4_weight_only", "gptq_tune_steps": 40}, "gptq_tune_steps"),      # needs method: gptq
     ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_steps": -1}, "gptq_tune_steps"),
     ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_lr": 0}, "gptq_tune_lr"),
-    ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_rounding_lr": 0.01}, "gptq_tune_rounding_lr"),
-    ({"scheme": "int4_weight_only", "method": "gptq", "gptq_tune_steps": 5, "gptq_tune_rounding_lr": -1},
-     "gptq_tune_rounding_lr"),
     ({"scheme": "int4_weight_only", "gptq_e2e_steps": 40}, "gptq_e2e_steps"),        # needs method: gptq
     ({"scheme": "int4_weight_only", "method": "gptq", "gptq_e2e_steps": -1}, "gptq_e2e_steps"),
     ({"scheme": "int4_weight_only", "method": "gptq", "gptq_e2e_lr": 1.5}, "gptq_e2e_lr"),
@@ -263,6 +266,24 @@ def test_bad_lm_config_names_the_field(changes, field):
     with pytest.raises(ConfigError) as e:
         QuantizeConfig(model="m", **changes)
     assert e.value.field == field
+
+
+@pytest.mark.parametrize("value", [0.0, 0.015])
+def test_an_old_config_with_the_removed_rounding_lr_still_loads(value):
+    from hf_optim.recipe import Recipe
+
+    old = {"kind": "quantize", "model": "builtin:smollm2-135m", "scheme": "int4_weight_only", "method": "gptq",
+           "gptq_tune_steps": 5,
+           "gptq_tune_rounding_lr": value}
+    with pytest.warns(FutureWarning, match="gptq_tune_rounding_lr was removed"):
+        cfg = QuantizeConfig.from_dict(old, strict=True)
+    assert cfg == QuantizeConfig(model="builtin:smollm2-135m", scheme="int4_weight_only", method="gptq",
+                                 gptq_tune_steps=5)
+    with pytest.warns(FutureWarning, match="gptq_tune_rounding_lr"):
+        recipe = Recipe.from_dict({"name": "old", "stages": [{"name": "q", **old}]})
+    assert recipe.stages[0].config == cfg
+    with pytest.raises(TypeError):                                  # strict in code
+        QuantizeConfig(model="m", gptq_tune_rounding_lr=value)
 
 
 def test_quantize_dir_gptq_calibrates_on_text(tiny_llama_dir, tmp_path):
@@ -376,8 +397,7 @@ def test_refit_never_raises_a_rows_output_error_and_keeps_the_values(symmetric):
 
 
 def test_refit_in_row_chunks_equals_one_chunk(monkeypatch):
-    from hf_optim.quantize import gptq
-    from hf_optim.quantize.gptq import refit_qparams
+    from hf_optim.quantize.gptq import algorithm, refit_qparams
 
     g = torch.Generator().manual_seed(7)
     w = torch.randn(20, 96, generator=g)
@@ -385,7 +405,7 @@ def test_refit_in_row_chunks_equals_one_chunk(monkeypatch):
     h = 2 * x.t() @ x / len(x)
     q, s, z = gptq_quantize_weight(w, h, 4, 32, symmetric=False)
     whole = refit_qparams(w, h, q, s, z, 32)
-    monkeypatch.setattr(gptq, "_REFIT_CHUNK", 6 * 96 * 3)   # 3 rows per chunk, the last one shorter
+    monkeypatch.setattr(algorithm, "_REFIT_CHUNK", 6 * 96 * 3)   # 3 rows per chunk, the last one shorter
     chunked = refit_qparams(w, h, q, s, z, 32)
     assert torch.allclose(whole[0], chunked[0]) and torch.allclose(whole[1], chunked[1])
 
@@ -415,7 +435,7 @@ def test_gptq_tuning_keeps_the_values_and_brings_the_model_closer_to_float(symme
     cal, held_out = _calibration(n=4), _calibration(n=1, seed=7)[0]
     with torch.inference_mode():
         ref = _llama()(**held_out).logits
-    models, infos = _gptq_per_setting(cal, "tune_steps", (0, 30), symmetric=symmetric, tune_lr=1e-2)
+    models, infos = _gptq_per_setting(cal, "gptq_tune_steps", (0, 30), symmetric=symmetric, gptq_tune_lr=1e-2)
     assert "tune_steps" not in infos[0] and infos[30]["tune_steps"] == 30
     assert infos[30]["tune_loss_reduction_mean"] > 0.05
     changed = 0
@@ -447,25 +467,13 @@ def test_gptq_tuning_keeps_the_start_when_it_cannot_improve():
     assert all(p.requires_grad for p in layer.parameters())                          # left as it was
 
 
-def test_gptq_tuning_with_rounding_moves_values_at_most_one_step():
-    cal = _calibration(n=4)
-    models, infos = _gptq_per_setting(cal, "tune_rounding_lr", (0.0, 0.02), symmetric=False, tune_steps=30,
-                                      tune_lr=1e-2)
-    assert infos[0.0]["tune_values_moved"] == 0 < infos[0.02]["tune_values_moved"]
-    plain = dict(models[0.0].named_modules())["model.layers.0.mlp.down_proj"]   # layer 0: same GPTQ start
-    moved = dict(models[0.02].named_modules())["model.layers.0.mlp.down_proj"]
-    a = kernels.unpack_int4(plain.weight, 32, 64).int()
-    b = kernels.unpack_int4(moved.weight, 32, 64).int()
-    assert (a - b).abs().max() == 1 and b.min() >= -8 and b.max() <= 7
-
-
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_gptq_end_to_end_tuning_keeps_the_values_and_lowers_the_kl_to_float(symmetric):
     cal, held_out = _calibration(n=4), _calibration(n=2, seed=7)
     float_model = _llama()
     with torch.inference_mode():
         ref = [float_model(**b).logits for b in held_out]
-    models, infos = _gptq_per_setting(cal, "e2e_steps", (0, 30), symmetric=symmetric, e2e_lr=1e-2)
+    models, infos = _gptq_per_setting(cal, "gptq_e2e_steps", (0, 30), symmetric=symmetric, gptq_e2e_lr=1e-2)
     assert "e2e_steps" not in infos[0] and infos[30]["e2e_steps"] == 30
     assert infos[30]["e2e_kl_after"] < 0.9 * infos[30]["e2e_kl_before"]
     changed = 0
@@ -477,36 +485,62 @@ def test_gptq_end_to_end_tuning_keeps_the_values_and_lowers_the_kl_to_float(symm
     assert all(p.requires_grad for p in models[30].parameters() if p.is_floating_point())
 
     def kl(model):
-        from hf_optim.quantize.gptq import _masked_kl
+        from hf_optim.distill.losses import soft_kl
 
         with torch.inference_mode():
-            return sum(float(_masked_kl(r, model(**b).logits, None)) for r, b in zip(ref, held_out))
+            return sum(float(soft_kl(model(**b).logits, r)) for r, b in zip(ref, held_out))
 
     assert kl(models[30]) < kl(models[0])                                          # on text it was not tuned on
 
 
 def test_gptq_end_to_end_tuning_ignores_padding():
-    from hf_optim.quantize.gptq import _masked_kl
+    from hf_optim.distill.losses import soft_kl
 
     g = torch.Generator().manual_seed(0)
     t, s = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     s2 = s.clone()
     s2[0, 3:] = torch.randn(2, 11, generator=g) * 10                               # padded positions changed
-    assert torch.allclose(_masked_kl(t, s, mask), _masked_kl(t, s2, mask))
+    assert torch.allclose(soft_kl(s, t, mask=mask), soft_kl(s2, t, mask=mask))
     full = torch.nn.functional.kl_div(s.log_softmax(-1), t.log_softmax(-1), log_target=True, reduction="none").sum(-1)
-    assert torch.allclose(_masked_kl(t, s, mask), full[mask.bool()].mean())
-    assert torch.allclose(_masked_kl(t, s, None), full.mean())
+    assert torch.allclose(soft_kl(s, t, mask=mask), full[mask.bool()].mean())
+    assert torch.allclose(soft_kl(s, t), full.mean())
+
+
+def _masked_kl_before_soft_kl(teacher, student, mask):
+    """The end-to-end tuning's loss before it used ``soft_kl`` (arguments in the other order)."""
+    kl = torch.nn.functional.kl_div(student.float().log_softmax(-1), teacher.float().log_softmax(-1),
+                                    log_target=True, reduction="none").sum(-1)
+    if mask is None:
+        return kl.mean()
+    mask = mask.to(kl.dtype)
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [True, False])
+def test_end_to_end_tuning_loss_is_the_same_as_before(dtype, masked):
+    from hf_optim.distill.losses import soft_kl
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(3, 7, 50, generator=g).to(dtype)
+    s = torch.randn(3, 7, 50, generator=g).to(dtype).requires_grad_()
+    mask = torch.randint(0, 2, (3, 7), generator=g) if masked else None
+    old, new = _masked_kl_before_soft_kl(t, s, mask), soft_kl(s, t, mask=mask)
+    assert torch.equal(old, new)                                                   # the same value, bit for bit
+    (g_old,), (g_new,) = torch.autograd.grad(old, s), torch.autograd.grad(new, s)
+    assert torch.allclose(g_old, g_new, rtol=1e-6, atol=1e-9)
 
 
 def test_gptq_end_to_end_tuning_keeps_the_start_when_it_makes_things_worse():
-    from hf_optim.quantize.gptq import _inputs_of, tune_model_qparams
+    from hf_optim.quantize.gptq import tune_model_qparams
+    from hf_optim.quantize.gptq.tune import inputs_of
 
     cal = _calibration(n=2)
     float_model = _llama()
-    teacher = _inputs_of(float_model, float_model.lm_head, cal)
+    teacher = inputs_of(float_model, float_model.lm_head, cal)
     model = _llama()
-    gptq_quantize_(model, cal, "int4_weight_only", group_size=16, symmetric=False)
+    gptq_quantize_(model, cal, _gptq(symmetric=False))
     start = {k: v.clone() for k, v in model.state_dict().items()}
     info = tune_model_qparams(model, cal, teacher, steps=3, lr=0.9)             # steps far too large
     assert info["loss_after"] == info["loss_before"] > 0
@@ -515,10 +549,23 @@ def test_gptq_end_to_end_tuning_keeps_the_start_when_it_makes_things_worse():
 
 def test_gptq_end_to_end_tuning_also_tunes_a_quantized_head_against_the_float_one():
     cal = _calibration(n=4)
-    models, infos = _gptq_per_setting(cal, "e2e_steps", (0, 30), {"tie_word_embeddings": True}, symmetric=False,
-                                      lm_head=True, embeddings="int8", e2e_lr=1e-2)
+    models, infos = _gptq_per_setting(cal, "gptq_e2e_steps", (0, 30), {"tie_word_embeddings": True},
+                                      symmetric=False, lm_head=True, embeddings="int8", gptq_e2e_lr=1e-2)
     heads = [m.get_output_embeddings() for m in models.values()]
     assert all(isinstance(h, Int4WeightOnlyLinear) for h in heads)
     assert torch.equal(heads[0].weight, heads[1].weight) and not torch.equal(heads[0].weight_scale, heads[1].weight_scale)
     assert isinstance(models[30].get_input_embeddings(), QuantEmbedding)
     assert infos[30]["e2e_kl_after"] < 0.9 * infos[30]["e2e_kl_before"]
+
+
+def test_the_keyword_form_of_gptq_quantize_still_works_with_a_future_warning():
+    cal = _calibration(n=2)
+    new_model, old_model = _llama(), _llama()
+    new = gptq_quantize_(new_model, cal, _gptq(symmetric=False, gptq_act_order=False, gptq_refit=True))
+    with pytest.warns(FutureWarning, match="pass a QuantizeConfig"):
+        old = gptq_quantize_(old_model, cal, "int4_weight_only", group_size=16, symmetric=False, act_order=False,
+                             refit=True)
+    assert old == new
+    assert all(torch.equal(a, b) for a, b in zip(old_model.state_dict().values(), new_model.state_dict().values()))
+    with pytest.raises(ValueError, match="GPTQ applies to int8_weight_only / int4_weight_only"):
+        gptq_quantize_(_llama(), cal, QuantizeConfig(model="m", scheme="int8_dynamic"))

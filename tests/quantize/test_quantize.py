@@ -86,7 +86,7 @@ def test_quantized_outputs_stay_close_to_fp32(bert_and_ids, scheme):
     with torch.inference_mode():
         ref = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
     ranges = calibrate(model, [{"input_ids": ids}]) if scheme == "int8_static" else None
-    quantize_model_(model, scheme, ranges=ranges)
+    quantize_model_(model, QuantizeConfig(model="m", scheme=scheme), ranges=ranges)
     with torch.inference_mode():
         out = model(input_ids=ids, output_hidden_states=True).hidden_states[-1].float()
     assert sqnr_db(ref, out) >= SQNR_MIN[scheme]
@@ -100,7 +100,7 @@ def test_int4_linear_weights_are_at_most_a_sixth_of_fp32(tmp_path):
     model = tiny_bert(hidden_size=64, intermediate_size=128)
     names = [n for n, _ in target_linears(model)]
     fp32 = sum(model.get_submodule(n).weight.numel() * 4 for n in names)
-    quantize_model_(model, "int4_weight_only", group_size=32)
+    quantize_model_(model, QuantizeConfig(model="m", scheme="int4_weight_only", group_size=32))
     model.save_pretrained(tmp_path)
     stored = 0
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
@@ -117,9 +117,10 @@ def test_group_size_that_does_not_divide_raises_naming_layers():
 
     model = tiny_bert(hidden_size=48, num_attention_heads=4, intermediate_size=96)
     with pytest.raises(ValueError, match=r"group_size=32 does not divide the input size 48 .*query.*16"):
-        quantize_model_(model, "int4_weight_only", group_size=32)  # 48 % 32 != 0, 96 % 32 == 0
+        quantize_model_(model, QuantizeConfig(model="m", scheme="int4_weight_only", group_size=32))  # 48 % 32 != 0
     assert not any(type(m).__name__.endswith("WeightOnlyLinear") for m in model.modules())  # nothing half-done
-    quantize_model_(model, "int4_weight_only", group_size=32, include=[r"output\.dense$"], exclude=[r"attention"])
+    quantize_model_(model, QuantizeConfig(model="m", scheme="int4_weight_only", group_size=32,
+                                          include=[r"output\.dense$"], exclude=[r"attention"]))
     cfg = model.config.quantization_config
     assert set(cfg.modules) == {"bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense"}
 
@@ -136,7 +137,7 @@ def test_calibration_observers_and_static_needs_ranges(bert_and_ids):
         assert lo <= ma[name][0] <= ma[name][1] <= hi
         assert lo <= pc[name][0] <= pc[name][1] <= hi
     with pytest.raises(ValueError, match="needs activation ranges"):
-        quantize_model_(model, "int8_static")
+        quantize_model_(model, QuantizeConfig(model="m", scheme="int8_static"))
     with pytest.raises(ValueError, match="observer"):
         calibrate(model, batches, "entropy")
 
@@ -263,13 +264,65 @@ def test_plan_cli_measures_and_choice_respects_budgets(tiny_bert_dir, tmp_path, 
     assert not budgets.violations(chosen)
 
 
+def test_plan_config_round_trips_and_names_bad_fields():
+    from hf_optim.quantize.planner import DEFAULT_CANDIDATES, PlanConfig, plan_precision
+
+    cfg = PlanConfig(candidates=["int8_dynamic", "bf16"], budgets={"max_size_mb": 5}, prefer="size", rounds=1)
+    assert cfg.budgets == Budgets(max_size_mb=5)
+    assert PlanConfig.from_dict(json.loads(cfg.to_json()), strict=True) == cfg
+    assert PlanConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())), strict=True) == cfg
+    assert "int8_qat" not in DEFAULT_CANDIDATES and "fp16" not in DEFAULT_CANDIDATES   # from the scheme table
+    with pytest.raises(ConfigError, match="unknown candidate") as e:
+        PlanConfig(candidates=["int3"])
+    assert e.value.field == "candidates"
+    with pytest.raises(ConfigError, match="unknown candidate"):
+        with pytest.warns(FutureWarning, match="pass a PlanConfig"):
+            plan_precision("unused", candidates=["int3"])                       # the keyword form still reads
+    with pytest.raises(TypeError, match="set prefer on the config"):
+        plan_precision("unused", cfg, prefer="size")
+
+
+def test_the_keyword_form_of_quantize_model_still_works_with_a_future_warning():
+    from hf_optim.testing import tiny_llama
+
+    new = quantize_model_(tiny_llama(), QuantizeConfig(model="m", scheme="int4_weight_only", group_size=16,
+                                                       symmetric=False, lm_head=True, embeddings="int8"))
+    with pytest.warns(FutureWarning, match="pass a QuantizeConfig"):
+        old = quantize_model_(tiny_llama(), "int4_weight_only", group_size=16, symmetric=False, lm_head=True,
+                              embeddings="int8")
+    assert old.config.quantization_config.to_dict() == new.config.quantization_config.to_dict()
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    with pytest.raises(ConfigError) as e:                        # one validation: the config's
+        quantize_model_(tiny_llama(), "int8_dynamic", symmetric=False)
+    assert e.value.field == "symmetric"
+    with pytest.raises(TypeError, match="set group_size on the config"):
+        quantize_model_(tiny_llama(), QuantizeConfig(model="m", scheme="int4_weight_only"), group_size=16)
+
+
+def test_the_scheme_table_is_the_one_list():
+    from hf_optim.checkpoint import AT_LOAD_SCHEMES
+    from hf_optim.quantize import modules
+    from hf_optim.quantize.schemes import LINEAR_SCHEMES, SCHEMES
+
+    import typing
+
+    assert typing.get_args(typing.get_type_hints(QuantizeConfig)["scheme"]) == tuple(SCHEMES)
+    assert {s for s in SCHEMES if SCHEMES[s].data is None} == set(AT_LOAD_SCHEMES)
+    for name in LINEAR_SCHEMES:                                   # every Linear scheme names its module class
+        assert getattr(modules, SCHEMES[name].module).__name__ == SCHEMES[name].module
+    assert set(modules.SCHEMES) == {n for n in LINEAR_SCHEMES if n != "int8_qat"}   # QAT is stored as static
+    assert QuantizeConfig(model="m", scheme="int4_weight_only").effective_group_size == 32
+    with pytest.raises(ConfigError):
+        QuantizeConfig(model="m", scheme="int3_weight_only")
+
+
 def test_tied_lm_head_stays_float_even_when_included(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from hf_optim.testing import tiny_llama
 
     model = tiny_llama(tie_word_embeddings=True)
-    quantize_model_(model, "int8_dynamic", exclude=[])
+    quantize_model_(model, QuantizeConfig(model="m", scheme="int8_dynamic", exclude=[]))
     assert type(model.lm_head) is torch.nn.Linear and model.lm_head.weight is model.model.embed_tokens.weight
     ids = torch.randint(0, 50, (2, 8))
     with torch.inference_mode():

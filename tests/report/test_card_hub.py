@@ -35,12 +35,13 @@ def _run_with(tmp_path, artifact_writer, kind="quantize", **config):
 
 def _quantized_bert(path):
     import hf_optim  # noqa: F401  registers the checkpoint format
+    from hf_optim.quantize import QuantizeConfig
     from hf_optim.quantize.apply import quantize_model_
     from hf_optim.testing import save_tiny_bert, tiny_bert
 
     save_tiny_bert(path)  # tokenizer + fp32 weights, overwritten below
     model = tiny_bert()
-    quantize_model_(model, "int8_dynamic")
+    quantize_model_(model, QuantizeConfig(model="tiny-bert", scheme="int8_dynamic"))
     model.save_pretrained(path)
 
 
