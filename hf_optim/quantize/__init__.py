@@ -17,6 +17,7 @@ _LAZY = {
     "target_linears": "hf_optim.quantize.apply",
     "quantize_dir": "hf_optim.quantize.stage",
     "plan_precision": "hf_optim.quantize.planner",
+    "PlanConfig": "hf_optim.quantize.planner",
     "choose_plan": "hf_optim.quantize.planner",
     "Budgets": "hf_optim.quantize.planner",
 }

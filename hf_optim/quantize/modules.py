@@ -292,7 +292,7 @@ class QuantEmbedding(nn.Module):
 
     @property
     def scheme(self) -> str:
-        return "int4_weight_only" if self.bits == 4 else "int8_weight_only"
+        return next(n for n in WEIGHT_ONLY_SCHEMES if _TABLE[n].weight_bits == self.bits)
 
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, bits: int = 8, group_size: int | None = None,
