@@ -68,11 +68,12 @@ def test_old_import_paths_are_the_same_objects():
 @pytest.mark.parametrize("make", [tiny_bert, tiny_llama], ids=["bert", "llama"])
 def test_a_pruned_and_quantized_model_is_rebuilt_on_a_fresh_skeleton(make):
     from hf_optim.prune.structure import prune_structured_
+    from hf_optim.quantize import QuantizeConfig
     from hf_optim.quantize.apply import quantize_model_
 
     model = make(seed=2).eval()
     prune_structured_(model, heads={0: [1]}, ffn={1: [0, 5, 9]})
-    quantize_model_(model, "int8_weight_only", include=[r"layers?\.0\."])
+    quantize_model_(model, QuantizeConfig(model="tiny-llama", scheme="int8_weight_only", include=[r"layers?\.0\."]))
     cfg = HfOptimConfig.from_dict(json.loads(json.dumps(model.config.quantization_config.to_dict())))
     assert cfg.modules and cfg.linear_shapes  # (Llama needs no head counts: its attention reads the shapes)
 

@@ -9,7 +9,8 @@ from typing import Literal, Optional, Union
 from ..data.tasks import TaskSpec
 from ..config import added_field
 from ..recipe import StageConfig
-from .schemes import LINEAR_SCHEMES, SCHEME_NAMES, SCHEMES, WEIGHT_ONLY_SCHEMES  # noqa: F401 - LINEAR_SCHEMES re-exported
+from .schemes import LINEAR_SCHEMES  # noqa: F401 - importable from here, as before the scheme table
+from .schemes import SCHEME_NAMES, SCHEMES, WEIGHT_ONLY_SCHEMES
 
 DEFAULT_EXCLUDE = (r"(^|\.)classifier(\.|$)", r"(^|\.)score$", r"(^|\.)lm_head$")
 
@@ -147,7 +148,8 @@ class QuantizeConfig(StageConfig):
         if not self.symmetric and not weight_only:
             self._fail("symmetric", f"zero points apply to weight-only schemes, not {self.scheme!r}; remove it")
         if self.method == "gptq" and not weight_only:
-            self._fail("method", f"gptq quantizes weights only ({' / '.join(WEIGHT_ONLY_SCHEMES)}), not {self.scheme!r}")
+            self._fail("method", f"gptq quantizes weights only ({' / '.join(WEIGHT_ONLY_SCHEMES)}), "
+                                 f"not {self.scheme!r}")
         if self.activations != "tensor" and self.scheme != "int8_dynamic":
             self._fail("activations", f"applies to int8_dynamic only, not {self.scheme!r}; remove it")
         if not 0 < self.gptq_damp < 1:

@@ -304,8 +304,8 @@ class _Planner:
             latency_samples=cfg.latency_samples, throughput_samples=0, measure_memory=cfg.measure_memory,
             threads=cfg.threads), progress=self.progress)
         metric = ev["metric"]
-        return {"candidate": cand, "metric_value": ev[metric], "latency_p50_ms": (ev.get("latency_ms") or {}).get("p50"),
-                "size_mb": ev["size"]["weights_mb"], "peak_mb": (ev.get("memory") or {}).get("model_peak_mb"),
+        return {"candidate": cand, "metric_value": ev[metric],
+                "latency_p50_ms": (ev.get("latency_ms") or {}).get("p50"), "size_mb": ev["size"]["weights_mb"], "peak_mb": (ev.get("memory") or {}).get("model_peak_mb"),
                 "logits_sqnr_db": qmetrics.get("logits_sqnr_db"), "path": str(cand_dir)}, metric
 
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 from hf_optim.export import save_compressed_tensors
 from hf_optim.export.compressed_tensors import pack_to_int32
 from hf_optim.export.weights import grid_of
-from hf_optim.quantize import quantize_model_
+from hf_optim.quantize import QuantizeConfig, quantize_model_
 from hf_optim.testing import tiny_llama
 
 _READER = r"""
@@ -69,7 +69,7 @@ def test_packing_matches_compressed_tensors(bits, dim):
 ])
 def test_plain_from_pretrained_without_hf_optim_matches(base, tmp_path, scheme, kw, fmt):
     pytest.importorskip("compressed_tensors")
-    model = quantize_model_(copy.deepcopy(base), scheme, **kw)
+    model = quantize_model_(copy.deepcopy(base), QuantizeConfig(model="tiny-llama", scheme=scheme, **kw))
     report = save_compressed_tensors(model, tmp_path / "ct", int8_format=fmt)
     assert report.format == f"compressed-tensors {fmt}" and report.max_abs_error == 0
     assert all(t["from_grid"] for t in report.tensors.values())
@@ -91,7 +91,8 @@ def test_asymmetric_grids_get_integer_zero_points_that_compressed_tensors_decomp
     from compressed_tensors.quantization import QuantizationScheme
     from safetensors.torch import load_file
 
-    model = quantize_model_(copy.deepcopy(base), f"int{bits}_weight_only", group_size=gs, symmetric=False)
+    model = quantize_model_(copy.deepcopy(base), QuantizeConfig(model="tiny-llama", scheme=f"int{bits}_weight_only",
+                                                                group_size=gs, symmetric=False))
     report = save_compressed_tensors(model, tmp_path / "ct")
     qc = json.loads((tmp_path / "ct" / "config.json").read_text())["quantization_config"]
     scheme = QuantizationScheme(**qc["config_groups"]["group_0"])
@@ -122,6 +123,6 @@ def test_plain_dense_config_when_uniform_and_a_clear_error_when_not(tmp_path):
 
 
 def test_activation_quantized_schemes_are_refused(base, tmp_path):
-    model = quantize_model_(copy.deepcopy(base), "int8_dynamic")
+    model = quantize_model_(copy.deepcopy(base), QuantizeConfig(model="tiny-llama", scheme="int8_dynamic"))
     with pytest.raises(ValueError, match="weight-only"):
         save_compressed_tensors(model, tmp_path / "ct")

@@ -11,7 +11,7 @@ pytest.importorskip("gguf")
 
 from hf_optim.export import save_gguf  # noqa: E402
 from hf_optim.export.weights import grid_of  # noqa: E402
-from hf_optim.quantize import quantize_model_  # noqa: E402
+from hf_optim.quantize import QuantizeConfig, quantize_model_  # noqa: E402
 from hf_optim.testing import tiny_llama  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def test_float_model_f32_same_logits(base, ids, tmp_path):
     ("int4_weight_only", {"group_size": 64, "symmetric": False, "include": [r"down_proj"]}, "q4_1"),
 ])
 def test_hf_optim_grid_written_as_is(base, ids, tmp_path, scheme, kw, qtype):
-    model = quantize_model_(copy.deepcopy(base), scheme, **kw)
+    model = quantize_model_(copy.deepcopy(base), QuantizeConfig(model="tiny-llama", scheme=scheme, **kw))
     report = save_gguf(model, tmp_path / "m.gguf", qtype=qtype, head_qtype="f32")
     blocks = {n: t for n, t in report.tensors.items() if t["source"] != "float"}
     assert blocks and all(t["from_grid"] and t["type"] == qtype.upper() for t in blocks.values())
@@ -88,7 +88,8 @@ def blocks_max(report):
 
 
 def test_other_grids_are_requantized_and_the_error_reported(base, tmp_path):
-    model = quantize_model_(copy.deepcopy(base), "int4_weight_only", group_size=32, symmetric=False)
+    config = QuantizeConfig(model="tiny-llama", scheme="int4_weight_only", group_size=32, symmetric=False)
+    model = quantize_model_(copy.deepcopy(base), config)
     report = save_gguf(model, tmp_path / "m.gguf", qtype="q4_0", head_qtype="f32")
     name = "blk.0.attn_v.weight"
     t = report.tensors[name]
@@ -108,7 +109,8 @@ def test_float_model_round_to_nearest_and_auto(base, ids, tmp_path):
     err = (_load(report.path).state_dict()["model.layers.1.mlp.down_proj.weight"]
            - base.model.layers[1].mlp.down_proj.weight.detach()).abs().max()
     assert report.tensors["blk.1.ffn_down.weight"]["max_abs_error"] == pytest.approx(float(err), rel=1e-5)
-    model = quantize_model_(copy.deepcopy(base), "int4_weight_only", group_size=32)
+    config = QuantizeConfig(model="tiny-llama", scheme="int4_weight_only", group_size=32)
+    model = quantize_model_(copy.deepcopy(base), config)
     auto = save_gguf(model, tmp_path / "auto.gguf", qtype="auto")
     types = {t["type"] for n, t in auto.tensors.items() if t["source"] != "float"}
     assert types == {"Q4_0"} and auto.tensors["output.weight"]["type"] == "F16"
