@@ -27,7 +27,7 @@ IMPORT_PATH = "hf_optim.serving.app:app_builder"
 
 def resolve(config: ServeConfig) -> ServeConfig:
     """``config`` with each variant's artifact checked, made absolute, and its fingerprint and task type set."""
-    from ..data.tasks import checkpoint_kind
+    from ..artifacts import checkpoint_kind
     from ..inference import dir_fingerprint
 
     variants = []
