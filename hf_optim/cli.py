@@ -20,6 +20,7 @@ from . import __version__
 from .cli_runs import (cmd_card, cmd_compare, cmd_push, cmd_recipe, cmd_report, cmd_run, cmd_verify, price_options,
                        verbosity_options)
 from .cli_runs import show_progress as _progress
+from .cli_serve import add_serve_parser
 from .errors import HfOptimError
 
 EXIT_USAGE = 2
@@ -314,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Exit 2 and name the files when any is missing or changed.")
     vf.add_argument("dirs", nargs="+", help="stage output or run directories")
     vf.set_defaults(fn=cmd_verify)
+    add_serve_parser(sub, common)
     return p
 
 

@@ -28,6 +28,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if output is None and not recipe.output_dir:
         output = Path("runs") / recipe.name
     result = run(recipe, output, force=args.force, progress=show_progress(args))
+    if result.log_file is None:  # a rank other than 0 of torchrun / accelerate launch: rank 0 reports
+        return 0
     print(f"run complete: {result.output_dir}")
     print(f"report: {result.output_dir / 'report.json'}")
     if (result.output_dir / "report.md").is_file():

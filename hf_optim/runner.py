@@ -11,6 +11,9 @@ Output layout (``output_dir``)::
 A stage writes into ``.tmp-<run id>-<stage>-*`` and the directory is renamed to ``<stage>`` only after the handler
 returned and the marker was written, so a crash, a kill or Ctrl-C never leaves a directory that a later run
 mistakes for complete. A stage whose directory exists with the same fingerprint is skipped.
+
+Under ``torchrun`` / ``accelerate launch`` every process runs :func:`run`: rank 0 holds the lock and writes, the
+stages that train run on every rank, the others on rank 0 only (see :mod:`hf_optim.distributed`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .distributed import RunGroup
 from .errors import HfOptimError, StageError
 from .integrity import DIGESTS, MARKER, verify_artifact, weight_digests
 from .recipe import BUILTIN_PREFIX, Recipe, Stage
@@ -93,7 +97,7 @@ class StageContext:
 class RunResult:
     output_dir: Path
     report: dict[str, Any]
-    log_file: Path
+    log_file: Path | None  # None on the ranks other than 0 of a multi-process launch (rank 0 logs)
 
     def stage_dir(self, name: str) -> Path:
         return self.output_dir / name
@@ -245,20 +249,39 @@ def run(recipe: Recipe | str | Path, output_dir: str | Path | None = None, force
             raise HfOptimError("no output directory: pass output_dir (CLI: --output DIR) or set `output_dir` in the recipe")
         output_dir = recipe.resolve_path(recipe.output_dir)
     out = Path(output_dir).expanduser().resolve()
-    run_id = _claim_output_dir(out)
     for stage in recipe.stages:  # import every handler the recipe needs now, not after hours of earlier stages
         get_handler(stage.config)
-    lock = open(out / ".lock", "w")
+    group = RunGroup()
+    if not group.is_main:
+        try:
+            report = group.follow(recipe, lambda stage, run_id: _train_along(recipe, stage, out, run_id, group.rank))
+        finally:
+            group.close()
+        return RunResult(output_dir=out, report=report, log_file=None)
+    lock = None
+
+    def claim():
+        nonlocal lock
+        run_id = _claim_output_dir(out)
+        lock = open(out / ".lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise HfOptimError(f"another hf-optim run is using {out}; wait for it or choose another --output") from None
+        return run_id, recipe.fingerprint()
+
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise HfOptimError(f"another hf-optim run is using {out}; wait for it or choose another --output") from None
+        run_id, _ = group.main_only(claim)
+    except BaseException:
+        group.close()
+        raise
     log_file, handler = _setup_log(out)
     previous = _terminate_as_interrupt()
     try:
-        return _run_locked(recipe, out, force, progress, log_file, run_id)
+        return _run_locked(recipe, out, force, progress, log_file, run_id, group)
     finally:
+        group.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         for name in ("hf_optim", "hf_optim_trace", "transformers"):
@@ -281,7 +304,22 @@ def _terminate_as_interrupt():
     return signal.signal(signal.SIGTERM, _raise)
 
 
-def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file: Path, run_id: str) -> RunResult:
+def _train_along(recipe: Recipe, stage: Stage, out: Path, run_id: str, rank: int) -> None:
+    """A rank other than 0 in a stage that trains: the same handler (Trainer shares the batches and averages the
+    gradients), its output written to a throw-away directory (rank 0's is the artifact)."""
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".tmp-{run_id}-{stage.name}-rank{rank}-"))
+    ctx = StageContext(name=stage.name, inputs={}, output_dir=tmp, run_dir=out, seed=recipe.seed, progress=False,
+                       run_id=run_id)
+    try:
+        ctx.inputs = _resolve_inputs(recipe, stage, out)
+        get_handler(stage.config)(stage.config, ctx)
+    finally:
+        for path in (*ctx._scratch, tmp):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file: Path, run_id: str,
+                group: RunGroup) -> RunResult:
     _clean_leftovers(out, run_id)
     fingerprints = recipe.stage_fingerprints()
     report: dict[str, Any] = {
@@ -301,29 +339,44 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, progress: bool, log_file
     for i, stage in enumerate(recipe.stages, 1):
         fp = fingerprints[stage.name]
         final = out / stage.name
-        marker = _read_marker(final)
-        if not force and marker and marker.get("fingerprint") == fp:
+
+        def complete():  # the stage's marker when its output is complete and may be reused (then it is skipped)
+            marker = _read_marker(final)
+            if force or not marker or marker.get("fingerprint") != fp:
+                return None
             verify_artifact(final)  # a complete output whose weights changed is not reused
             verified.add(final)
+            return marker
+
+        marker = group.main_only(complete)
+        if marker is not None:
             logger.info("[%d/%d] %s (%s): complete, skipped", i, total, stage.name, stage.config.kind)
             report["stages"].append({**{k: v for k, v in marker.items() if k != DIGESTS}, "status": "skipped"})
             continue
         logger.info("[%d/%d] %s (%s): running", i, total, stage.name, stage.config.kind)
+        error = None
         try:
             entry = _run_stage(recipe, stage, fp, out, progress, run_id, verified)
         except BaseException as e:
+            error = e
+        try:
+            group.agree(stage.name, error)
+        except StageError as e:  # another rank failed
+            error = e
+        if error is not None:
             # the report shows how far the run got; it is not a completion marker (hf_optim_stage.json is)
             report["stages"].append({"name": stage.name, "kind": stage.config.kind, "fingerprint": fp,
-                                     "status": "failed", "error": f"{type(e).__name__}: {e}"})
+                                     "status": "failed", "error": f"{type(error).__name__}: {error}"})
             _write_report(out, report, status="failed")
-            if isinstance(e, Exception):  # report.md shows what completed (not on Ctrl-C: stop promptly)
+            if isinstance(error, Exception):  # report.md shows what completed (not on Ctrl-C: stop promptly)
                 _write_run_report(out, report, recipe)
-            raise
+            raise error
         logger.info("[%d/%d] %s: done in %.1f s", i, total, stage.name, entry["seconds"])
         report["stages"].append({**entry, "status": "ran"})
         _write_report(out, report, status="running")
     _write_report(out, report, status="complete")
     report = _write_run_report(out, report, recipe)
+    group.broadcast(report)
     return RunResult(output_dir=out, report=report, log_file=log_file)
 
 
