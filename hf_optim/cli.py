@@ -17,54 +17,24 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli_quantize import quantize_parser
 from .cli_runs import (cmd_card, cmd_compare, cmd_push, cmd_recipe, cmd_report, cmd_run, cmd_verify, price_options,
                        verbosity_options)
+from .cli_options import config_options, field_choices, resolve_model
+from .cli_options import model_task as _model_task
 from .cli_runs import show_progress as _progress
 from .cli_serve import add_serve_parser
 from .errors import HfOptimError
 
 EXIT_USAGE = 2
 _CANNOT_WRITE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)  # the user can fix these
-_DEFAULT_TEXT = "bbc-news"  # what causal LMs are measured on when no --task is given
 logger = logging.getLogger("hf_optim")
-
-
-def _model_task(args: argparse.Namespace, texts: bool = True):
-    """The task for ``args.model_dir``: ``--task``, else the one the directory records (the task it was trained
-    for), else, for a causal LM where ``texts`` allows it, the default text corpus. A classifier that records no
-    task is an error: evaluating it on a built-in task it was never trained for gives a meaningless number."""
-    from .data import BUILTIN_TASKS
-    from .evaluation.lm import is_causal_lm
-    from .task_record import TASK_RECORD, recorded_task
-
-    if args.task:
-        return args.task
-    task = recorded_task(args.model_dir)
-    if task is not None:
-        name = task if isinstance(task, str) else task.get("name") or task.get("dataset")
-        logger.info("task: %s (recorded in %s)", name, args.model_dir)
-        return task
-    if texts and (is_causal_lm(args.model_dir) or getattr(args, "task_type", None) == "causal-lm"):
-        return _DEFAULT_TEXT
-    raise HfOptimError(f"{args.model_dir} does not record the task it was trained for (no {TASK_RECORD}: models "
-                       f"written by a finetune/distill/prune stage and what derives from them record it); pass "
-                       f"--task (built-in: {', '.join(sorted(BUILTIN_TASKS))})"
-                       + (" or --dataset FILE with your labelled data" if hasattr(args, "dataset") else ""))
-
-
-def _require_model_dir(path: str) -> None:
-    p = Path(path)
-    if p.is_file():
-        raise HfOptimError(f"{path!r} is a file; pass the model directory that holds it ({str(p.parent)!r})")
-    if not p.is_dir():
-        raise HfOptimError(f"model directory {path!r} does not exist")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.config import EvalConfig
     from .evaluation.stage import evaluate_model
 
-    _require_model_dir(args.model_dir)
     if args.output and (Path(args.output).is_dir() or not Path(args.output).absolute().parent.is_dir()):
         raise HfOptimError(f"--output {args.output!r} must be a file in an existing directory")  # before, not after
     if args.dataset:
@@ -72,9 +42,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 **({"name": args.task} if args.task else {})}
     else:
         task = _model_task(args)
-    config = EvalConfig(model=args.model_dir, task=task, split=args.split, max_samples=args.max_samples,
-                        latency_samples=args.latency_samples, throughput_samples=args.throughput_samples,
-                        measure_memory=not args.no_memory)
+    config = EvalConfig(model=args.model_dir, task=task, **{n: getattr(args, n) for n in _EVAL_OPTIONS})
     metrics = evaluate_model(args.model_dir, config, progress=_progress(args))
     text = json.dumps(metrics, indent=2)
     if args.output:
@@ -103,15 +71,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .quantize.planner import Budgets, PlanConfig, plan_precision
 
-    _require_model_dir(args.model_dir)
-    budgets = Budgets(max_size_mb=args.max_size_mb, max_latency_ms=args.max_latency_ms,
-                      min_speedup=args.min_speedup, max_metric_drop=args.max_metric_drop)
+    budgets = Budgets(**{n: getattr(args, n) for n in _BUDGETS})
     task = _model_task(args, texts=False)
     plan = plan_precision(args.model_dir, PlanConfig(
-        task=task, candidates=args.candidates.split(","), budgets=budgets, prefer=args.prefer, split=args.split,
-        max_samples=args.max_samples, latency_samples=args.latency_samples,
-        throughput_samples=args.throughput_samples, measure_memory=not args.no_memory, work_dir=args.keep_dir,
-        keep=bool(args.keep_dir)), progress=_progress(args))
+        task=task, budgets=budgets, keep=bool(args.work_dir), **{n: getattr(args, n) for n in _PLAN_OPTIONS}),
+        progress=_progress(args))
     if args.output:  # the plan in the benchmark result schema: the command, commit, versions and CPU it ran with
         from .evaluation.harness import BenchRun
 
@@ -129,15 +93,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import CompileConfig, ExportConfig
     from .task_record import inherit_task
 
-    _require_model_dir(args.model_dir)
-    from .data.tasks import checkpoint_facts
+    portable = args.format != "onnx"  # a GGUF / compressed-tensors checkpoint: no ONNX graph, no task validation
+    if not portable:
+        from .data.tasks import checkpoint_facts
 
-    positions = checkpoint_facts(args.model_dir)["max_positions"]
-    if isinstance(positions, int) and args.max_length > positions:
-        raise HfOptimError(f"--max-length {args.max_length}: {args.model_dir} reads at most {positions} positions")
-    common = dict(model=args.model_dir, task=_model_task(args, texts=not args.compile),
-                  max_metric_drop=args.max_metric_drop, validation_samples=args.validation_samples,
-                  max_length=args.max_length)
+        positions = checkpoint_facts(args.model_dir)["max_positions"]
+        if isinstance(positions, int) and args.max_length > positions:
+            raise HfOptimError(f"--max-length {args.max_length}: {args.model_dir} reads at most {positions} positions")
+    common = dict(model=args.model_dir, max_metric_drop=args.max_metric_drop,
+                  validation_samples=args.validation_samples, max_length=args.max_length)
+    if not portable:
+        common["task"] = _model_task(args, texts=not args.compile)
     if args.compile:
         from .export.compile import compile_model
 
@@ -147,16 +113,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from .export.stage import export_model
 
         record = export_model(args.model_dir, args.output, ExportConfig(
-            backend=args.backend, optimization=args.optimization, quantization=args.quantization,
-            per_channel=args.per_channel, calibration_samples=args.calibration_samples, task_type=args.task_type,
-            group_size=args.group_size, symmetric=not args.asymmetric, method=args.method,
-            embeddings=args.embeddings, split_skip_layernorm=args.split_skip_layernorm, **common),
-            progress=_progress(args))
+            **{n: getattr(args, n) for n in _EXPORT_OPTIONS}, **common), progress=_progress(args))
     inherit_task(args.model_dir, args.output)  # an exported or compiled model keeps its source's task
+    if portable:
+        print(f"wrote {args.output} ({record['written']}): {record['tensors_written']} weight tensors, max abs "
+              f"error {record['max_abs_error']:.4g} vs the weights hf_optim computes with "
+              f"(per tensor: {Path(args.output) / 'hf_optim_export.json'})")
+        for note in record["report"]["notes"]:
+            print(f"  note: {note}")
+        return 0
     v = record["validation"]
     print(f"wrote {args.output} ({record.get('backend', record.get('method'))}): validation {v['metric']} "
           f"{v['source']:.4f} -> {v['candidate']:.4f} (drop {v['drop']:.4f}), max logit diff {v['max_logit_diff']:.4g}")
     return 0
+
+
+# The config fields each command offers as options (see ``config_options``: default, choices and help come from
+# the config).
+_EVAL_OPTIONS = ["split", "max_samples", "latency_samples", "throughput_samples", "measure_memory"]
+_PLAN_OPTIONS = ["candidates", "prefer", "split", "max_samples", "latency_samples", "throughput_samples",
+                 "measure_memory", "work_dir"]
+_BUDGETS = ["max_size_mb", "max_latency_ms", "min_speedup", "max_metric_drop"]
+_EXPORT_OPTIONS = ["format", "gguf_type", "task_type", "backend", "optimization", "quantization", "per_channel",
+                   "group_size", "symmetric", "method", "embeddings", "split_skip_layernorm", "calibration_samples"]
+_NO_MEMORY = {"measure_memory": "--no-memory"}
+_NO_MEMORY_HELP = {"measure_memory": "skip the peak-memory probe (in a fresh process)"}
+_MODEL_HELP = "a model directory (from_pretrained loads it) or a Hub model id (org/name)"
 
 
 _TASK_DEFAULT = ("(default: the task the model directory records, i.e. the one a finetune/distill/prune stage "
@@ -172,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity_options(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from .export.config import ExportConfig
-    from .quantize.planner import CANDIDATES, DEFAULT_CANDIDATES, PREFER
+    from .data.tasks import TaskSpec
+    from .evaluation.config import EvalConfig
+    from .export.config import CompileConfig, ExportConfig
+    from .quantize.planner import CANDIDATES, Budgets, PlanConfig
 
     r = sub.add_parser("run", parents=[common],
                        help="run a recipe (resumable)", description="Run a recipe stage by stage. "
@@ -186,17 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", parents=[common], help="evaluate a model directory on a task",
                        description="Task metric, batch-1 latency, batch-32 throughput, size and peak memory.")
-    e.add_argument("model_dir", help="directory that from_pretrained loads")
+    e.add_argument("model_dir", help=_MODEL_HELP)
     e.add_argument("--task", help="built-in task (movie-sentiment, bbc-topic), a text (bbc-news, causal LMs: the "
                    "default for them) or a name for --dataset " + _TASK_DEFAULT)
     e.add_argument("--dataset", help="your data: csv/json/parquet file, folder or Hub dataset name")
-    e.add_argument("--text-column", default="text")
-    e.add_argument("--label-column", default="label")
-    e.add_argument("--split", default="test", choices=["test", "validation", "train"])
-    e.add_argument("--max-samples", type=int)
-    e.add_argument("--latency-samples", type=int, default=200)
-    e.add_argument("--throughput-samples", type=int, default=512)
-    e.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe")
+    config_options(e, TaskSpec, ["text_column", "label_column"])
+    config_options(e, EvalConfig, _EVAL_OPTIONS, flags=_NO_MEMORY, helps=_NO_MEMORY_HELP)
     e.add_argument("--output", "-o", help="also write the JSON to this file")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(fn=_cmd_eval)
@@ -220,53 +199,31 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Quantize the model every candidate way, measure metric, latency, throughput, "
                         "size and memory side by side, print the table and Pareto set, and pick the best candidate "
                         "within the budgets (exit 3 when none fits).")
-    pl.add_argument("model_dir", help="a float sequence-classifier directory")
+    pl.add_argument("model_dir", help="a float sequence classifier: " + _MODEL_HELP)
     pl.add_argument("--task", help="evaluation and calibration task " + _TASK_DEFAULT)
-    pl.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES),
-                    help=f"comma-separated: {', '.join(CANDIDATES)}")
-    pl.add_argument("--max-size-mb", type=float)
-    pl.add_argument("--max-latency-ms", type=float, help="batch-1 p50 latency budget")
-    pl.add_argument("--min-speedup", type=float, help="batch-32 throughput vs fp32")
-    pl.add_argument("--max-metric-drop", type=float, help="in metric units (0.005 = 0.5 accuracy points)")
-    pl.add_argument("--prefer", default="throughput", choices=PREFER)
-    pl.add_argument("--split", default="test", choices=["test", "validation", "train"])
-    pl.add_argument("--max-samples", type=int)
-    pl.add_argument("--latency-samples", type=int, default=100)
-    pl.add_argument("--throughput-samples", type=int, default=256)
-    pl.add_argument("--no-memory", action="store_true")
-    pl.add_argument("--keep-dir", help="keep the quantized candidates in this directory")
+    config_options(pl, PlanConfig, _PLAN_OPTIONS, flags={**_NO_MEMORY, "work_dir": "--keep-dir"},
+                   helps={**_NO_MEMORY_HELP, "work_dir": "keep the quantized candidates in this directory",
+                          "candidates": f"any of {', '.join(CANDIDATES)}"})
+    config_options(pl, Budgets, _BUDGETS)
     pl.add_argument("--output", "-o", help="also write the plan as JSON")
     pl.add_argument("--no-progress", action="store_true", help="no progress bars")
     pl.set_defaults(fn=_cmd_plan)
     ex = sub.add_parser("export", parents=[common],
-                        help="export to ONNX Runtime (optimize + quantize) or compile, validated on the task",
+                        help="export to ONNX Runtime (optimize + quantize), GGUF or compressed-tensors, or compile",
                         description="Export a model directory to ONNX Runtime (Optimum, or torch.onnx on transformers 5), "
                         "apply graph optimization and quantization, and check the task metric against the source; "
                         "nothing is written when the drop exceeds --max-metric-drop. --compile METHOD builds a "
-                        "torch.compile / torch.export / TorchScript artifact instead.")
-    ex.add_argument("model_dir", help="a sequence-classifier or causal-LM directory")
+                        "torch.compile / torch.export / TorchScript artifact instead. --format gguf / "
+                        "compressed-tensors writes a checkpoint that llama.cpp / vLLM load without hf_optim, with "
+                        "the error of every tensor in its record.")
+    ex.add_argument("model_dir", help="a sequence classifier or causal LM: " + _MODEL_HELP)
     ex.add_argument("--output", "-o", required=True, help="output directory (new or empty)")
     ex.add_argument("--task", help="validation task (causal LMs: a text, default bbc-news) " + _TASK_DEFAULT)
-    ex.add_argument("--task-type", default="auto", choices=["auto", "sequence-classification", "causal-lm"])
-    ex.add_argument("--backend", default="auto", choices=["auto", "optimum", "torch"])
-    ex.add_argument("--optimization", default="O2", choices=["none", "O1", "O2", "O3"])
-    ex.add_argument("--quantization", default="dynamic", choices=["none", "dynamic", "static", "int4", "int8_weight_only"])
-    ex.add_argument("--per-channel", action="store_true")
-    ex.add_argument("--group-size", type=int, default=ExportConfig.group_size,
-                    help="int4 / int8_weight_only: input features per scale (MatMulNBits block)")
-    ex.add_argument("--asymmetric", action="store_true", help="int4 / int8_weight_only: a zero point per group")
-    ex.add_argument("--method", default="rtn", choices=["rtn", "hqq"],
-                    help="int4 / int8_weight_only rounding: rtn (round to nearest) or hqq (int4)")
-    ex.add_argument("--embeddings", default="float", choices=["float", "int4"],
-                    help="int4: the token-embedding table in 4 bits (classifiers; most of a small encoder's size)")
-    ex.add_argument("--split-skip-layernorm", default="on", choices=["auto", "on", "off"],
-                    help="after O2/O3 fusion: split SkipLayerNormalization into Sum + LayerNormalization (on), keep "
-                         "ORT's fused graph (off), or time both on this machine and keep the faster (auto)")
-    ex.add_argument("--calibration-samples", type=int, default=128)
-    ex.add_argument("--max-metric-drop", type=float, default=0.01, help="metric units (0.01 = 1 accuracy point)")
-    ex.add_argument("--validation-samples", type=int, default=500)
-    ex.add_argument("--max-length", type=int, default=128)
-    ex.add_argument("--compile", choices=["compile", "export", "torchscript"], help="compile instead of ONNX")
+    config_options(ex, ExportConfig, _EXPORT_OPTIONS + ["max_metric_drop", "validation_samples", "max_length"],
+                   flags={"symmetric": "--asymmetric"},
+                   helps={"symmetric": "int4 / int8_weight_only: a zero point per group (MatMulNBits zero_points)"})
+    ex.add_argument("--compile", choices=field_choices(CompileConfig, "method"),
+                    help="build a torch.compile / torch.export / TorchScript artifact instead of ONNX")
     ex.add_argument("--no-progress", action="store_true", help="no progress bars")
     ex.set_defaults(fn=_cmd_export)
 
@@ -284,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured results), lineage, how to load it and limitations, from the run's report.json.")
     cd.add_argument("dir", help="a finished stage's model directory, e.g. runs/movie-sentiment/export")
     cd.add_argument("--repo-id", help="the Hub repository it will be pushed to (used in the name and the usage code)")
-    cd.add_argument("--base-model", help="Hub id of the model it derives from (default: from the lineage)")
+    _card_options(cd)
     cd.add_argument("--stdout", action="store_true", help="print the card instead of writing README.md")
     cd.set_defaults(fn=cmd_card)
 
@@ -296,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--private", action="store_true", help="create the repository private")
     pu.add_argument("--dry-run", action="store_true", help="list the files and sizes that would be uploaded; send nothing")
     pu.add_argument("--no-card", action="store_true", help="do not write README.md when the directory has none")
-    pu.add_argument("--base-model", help="base_model for the card (default: from the lineage)")
+    _card_options(pu)
     pu.set_defaults(fn=cmd_push)
 
     cp = sub.add_parser("compare", parents=[common], help="A/B table of two runs' reports",
@@ -316,13 +273,36 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("dirs", nargs="+", help="stage output or run directories")
     vf.set_defaults(fn=cmd_verify)
     add_serve_parser(sub, common)
+    quantize_parser(sub, [common])
     return p
+
+
+def _card_options(p: argparse.ArgumentParser) -> None:
+    """What the model card states (a run's output: overrides of what the run recorded; any other model
+    directory, such as one saved from the Python API: all it states)."""
+    from .report.card_meta import CardConfig
+
+    config_options(p, CardConfig, ["base_model", "methods", "license", "datasets", "language"],
+                   flags={"methods": "--method", "datasets": "--dataset"},
+                   helps={"base_model": "Hub id of the model it derives from (default: from the run's lineage)"})
+    p.add_argument("--metric", metavar="NAME=VALUE", help="the measured task metric, e.g. accuracy=0.91 (a run's "
+                   "output: from its report)")
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that an option the sub-command does not know is reported with the
+    sub-command's usage (argparse leaves it to the top-level parser, whose usage lists only the commands)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     from .console import set_verbosity
 
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the command a result file records
     set_verbosity("quiet" if args.quiet else "verbose" if args.verbose else "normal")
     from .cpu import tune_allocator
@@ -332,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = _terminate_as_interrupt()  # SIGTERM unwinds like Ctrl-C: every command removes its scratch files
     try:
+        if getattr(args, "model_dir", None) is not None:  # a directory, or a Hub id resolved to the cache's copy
+            args.model_dir = resolve_model(args.model_dir)
         return args.fn(args)
     except HfOptimError as e:
         print(f"error: {e}", file=sys.stderr)

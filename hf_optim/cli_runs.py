@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import HfOptimError
 
 __all__ = ["cmd_run", "cmd_recipe", "cmd_report", "cmd_card", "cmd_push", "cmd_compare", "cmd_verify",
-           "show_progress", "price_options", "verbosity_options"]
+           "show_progress", "price_options", "verbosity_options", "card_config"]
 
 
 def show_progress(args: argparse.Namespace) -> bool:
@@ -96,21 +96,64 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def card_config(args: argparse.Namespace):
+    """The :class:`~hf_optim.report.card_meta.CardConfig` the card options describe."""
+    from .report.card_meta import CardConfig
+
+    metric = value = None
+    if args.metric is not None:
+        metric, _, text = args.metric.partition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            raise HfOptimError(f"--metric {args.metric!r}: write NAME=VALUE with a number, e.g. accuracy=0.91") from None
+        if not metric.strip():
+            raise HfOptimError(f"--metric {args.metric!r}: the metric needs a name, e.g. accuracy=0.91")
+    try:
+        return CardConfig(base_model=args.base_model, methods=args.methods or [], license=args.license,
+                          datasets=args.datasets, language=args.language, metric=metric and metric.strip(),
+                          metric_value=value)
+    except ValueError as e:
+        raise HfOptimError(str(e).replace("CardConfig.methods", "--method")) from None
+
+
+def _stage_output(path: str) -> bool:
+    """Whether ``path`` is (or claims to be) a recipe stage's output, finished or not, or no directory at all:
+    those go through :func:`~hf_optim.report.card.check_artifact`, which names what is wrong with them."""
+    from .integrity import MARKER
+
+    p = Path(path)
+    return (p / MARKER).is_file() or p.name.startswith((".tmp-", ".old-")) or not p.is_dir()
+
+
+def _card(args: argparse.Namespace):
+    """The card options; `None` for a stage output where they state nothing (its run says it all)."""
+    from .report.card_meta import CardConfig
+
+    card = card_config(args)
+    return None if _stage_output(args.dir) and card == CardConfig() else card
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     from .report.card import build_model_card, write_model_card
 
     if args.stdout:
-        print(build_model_card(args.dir, repo_id=args.repo_id, base_model=args.base_model))
+        print(build_model_card(args.dir, repo_id=args.repo_id, card=_card(args)))
         return 0
-    print(f"wrote {write_model_card(args.dir, repo_id=args.repo_id, base_model=args.base_model)}")
+    print(f"wrote {write_model_card(args.dir, repo_id=args.repo_id, card=_card(args))}")
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push_artifact
+    from .hub import push_artifact, push_to_hub
 
-    result = push_artifact(args.dir, args.repo_id, private=args.private, dry_run=args.dry_run,
-                           card=not args.no_card, base_model=args.base_model)
+    card = _card(args)
+    if _stage_output(args.dir):
+        result = push_artifact(args.dir, args.repo_id, private=args.private, dry_run=args.dry_run,
+                               card=not args.no_card, base_model=args.base_model)
+    else:  # a model saved from the Python API: the card states what the options say
+        result = push_to_hub(args.dir, args.repo_id, dry_run=args.dry_run, private=args.private,
+                             card=None if args.no_card else card)
     head = "would upload" if result.dry_run else "uploaded"
     print(f"{head} {len(result.files)} files ({result.total_bytes / 1e6:.2f} MB) from {args.dir} to "
           f"{result.repo_id}{' (private)' if args.private else ''}:")

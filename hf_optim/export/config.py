@@ -91,6 +91,14 @@ class ExportConfig(StageConfig):
             batch 1 / 32; ``scripts/results/bench_skip_layernorm.json``) the split graph took 0.92 / 0.90 of the
             fused one's time in FP32 and 0.80 / 0.77 with dynamic INT8, measured on an AVX-512 CPU only (no
             AVX2-only machine was available, so ``auto`` is not the default).
+        format (`str`, *optional*, defaults to ``"onnx"``): ``onnx`` (everything above), or a portable checkpoint
+            that other runtimes load without hf_optim: ``gguf`` (one ``model.gguf``, Llama-family causal LMs; see
+            :func:`~hf_optim.export.save_gguf`) or ``compressed-tensors`` (weight-only checkpoints; see
+            :func:`~hf_optim.export.save_compressed_tensors`). Those two skip the ONNX settings and the task
+            validation; the output holds the export report (type and error of every tensor) instead.
+        gguf_type (`str`, *optional*, defaults to ``"q8_0"``): ``gguf``: GGML type of the decoder weights:
+            ``q8_0``, ``q4_0``, ``q4_1``, ``f16``, ``f32`` or ``auto`` (the type that holds each tensor's hf_optim
+            grid exactly).
     """
 
     kind = "export"
@@ -119,6 +127,8 @@ class ExportConfig(StageConfig):
     embeddings: Literal["float", "int4"] = "float"
     embeddings_block_size: int = 64
     split_skip_layernorm: Literal["auto", "on", "off"] = added_field("on", legacy="auto")
+    format: Literal["onnx", "gguf", "compressed-tensors"] = added_field("onnx")
+    gguf_type: Literal["q8_0", "q4_0", "q4_1", "f16", "f32", "auto"] = added_field("q8_0")
 
     def __post_init__(self) -> None:
         # YAML 1.1 reads an unquoted on / off as a boolean
@@ -153,6 +163,8 @@ class ExportConfig(StageConfig):
             self._fail("opset", "must be between 11 and 23, or unset")
         if self.task_type == "causal-lm" and self.quantization == "static":
             self._fail("quantization", "static int8 is offered for classifiers only; use 'dynamic' or 'int4'")
+        if self.gguf_type != "q8_0" and self.format != "gguf":
+            self._fail("gguf_type", f"applies to format: gguf, not {self.format!r}; remove it")
 
 
 @dataclasses.dataclass

@@ -59,6 +59,10 @@ def export_model(model_dir: str | Path, output_dir: str | Path, config: ExportCo
         from ..errors import HfOptimError
 
         raise HfOptimError(f"output {out} is a file or a directory that is not empty; choose a new one")
+    if config.format != "onnx":  # a portable checkpoint for other runtimes: no ONNX graph, no task validation
+        from .portable import export_portable
+
+        return export_portable(src, out, config)
     backend = resolve_backend(config.backend)
     task_type = detect_task_type(src) if config.task_type == "auto" else config.task_type
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -323,6 +327,10 @@ def run_export(config: ExportConfig, ctx) -> dict[str, Any]:
     for p in staging.iterdir():
         shutil.move(str(p), ctx.output_dir / p.name)
     staging.rmdir()
+    if config.format != "onnx":
+        from .portable import portable_metrics
+
+        return portable_metrics(record)
     v = record["validation"]
     metrics = {"backend": record["backend"], "backend_note": record["backend_note"],
                "optimization": record["optimization"], "quantization": record["quantization"],
