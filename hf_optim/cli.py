@@ -90,10 +90,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .artifacts import EXPORT_RECORD
     from .export import CompileConfig, ExportConfig
     from .task_record import inherit_task
 
     portable = args.format != "onnx"  # a GGUF / compressed-tensors checkpoint: no ONNX graph, no task validation
+    if portable and args.compile:
+        raise HfOptimError(f"--compile builds a PyTorch artifact; --format {args.format} writes a checkpoint: "
+                           "choose one")
     if not portable:
         from .data.tasks import checkpoint_facts
 
@@ -118,7 +122,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if portable:
         print(f"wrote {args.output} ({record['written']}): {record['tensors_written']} weight tensors, max abs "
               f"error {record['max_abs_error']:.4g} vs the weights hf_optim computes with "
-              f"(per tensor: {Path(args.output) / 'hf_optim_export.json'})")
+              f"(per tensor: {Path(args.output) / EXPORT_RECORD})")
         for note in record["report"]["notes"]:
             print(f"  note: {note}")
         return 0
@@ -282,7 +286,7 @@ def _card_options(p: argparse.ArgumentParser) -> None:
     directory, such as one saved from the Python API: all it states)."""
     from .report.card_meta import CardConfig
 
-    config_options(p, CardConfig, ["base_model", "methods", "license", "datasets", "language"],
+    config_options(p, CardConfig, ["base_model", "methods", "license", "datasets", "language", "task"],
                    flags={"methods": "--method", "datasets": "--dataset"},
                    helps={"base_model": "Hub id of the model it derives from (default: from the run's lineage)"})
     p.add_argument("--metric", metavar="NAME=VALUE", help="the measured task metric, e.g. accuracy=0.91 (a run's "

@@ -62,8 +62,6 @@ def test_a_bad_repo_id_is_refused_before_anything(repo_id, lab, artifact_src, fa
 CASES = [
     CliCase("unfinished-tmp-dir", lambda lab: ["push", lab.model("bert", ".tmp-abc-q-x"), "--repo-id", "me/x", "--dry-run"],
             ("unfinished or discarded stage output",)),
-    CliCase("plain-model-dir", lambda lab: ["push", lab.model("bert"), "--repo-id", "me/x", "--dry-run"],
-            ("no readable hf_optim_stage.json",)),
     CliCase("missing-dir", lambda lab: ["push", lab.root / "nope", "--repo-id", "me/x", "--dry-run"],
             ("not a directory",)),
     CliCase("a-file", lambda lab: ["push", lab.write("f.txt", "x"), "--repo-id", "me/x", "--dry-run"],
@@ -75,6 +73,17 @@ CASES = [
 def test_what_is_not_a_finished_artifact_is_refused(case, lab, fake_hub, capsys):
     case.replay(lab, capsys)
     assert fake_hub == {}
+
+
+def test_a_plain_model_dir_is_pushed_with_a_card_of_its_own(lab, fake_hub, capsys):
+    """A model saved from the Python API (no stage marker) goes up with a card saying what the options state;
+    nothing is written into it."""
+    model = lab.model("bert")
+    before = snapshot(lab.root)
+    rc, out, _ = cli(capsys, ["push", model, "--repo-id", "me/x", "--dry-run"])
+    listed = [line.split()[-1] for line in out.splitlines() if line.startswith("  ")]
+    assert rc == 0 and "README.md" in listed and "config.json" in listed
+    assert fake_hub == {} and snapshot(lab.root) == before
 
 
 def test_dry_run_lists_exact_files_and_sends_nothing(lab, artifact_src, fake_hub, capsys):
