@@ -71,7 +71,8 @@ CASES = [
     CliCase("report-on-a-file", lambda lab: ["report", lab.write("report.json", "{}")], ("report.json",)),
     CliCase("report-garbage-json", lambda lab: ["report", lab.write("run/report.json", "{garbage").parent], ("report.json",)),
     CliCase("compare-missing-run", lambda lab: ["compare", lab.root / "a", lab.root / "b"], ("a",)),
-    CliCase("card-on-a-plain-model", lambda lab: ["card", lab.model("bert"), "--stdout"], ("hf_optim_stage.json",)),
+    CliCase("card-on-a-folder-without-model", lambda lab: ["card", lab.write("notes/a.txt", "x").parent, "--stdout"],
+            ("holds no config.json",)),
     CliCase("unknown-command", lambda lab: ["frobnicate"], ("invalid choice",)),
 ]
 
