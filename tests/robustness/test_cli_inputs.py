@@ -72,7 +72,7 @@ CASES = [
     CliCase("report-garbage-json", lambda lab: ["report", lab.write("run/report.json", "{garbage").parent], ("report.json",)),
     CliCase("compare-missing-run", lambda lab: ["compare", lab.root / "a", lab.root / "b"], ("a",)),
     CliCase("card-on-a-folder-without-model", lambda lab: ["card", lab.write("notes/a.txt", "x").parent, "--stdout"],
-            ("holds no config.json",)),
+            ("no readable hf_optim_stage.json",)),
     CliCase("unknown-command", lambda lab: ["frobnicate"], ("invalid choice",)),
 ]
 
