@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .cli_options import config_options, field_choices, resolve_model
+from .cli_options import model_task as _model_task
 from .cli_quantize import quantize_parser
 from .cli_runs import (cmd_card, cmd_compare, cmd_push, cmd_recipe, cmd_report, cmd_run, cmd_verify, price_options,
                        verbosity_options)
-from .cli_options import config_options, field_choices, resolve_model
-from .cli_options import model_task as _model_task
 from .cli_runs import show_progress as _progress
 from .cli_serve import add_serve_parser
 from .errors import HfOptimError
