@@ -19,7 +19,7 @@ RESULTS := scripts/results
 RUN := runs/movie-sentiment
 
 .PHONY: setup setup-tf5 demo test test-fast test-tf5 lock-optimum lock-tf5 clean
-.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs
+.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs anchors-llamacpp bench-gguf
 
 setup: .venv/.hf_optim-setup
 setup-tf5: .venv-tf5/.hf_optim-setup
@@ -92,6 +92,18 @@ bench-lm: setup
 	$(BENCH_PY) scripts/bench_lm.py --threads 1 --repeats 7 -o $(RESULTS)/bench_lm.json
 	$(BENCH_PY) scripts/distill_lm.py --layers 10 --steps 100 --threads 2 --out $(RESULTS)/distill_lm.json
 	OMP_NUM_THREADS=1 .venv/bin/hf-optim run recipes/smollm2-int4.yaml --output runs/smollm2-int4 --no-progress
+
+# llama.cpp through llama-cpp-python, in a venv of its own (never needed by make test): pip builds llama.cpp
+# from source (cmake and a C++ compiler; minutes on a quiet 2-core machine).
+anchors-llamacpp: .venv-anchors/.hf_optim-setup
+.venv-anchors/.hf_optim-setup:
+	test -x .venv-anchors/bin/python || $(PYTHON) -m venv .venv-anchors
+	.venv-anchors/bin/python -m pip install -q --disable-pip-version-check "llama-cpp-python==0.3.36"
+	touch $@
+
+# hf_optim's GGUF export read by llama.cpp: greedy tokens, speed and perplexity next to llama.cpp's own types.
+bench-gguf: setup anchors-llamacpp
+	$(BENCH_PY) scripts/bench_gguf.py --llama-python .venv-anchors/bin/python --threads 1 -o $(RESULTS)/bench_gguf.json
 
 # The inference engine against one-request-at-a-time serving and unbucketed batching (docs/inference.md).
 bench-engine: setup

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-# not benchmarks: an example server and the writer of docs/benchmarks.md (tests/test_docs.py)
+# not benchmarks: an example server, the writer of docs/benchmarks.md (tests/test_docs.py), and the workers
+# (`_*.py`) that benchmarks run in other virtual environments
 NOT_BENCHMARKS = {"serve_example.py", "make_benchmarks_doc.py", "benchmarks_doc_text.py"}
-BENCHMARKS = sorted(p for p in SCRIPTS.glob("*.py") if p.name not in NOT_BENCHMARKS)
+BENCHMARKS = sorted(p for p in SCRIPTS.glob("*.py") if p.name not in NOT_BENCHMARKS and not p.name.startswith("_"))
 
 
 def _load(path: Path):
@@ -23,7 +24,7 @@ def _load(path: Path):
 
 def test_the_benchmarks_are_all_here():
     assert {p.stem for p in BENCHMARKS} == {"bench_export", "bench_inference", "bench_lm", "bench_prune",
-                                            "bench_quant_kernels", "bench_quant_minilm", "bench_run", "bench_serve", "bench_skip_layernorm", "check_extras",
+                                            "bench_quant_kernels", "bench_quant_minilm", "bench_run", "bench_serve", "bench_skip_layernorm", "check_extras", "bench_gguf",
                                             "distill_lm", "distill_movie_sentiment"}
 
 
