@@ -66,8 +66,11 @@ class ExportConfig(StageConfig):
             quantized by ``int4`` / ``int8_weight_only``. Formerly ``int4_min_size``.
         method (`str`, *optional*, defaults to ``"rtn"``): how ``int4`` / ``int8_weight_only`` weights are
             rounded: ``rtn`` (round to nearest on each group's range) or ``hqq`` (each group's scale and float zero
-            point optimised for the least weight error, no calibration data; asymmetric). Formerly
-            ``int4_method``.
+            point optimised for the least weight error, no calibration data; asymmetric) or ``checkpoint``
+            (causal LMs quantized by hf_optim, scheme ``int4_weight_only`` / ``int8_weight_only``, RTN or GPTQ:
+            their own integers, scales and zero points go into ``MatMulNBits`` unchanged, except that
+            fractional zero points are rounded to integers, the weight change recorded; ``group_size``,
+            ``symmetric`` and ``min_weights`` then come from the checkpoint). Formerly ``int4_method``.
         accuracy_level (`int`, *optional*): ``MatMulNBits``' compute type: unset (ONNX Runtime's default), 1
             (fp32), 2 (fp16), 3 (bf16) or 4 (int8: activations quantized per block at run time, the fast CPU
             path).
@@ -118,7 +121,7 @@ class ExportConfig(StageConfig):
     group_size: int = SCHEMES["int4_weight_only"].default_group_size
     symmetric: bool = added_field(True)
     min_weights: int = 65536
-    method: Literal["rtn", "hqq"] = added_field("rtn")
+    method: Literal["rtn", "hqq", "checkpoint"] = added_field("rtn")
     accuracy_level: Optional[int] = added_field(None)
     max_metric_drop: float = 0.01
     validation_samples: Optional[int] = 500
@@ -154,6 +157,9 @@ class ExportConfig(StageConfig):
             if self.method == "hqq":
                 self._fail("accuracy_level", "HQQ's float zero points run in fp32 whatever the level (ONNX Runtime "
                                              "ignores it); remove it, or use method: rtn for int8 compute")
+        if self.method == "checkpoint" and self.quantization not in ("int4", "int8_weight_only"):
+            self._fail("method", "checkpoint (the model's own weight-only grid) applies to quantization: int4 or "
+                                 "int8_weight_only")
         if self.method == "hqq" and self.quantization != "int4":
             self._fail("method", "hqq is offered for quantization: int4 (ONNX Runtime has no 8-bit kernel "
                                  "with float zero points); use method: rtn")

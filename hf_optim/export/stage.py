@@ -223,11 +223,23 @@ def _static_with_guard(src: Path, work: Path, config: ExportConfig, backend: str
     return dst, guard
 
 
-def _weight_only(src: Path, config: ExportConfig, record: dict) -> Path:
-    """``MatMulNBits`` weight-only quantization of ``src`` (int4 / int8_weight_only); counts go into ``record``."""
+def _weight_only(src: Path, config: ExportConfig, record: dict, grids: dict | None = None) -> Path:
+    """``MatMulNBits`` weight-only quantization of ``src`` (int4 / int8_weight_only); counts go into ``record``.
+    ``grids``: the checkpoint's own grids (``method: checkpoint``), written as they are."""
     from .ort_quant import quantize_int4_onnx
 
     bits = NBITS[config.quantization]
+    if config.method == "checkpoint":
+        from .matmulnbits import apply_checkpoint_grid
+
+        if grids is None:
+            from ..errors import HfOptimError
+
+            raise HfOptimError("method 'checkpoint' is offered for causal LMs; use method 'rtn' for classifiers")
+        dst, record["checkpoint_grid"] = apply_checkpoint_grid(src, src.parent / f"model_{config.quantization}.onnx",
+                                                               grids, config.accuracy_level)
+        record[f"int{bits}_matmuls"] = record["checkpoint_grid"]["matmuls"]
+        return dst
     dst, record[f"int{bits}_matmuls"] = quantize_int4_onnx(
         src, src.parent / f"model_{config.quantization}.onnx", group_size=config.group_size,
         min_weights=config.min_weights, symmetric=config.symmetric, bits=bits, accuracy_level=config.accuracy_level,
@@ -241,7 +253,13 @@ def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str)
 
     logger.info("export: ONNX graph (%s backend), then optimization %s, quantization %s", backend,
                 config.optimization, config.quantization)
-    onnx_path = export_onnx(src, work / "export", "causal-lm", backend, config.opset)
+    grids, export_src = None, src
+    if config.quantization in NBITS and config.method == "checkpoint":  # the float graph of the checkpoint's grid
+        from .matmulnbits import float_checkpoint
+
+        export_src = work / "dequantized"
+        grids = float_checkpoint(src, export_src, NBITS[config.quantization])
+    onnx_path = export_onnx(export_src, work / "export", "causal-lm", backend, config.opset)
     record: dict[str, Any] = {}
     current = onnx_path
     if config.optimization != "none":
@@ -260,7 +278,7 @@ def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str)
     if q == "dynamic":
         current = quantize_dynamic_onnx(current, current.parent / "model_quantized.onnx", backend, config.per_channel)
     elif q in NBITS:
-        current = _weight_only(current, config, record)
+        current = _weight_only(current, config, record, grids)
     logger.info("export: validating perplexity against the source model")
     record["validation"] = _validate_causal_lm(src, current, config)
     record["ops"] = op_counts(current)
