@@ -210,7 +210,7 @@ def quantize_model_(model: nn.Module, config: QuantizeConfig | str | None = None
             new = cls.from_linear(lin, input_min=lo, input_max=hi)
         elif spec.weight_only:
             new = cls.from_linear(lin, group_size=group_size, symmetric=config.symmetric,
-                                  partial_groups=config.partial_groups)
+                                  partial_groups=config.partial_groups, integer_zero_points=config.integer_zero_points)
         else:
             new = cls.from_linear(lin, group_size=group_size)
             new.activations = config.activations

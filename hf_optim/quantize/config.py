@@ -34,6 +34,11 @@ class QuantizeConfig(StageConfig):
             ``group_size`` does not divide the input size (group 128 on 576 inputs: 4 x 128 + 64).
         symmetric (`bool`, *optional*, defaults to `True`): weight-only schemes: ``False`` stores a zero point
             per group next to its scale (asymmetric range, min..max of the group).
+        integer_zero_points (`bool`, *optional*, defaults to `False`): asymmetric weight-only schemes: keep every
+            zero point an integer, the grid ONNX Runtime's ``MatMulNBits`` holds exactly (export ``method:
+            checkpoint``). Round to nearest widens a group's range to include 0 and rounds the zero point before
+            the values are chosen; GPTQ does the same for each group's grid, its refit keeps the zero points it
+            rounds only when the output error still drops, and the tuning passes move the scales alone.
         method (`str`, *optional*, defaults to ``"rtn"``): weight-only schemes: ``rtn`` (round to nearest) or
             ``gptq`` (layer by layer, each Linear's rounding error is compensated on its not yet quantized
             input columns using second-order statistics of calibration activations; causal LMs).
@@ -103,6 +108,7 @@ class QuantizeConfig(StageConfig):
     group_size: Optional[int] = None
     partial_groups: bool = False
     symmetric: bool = True
+    integer_zero_points: bool = added_field(False)
     method: Literal["rtn", "gptq"] = "rtn"
     calibration_text: Optional[str] = None
     gptq_damp: float = 0.01
@@ -147,6 +153,8 @@ class QuantizeConfig(StageConfig):
             self._fail("partial_groups", "applies to weight-only schemes with a group_size")
         if not self.symmetric and not weight_only:
             self._fail("symmetric", f"zero points apply to weight-only schemes, not {self.scheme!r}; remove it")
+        if self.integer_zero_points and self.symmetric:
+            self._fail("integer_zero_points", "applies to asymmetric grids (symmetric: false); remove it")
         if self.method == "gptq" and not weight_only:
             self._fail("method", f"gptq quantizes weights only ({' / '.join(WEIGHT_ONLY_SCHEMES)}), "
                                  f"not {self.scheme!r}")

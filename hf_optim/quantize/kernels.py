@@ -76,17 +76,25 @@ def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
     return (-(half - 1), half - 1) if symmetric else (-half, half - 1)
 
 
-def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool = True,
+                   integer_zero_point: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(scale, zero_point)`` over the last dim of ``w`` (one pair per group); ``zero_point`` is ``None`` if symmetric.
 
     Asymmetric: ``scale = (max - min) / (2^b - 1)`` and a float zero point that maps ``min`` to the lowest level,
     so ``w = (q - zero_point) * scale`` spans the group's exact range (a Q4_1-style ``min + q * d`` grid).
+    ``integer_zero_point``: the range is widened to include 0 and the zero point rounded (ONNX Runtime's
+    ``MatMulNBits`` grid), so it stays on the integer range.
     """
     w = w.float()
     qmin, qmax = qrange(bits, symmetric)
     if symmetric:
         return (w.abs().amax(-1) / qmax).clamp(min=torch.finfo(torch.float32).tiny), None
     lo, hi = w.amin(-1), w.amax(-1)
+    if integer_zero_point:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+        span = hi - lo
+        scale = torch.where(span > 0, span / (qmax - qmin), torch.ones_like(span))
+        return scale, (qmin - lo / scale).round().clamp(qmin, qmax)
     span = hi - lo
     # A constant group: scale 1 and a zero point that reproduces the constant exactly.
     scale = torch.where(span > 0, span / (qmax - qmin), torch.ones_like(span))
@@ -94,14 +102,14 @@ def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool = True) -> tuple[
 
 
 def weight_qparams_mse(w: torch.Tensor, bits: int, symmetric: bool = True,
-                       shrink: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       shrink: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7),
+                       integer_zero_point: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`weight_qparams` with the range shrunk per group by the factor (of ``shrink``) that minimises the
     group's squared rounding error: clipping a few extreme weights buys a finer grid for all the others."""
     w = w.float()
     best_s, best_z, best_err = None, None, None
     for p in shrink:
-        s, z = weight_qparams(w * p, bits, symmetric)
+        s, z = weight_qparams(w * p, bits, symmetric, integer_zero_point)
         err = (dequantize_grouped(quantize_with_qparams(w, s, z, bits, symmetric), s, z) - w).pow(2).sum(-1)
         if best_err is None:
             best_s, best_z, best_err = s, z, err
@@ -132,18 +140,20 @@ def quantize_with_qparams(w: torch.Tensor, scale: torch.Tensor, zero_point: torc
 
 
 def quantize_weight_affine(weight: torch.Tensor, bits: int, group_size: int | None, symmetric: bool = True,
-                           partial: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                           partial: bool = False, integer_zero_point: bool = False
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Round-to-nearest quantization of a ``[out, in]`` weight, per channel (``group_size=None``) or group-wise.
 
     Returns ``(q, scale, zero_point)``: ``q`` int8 ``[out, in]``, float32 ``scale`` and ``zero_point``
-    ``[out, groups]`` (``zero_point`` is ``None`` when ``symmetric``). ``partial``: see :func:`check_group_size`.
+    ``[out, groups]`` (``zero_point`` is ``None`` when ``symmetric``). ``partial``: see :func:`check_group_size`;
+    ``integer_zero_point``: see :func:`weight_qparams`.
     """
     w = weight.detach().float()
     out_f, in_f = w.shape
     check_group_size(group_size, in_f, partial=partial)
     gs = group_size or in_f
     g = _pad_to_groups(w, gs).reshape(out_f, num_groups(in_f, gs), gs)
-    scale, zp = weight_qparams(g, bits, symmetric)
+    scale, zp = weight_qparams(g, bits, symmetric, integer_zero_point)
     q = quantize_with_qparams(g, scale, zp, bits, symmetric).reshape(out_f, -1)[:, :in_f]
     return q.contiguous(), scale, zp
 

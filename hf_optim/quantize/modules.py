@@ -89,9 +89,10 @@ class QuantLinear(nn.Module):
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int | None = None, symmetric: bool = True,
-                    partial_groups: bool = False, **extra: Any) -> "QuantLinear":
+                    partial_groups: bool = False, integer_zero_points: bool = False, **extra: Any) -> "QuantLinear":
         """Quantize a float ``nn.Linear`` by round-to-nearest (its weights are read, not changed)."""
-        q, scale, zp = kernels.quantize_weight_affine(linear.weight, cls.bits, group_size, symmetric, partial_groups)
+        q, scale, zp = kernels.quantize_weight_affine(linear.weight, cls.bits, group_size, symmetric, partial_groups,
+                                                      integer_zero_points)
         mod = cls.from_quantized(q, scale, zp, linear.bias, group_size=group_size)
         mod._init_extra(linear, **extra)
         return mod

@@ -569,3 +569,30 @@ def test_the_keyword_form_of_gptq_quantize_still_works_with_a_future_warning():
     assert all(torch.equal(a, b) for a, b in zip(old_model.state_dict().values(), new_model.state_dict().values()))
     with pytest.raises(ValueError, match="GPTQ applies to int8_weight_only / int4_weight_only"):
         gptq_quantize_(_llama(), cal, QuantizeConfig(model="m", scheme="int8_dynamic"))
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_integer_zero_points_stay_integers(method):
+    """``integer_zero_points``: round to nearest, GPTQ's grids, its refit and both tuning passes keep every zero point
+    an integer on the 4-bit range; the weight error stays close to that of the float zero points."""
+    from hf_optim.quantize.modules import WeightOnlyLinear
+
+    errors = {}
+    for integer in (False, True):
+        model = _llama()
+        ref = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        kw = dict(group_size=16, symmetric=False, integer_zero_points=integer)
+        if method == "gptq":
+            gptq_quantize_(model, _calibration(), _gptq(gptq_refit=True, gptq_tune_steps=2, gptq_e2e_steps=2, **kw))
+        else:
+            quantize_model_(model, QuantizeConfig(model="tiny-llama", scheme="int4_weight_only", **kw))
+        mods = {n: m for n, m in model.named_modules() if isinstance(m, WeightOnlyLinear)}
+        zps = torch.cat([m.weight_zero_point.flatten() for m in mods.values()])
+        if integer:
+            assert torch.equal(zps, zps.round()) and zps.min() >= -8 and zps.max() <= 7
+        else:
+            assert not torch.equal(zps, zps.round())
+        errors[integer] = sum(float((m.dequantized_weight() - ref[n]).pow(2).sum()) for n, m in mods.items())
+    assert errors[True] < 1.5 * errors[False]
+    with pytest.raises(ConfigError, match="integer_zero_points"):
+        QuantizeConfig(model="m", scheme="int4_weight_only", integer_zero_points=True)

@@ -16,8 +16,8 @@ __all__ = ["gptq_quantize_weight", "refit_qparams"]
 @torch.no_grad()
 def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None,
                          symmetric: bool = True, damp: float = 0.01, block_size: int = 128, partial: bool = False,
-                         clip_search: bool = False, act_order: bool = False, refit: bool = False
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                         clip_search: bool = False, act_order: bool = False, refit: bool = False,
+                         integer_zero_points: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Quantize a ``[out, in]`` weight with GPTQ given the ``[in, in]`` Hessian of its inputs.
 
     Returns ``(q, scale, zero_point)`` in the layout of :func:`kernels.quantize_weight_affine`. Groups are
@@ -31,9 +31,13 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
     stored layout is unchanged (no column permutation at inference).
 
     ``refit`` then re-solves every row's scales (and zero points) for the chosen integer values by least squares
-    on the output error (:func:`refit_qparams`).
+    on the output error (:func:`refit_qparams`). ``integer_zero_points``: every grid's zero point is an integer
+    (:func:`kernels.weight_qparams`), and stays one through the refit.
     """
-    qparams = kernels.weight_qparams_mse if clip_search else kernels.weight_qparams
+    import functools
+
+    qparams = functools.partial(kernels.weight_qparams_mse if clip_search else kernels.weight_qparams,
+                                integer_zero_point=integer_zero_points)
     W = weight.detach().float().clone()
     out_f, in_f = W.shape
     kernels.check_group_size(group_size, in_f, partial=partial)
@@ -95,7 +99,12 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int,
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     if refit:
-        scale, zero = refit_qparams(weight, H0, Q, scale, zero, gs)
+        if integer_zero_points and zero is not None:
+            # w = s * (q - z) with z fixed is linear in s alone: refit the scales on the shifted values
+            shifted = Q.float() - zero.repeat_interleave(gs, 1)[:, :in_f]
+            scale, _ = refit_qparams(weight, H0, shifted, scale, None, gs)
+        else:
+            scale, zero = refit_qparams(weight, H0, Q, scale, zero, gs)
     return Q, scale, zero
 
 

@@ -136,11 +136,11 @@ class _Sequential:
         weights = {param[name]: gptq_quantize_weight(
             lin.weight, hessians[name], self.scheme.weight_bits, group_size, cfg.symmetric, cfg.gptq_damp,
             partial=cfg.partial_groups, clip_search=cfg.gptq_clip_search, act_order=cfg.gptq_act_order,
-            refit=cfg.gptq_refit) for name, lin in linears.items()}
+            refit=cfg.gptq_refit, integer_zero_points=cfg.integer_zero_points) for name, lin in linears.items()}
         hessians.clear()
         if cfg.gptq_tune_steps:
             self.tuned.append(tune_layer_qparams(layer, weights, inputs, float_hidden, group_size,
-                                                 cfg.gptq_tune_steps, cfg.gptq_tune_lr))
+                                                 cfg.gptq_tune_steps, cfg.gptq_tune_lr, cfg.integer_zero_points))
         cls = module_for_scheme(self.config.scheme)
         for name, lin in linears.items():
             q, scale, zero = weights[param[name]]
@@ -168,7 +168,8 @@ class _Sequential:
         cls = module_for_scheme(self.config.scheme)
         for name, lin in rest:
             set_module(self.model, name, cls.from_linear(lin, group_size=cfg.effective_group_size,
-                                                    symmetric=cfg.symmetric, partial_groups=cfg.partial_groups))
+                                                    symmetric=cfg.symmetric, partial_groups=cfg.partial_groups,
+                                                    integer_zero_points=cfg.integer_zero_points))
         if cfg.embedding_bits:
             quantize_embeddings_(self.model, cfg.embedding_bits, cfg.embedding_group_size, cfg.symmetric)
         return len(rest)
@@ -268,7 +269,7 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
     rounded = run.round_the_rest(targets)
     # Last, so it also makes up for the rounded-to-nearest head and embeddings.
     e2e = tune_model_qparams(model, batches, head_inputs, config.gptq_e2e_steps, config.gptq_e2e_lr, float_head,
-                             progress) if config.gptq_e2e_steps else None
+                             progress, config.integer_zero_points) if config.gptq_e2e_steps else None
     del float_head, head_inputs
     describe_(model, config.scheme, group_size=config.effective_group_size,
               symmetric=None if config.symmetric else False, method="gptq", calibration_tokens=tokens,

@@ -42,6 +42,10 @@ def _grid_offsets(scales: dict[str, torch.Tensor], zeros: dict[str, torch.Tensor
     return logm, shift
 
 
+def _shifted(zero: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor | None:
+    return zero if zero is None or shift is None else zero + shift
+
+
 def _adam(params: list[torch.Tensor], loss: Callable[[int], torch.Tensor], batches: int, steps: Iterable[int],
           lr: float) -> tuple[float, float]:
     """Adam on ``params``, one batch per step (``loss(i)``); the summed loss over all batches before and after."""
@@ -60,14 +64,15 @@ def _adam(params: list[torch.Tensor], loss: Callable[[int], torch.Tensor], batch
 @torch.enable_grad()
 def tune_layer_qparams(layer: nn.Module, weights: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
                        inputs: Sequence[tuple[tuple, dict]], targets: Sequence[torch.Tensor], group_size: int | None,
-                       steps: int, lr: float = 5e-3) -> dict[str, float]:
+                       steps: int, lr: float = 5e-3, integer_zero_points: bool = False) -> dict[str, float]:
     """Tune a decoder layer's scales and zero points so its output matches the float model's, in place.
 
     ``weights`` maps the layer's Linear weight names (``"self_attn.q_proj.weight"``) to their
     ``(q, scale, zero_point)``. Every group's scale is multiplied by ``exp(m)`` and its zero point shifted by
     ``d``, learned with Adam on the mean squared difference between the layer's output on ``inputs`` (the hidden
     states the quantized layers before it produce) and ``targets`` (the float layer's output on the float model's
-    hidden states), one calibration batch per step. Unlike :func:`~hf_optim.quantize.gptq.refit_qparams`, which
+    hidden states), one calibration batch per step (``integer_zero_points``: the zero points stay, only the
+    scales move). Unlike :func:`~hf_optim.quantize.gptq.refit_qparams`, which
     fits each Linear's own output, this sees the whole layer (attention, activation, residual) and the error the
     layers before it left. The tuned parameters are kept only if they lower the loss over all batches.
 
@@ -77,10 +82,10 @@ def tune_layer_qparams(layer: nn.Module, weights: dict[str, tuple[torch.Tensor, 
     from torch.func import functional_call
 
     logm, shift = _grid_offsets({n: s for n, (_, s, _) in weights.items()},
-                                {n: z for n, (_, _, z) in weights.items()})
+                                {} if integer_zero_points else {n: z for n, (_, _, z) in weights.items()})
 
     def loss(i: int) -> torch.Tensor:
-        params = {n: kernels.dequantize_weight(q, s * logm[n].exp(), zero_point=None if z is None else z + shift[n],
+        params = {n: kernels.dequantize_weight(q, s * logm[n].exp(), zero_point=_shifted(z, shift.get(n)),
                                                group_size=group_size)
                   for n, (q, s, z) in weights.items()}
         args, kwargs = inputs[i]
@@ -93,7 +98,7 @@ def tune_layer_qparams(layer: nn.Module, weights: dict[str, tuple[torch.Tensor, 
     if after < before:
         with torch.no_grad():
             for n, (q, s, z) in list(weights.items()):
-                weights[n] = (q, s * logm[n].exp(), None if z is None else z + shift[n])
+                weights[n] = (q, s * logm[n].exp(), _shifted(z, shift.get(n)))
     return {"loss_before": before, "loss_after": min(before, after)}
 
 
@@ -134,7 +139,8 @@ def inputs_of(model: nn.Module, module: nn.Module, batches: Sequence[dict[str, t
 @torch.enable_grad()
 def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                        teacher_head_inputs: Sequence[torch.Tensor], steps: int, lr: float = 1e-3,
-                       teacher_head: nn.Module | None = None, progress: bool = False) -> dict[str, float]:
+                       teacher_head: nn.Module | None = None, progress: bool = False,
+                       integer_zero_points: bool = False) -> dict[str, float]:
     """Tune every weight-only quantized Linear's scales and zero points together, end to end, in place.
 
     The loss is the KL divergence from the float model's next-token distribution to the quantized model's, per
@@ -144,7 +150,7 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
     of EfficientQAT (Chen et al., 2024), only the quantization parameters move, one batch per step; the integer
     values stay. Where :func:`tune_layer_qparams` matches each layer's output, this matches what perplexity
     measures, so it can trade one layer's error for another's. The result is kept only if the loss over all
-    batches lowers. ``progress`` shows a bar over the steps.
+    batches lowers. ``progress`` shows a bar over the steps; ``integer_zero_points``: only the scales move.
 
     Returns:
         `dict`: ``loss_before`` and ``loss_after`` (mean KL over the batches; equal when nothing was kept).
@@ -154,7 +160,8 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
     head = teacher_head if teacher_head is not None else output_head(model)
     mods = {n: m for n, m in model.named_modules() if isinstance(m, WeightOnlyLinear)}
     logm, shift = _grid_offsets({n: m.weight_scale for n, m in mods.items()},
-                                {n: None if m.symmetric else m.weight_zero_point for n, m in mods.items()})
+                                {n: None if m.symmetric or integer_zero_points else m.weight_zero_point
+                                 for n, m in mods.items()})
 
     def loss(i: int) -> torch.Tensor:
         over = {f"{n}.weight_scale": m.weight_scale * logm[n].exp() for n, m in mods.items()}
