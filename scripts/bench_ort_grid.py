@@ -95,7 +95,6 @@ def main(argv: list[str] | None = None) -> dict:
         rows[name] = row
         models[name] = ort
         print(json.dumps({name: row}), flush=True)
-    decode = {}
     if not args.no_decode and models:
         prompt = ids[0, :64].reshape(1, 64)
         for m in models.values():
