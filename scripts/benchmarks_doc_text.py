@@ -408,6 +408,21 @@ SECTIONS = {
                   ("weights MB", "weights_mb", ".0f"), ("size vs fp32", "size_vs_fp32", "x"),
                   ("calibration tokens", "calibration_tokens", ""),
                   ("quantize s", "quantize_s", ".0f")]},
+    "bench_ort_grid": {
+        "title": "SmolLM2-135M int4 in ONNX Runtime: hf_optim's own grid vs ONNX Runtime's rounding",
+        "what": "`scripts/bench_ort_grid.py`: Optimum exports with past key values, int4 `MatMulNBits` with int8 "
+                "compute (`accuracy_level: 4`). `ort-rtn-*`: ONNX Runtime's round-to-nearest on the float model "
+                "(at group 128 it converts only the MatMuls whose input size 128 divides: the 1536-input down "
+                "projections; the others stay float). `hf-optim-grid-*`: hf_optim's round-to-nearest int4, group "
+                "128, asymmetric, exported with `method: checkpoint`; `-intzp` quantized with "
+                "`integer_zero_points`. Perplexity on the stratified BBC News test slice (4,096 tokens, window 512, "
+                "stride 256); decode at batch 1 after a 64-token prompt, interleaved rounds.",
+        "table": [("int4 MatMuls", "int4_matmuls", ""), ("perplexity (torch, hf_optim grid)", "torch_perplexity",
+                                                          ".2f"),
+                  ("perplexity (ONNX Runtime)", "perplexity", ".2f"),
+                  ("zero-point rounding: weight change", "zero_point_rounding.weight_rel_error", "pct"),
+                  ("model MB", "size_mb", ".0f"), ("decode tok/s", "decode_tokens_per_s", ".1f"),
+                  ("TTFT ms", "ttft_ms", ".0f")]},
     "distill_lm": {
         "title": "Distilling SmolLM2-135M into a 10-layer student",
         "what": "`scripts/distill_lm.py`: a 10-layer student built by `make_student` from evenly spaced teacher "
@@ -429,7 +444,7 @@ SECTIONS = {
 ALIASES = {"bench_run_movie_sentiment_threads2": "bench_run_movie_sentiment", "bench_export_threads1": "bench_export"}
 ORDER = ["bench_run_movie_sentiment", "bench_run_movie_sentiment_threads2", "bench_export", "bench_export_threads1",
          "bench_quant_minilm", "bench_quant_kernels", "plan_teacher", "bench_prune", "distill_movie_sentiment",
-         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "distill_lm",
+         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "bench_ort_grid", "distill_lm",
          "check_extras"]
 
 
