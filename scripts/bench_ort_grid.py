@@ -11,7 +11,8 @@ converts only the MatMuls whose input size its block divides: at group 128 the 5
 (only the down projections are int4), so its group-64 run, where every projection is int4, is the like-for-like
 comparison. Perplexity as in ``bench_lm`` (:func:`hf_optim.evaluation.lm.perplexity`, the stratified
 ``bbc-news`` test slice); decode: greedy ``generate`` after a 64-token prompt, batch 1, median of interleaved
-rounds.
+rounds. ``--only hf-optim-grid-gptq-g128-asym,hf-optim-grid-gptq-g128-asym-intzp -o
+scripts/results/bench_ort_grid_gptq.json`` measures the GPTQ grids (as ``bench_lm``'s ``int4-gptq-g128-asym``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from hf_optim.evaluation.lm import _generate, load_causal_lm, perplexity, text_t
 from hf_optim.export import ExportConfig, export_model  # noqa: E402
 from hf_optim.quantize import QuantizeConfig  # noqa: E402
 from hf_optim.quantize.apply import quantize_model_  # noqa: E402
+from hf_optim.quantize.gptq import gptq_quantize_  # noqa: E402
+from hf_optim.quantize.stage import text_chunks  # noqa: E402
 
 # name -> (hf_optim checkpoint quantized first, or None for the float model; export settings)
 GRID = dict(group_size=128, symmetric=False, partial_groups=True)
@@ -45,7 +48,12 @@ VARIANTS = {
     "ort-rtn-g64-asym": (None, dict(method="rtn", group_size=64, symmetric=False)),
     "hf-optim-grid-rtn-g128-asym": (dict(GRID), dict(method="checkpoint")),
     "hf-optim-grid-rtn-g128-asym-intzp": (dict(GRID, integer_zero_points=True), dict(method="checkpoint")),
+    # GPTQ as bench_lm's int4-gptq-g128-asym (column order, 16 calibration chunks of 256 tokens)
+    "hf-optim-grid-gptq-g128-asym": (dict(GRID, method="gptq", gptq_act_order=False), dict(method="checkpoint")),
+    "hf-optim-grid-gptq-g128-asym-intzp": (dict(GRID, method="gptq", gptq_act_order=False, integer_zero_points=True),
+                                           dict(method="checkpoint")),
 }
+GPTQ_CALIBRATION = (16, 256)  # chunks, tokens each
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -75,7 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
         model_dir = src
         if quantize is not None:  # hf_optim's grid, measured in torch too
             model = AutoModelForCausalLM.from_pretrained(src).eval()
-            quantize_model_(model, QuantizeConfig(model=str(src), scheme="int4_weight_only", **quantize))
+            config = QuantizeConfig(model=str(src), scheme="int4_weight_only", task="bbc-news", **quantize)
+            if config.method == "gptq":
+                cal = text_chunks(tok, "bbc-news", "train", *GPTQ_CALIBRATION)
+                gptq_quantize_(model, [{"input_ids": cal[i:i + 4]} for i in range(0, len(cal), 4)], config)
+            else:
+                quantize_model_(model, config)
             model_dir = scratch / f"{name}-torch"
             model.save_pretrained(model_dir)
             tok.save_pretrained(model_dir)
