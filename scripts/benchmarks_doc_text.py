@@ -441,7 +441,8 @@ SECTIONS = {
                   ("transformers", "versions.transformers", ""), ("torch", "versions.torch", ""),
                   ("optimum-onnx", "versions.optimum-onnx", ""), ("onnxruntime", "versions.onnxruntime", "")]},
 }
-ALIASES = {"bench_run_movie_sentiment_threads2": "bench_run_movie_sentiment", "bench_export_threads1": "bench_export"}
+ALIASES = {"bench_run_movie_sentiment_threads2": "bench_run_movie_sentiment", "bench_export_threads1": "bench_export",
+           "bench_ort_grid_gptq": "bench_ort_grid"}
 ORDER = ["bench_run_movie_sentiment", "bench_run_movie_sentiment_threads2", "bench_export", "bench_export_threads1",
          "bench_quant_minilm", "bench_quant_kernels", "plan_teacher", "bench_prune", "distill_movie_sentiment",
          "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "bench_ort_grid", "distill_lm",
