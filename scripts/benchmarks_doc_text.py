@@ -118,7 +118,13 @@ EXPORT_LABELS = {"torch_fp32": "PyTorch FP32", "optimum_o2_fp32": "Optimum expor
                  "optimum_o1_int8_dynamic": "Optimum O1 + ORTQuantizer dynamic INT8",
                  "optimum_none_int8_dynamic": "Optimum export + ORTQuantizer dynamic INT8 (the anchor)",
                  "hf_optim_o2_int8_dynamic": "hf_optim O2 + dynamic INT8",
-                 "hf_optim_o2_int8_static_guard": "hf_optim O2 + static INT8 with the accuracy guard"}
+                 "hf_optim_o2_int8_static_guard": "hf_optim O2 + static INT8 with the accuracy guard",
+                 "hf_optim_student_export": "hf_optim's final artifact (pruned 3-layer student)",
+                 "openvino_fp32": "OpenVINO FP32 (Optimum Intel export)",
+                 "openvino_nncf_int8": "OpenVINO NNCF static INT8",
+                 "openvino_nncf_int8_static_shape": "OpenVINO NNCF INT8, static shapes",
+                 "openvino_student_nncf_int8": "OpenVINO NNCF INT8 of the pruned student",
+                 "openvino_student_nncf_int8_static_shape": "OpenVINO NNCF INT8 of the pruned student, static shapes"}
 
 
 def threads_text(data: dict) -> str:
@@ -151,6 +157,20 @@ def export_notes(data: dict) -> str:
         if guard:
             steps = ", ".join(f"{s['kept_float']} ({s['drop'] * 100:+.1f} points)" for s in guard["steps"])
             lines.append(f"  The static guard kept in float, step by step: {steps}.")
+    ov = data.get("openvino")
+    if isinstance(ov, str):
+        lines.append(f"- OpenVINO rows {ov}.")
+    elif ov:
+        v, shape = ov.get("versions") or {}, ov.get("static_shape") or {}
+        lines.append(f"- OpenVINO rows: optimum-intel {v.get('optimum-intel')}, openvino {v.get('openvino')}, nncf "
+                     f"{v.get('nncf')} (their own environment, a worker process whose rounds interleave with the "
+                     f"others); NNCF calibrated on {ov.get('calibration')}; static shapes: every input padded to "
+                     f"{shape.get('seq_len')} tokens (the longest test sentence), batch 1 for latency and batch "
+                     f"{max(shape.get('batches') or [0])} for throughput."
+                     + "".join(f" Failed: `{k}`: `{e[:120]}`." for k, e in (ov.get("errors") or {}).items()))
+    load = data.get("load_average") or {}
+    if load.get("start"):
+        lines.append(f"- Load average (1, 5, 15 min) at the start {load['start']}, at the end {load.get('end')}.")
     targets = data.get("targets") or {}
     if targets:
         lines.append("- The script's checks: " + ", ".join(f"`{k}` {'met' if v else 'NOT met'}"
@@ -323,7 +343,8 @@ SECTIONS = {
                 "O2 + INT8 exports of the `make demo` teacher side by side in one process on the same data "
                 "(movie-sentiment test, 1,000 sentences for accuracy; per round and variant 100 batch-1 calls and "
                 "128 sentences at batch 32; medians over interleaved rounds). \"vs Optimum INT8\" is against "
-                "Optimum's plain export + ORTQuantizer dynamic INT8.",
+                "Optimum's plain export + ORTQuantizer dynamic INT8. The OpenVINO rows are Optimum Intel's export and "
+                "NNCF INT8 as its docs build them; the last rows are the default recipe's pruned student.",
         "labels": EXPORT_LABELS, "notes": export_notes,
         "table": [("accuracy", "accuracy", ".3f"), ("MB", "size_mb", ".1f"),
                   ("agreement with torch", "agreement_with_torch", ".3f"),
