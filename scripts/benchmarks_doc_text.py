@@ -93,7 +93,7 @@ other processes compete for the cores.
 
 | target | runs | writes | needs |
 |---|---|---|---|
-| `make bench-classifier` | `bench_quant_kernels.py`, `bench_quant_minilm.py`, `bench_export.py` (2 and 1 threads), `bench_prune.py`, `bench_run.py` (1 and 2 threads), `bench_skip_layernorm.py`, `distill_movie_sentiment.py` (1 and 3 epochs), `hf-optim plan` | `bench_quant_kernels`, `bench_quant_minilm`, `bench_export`, `bench_export_threads1`, `bench_prune`, `bench_run_movie_sentiment` (+ `_threads2`), `bench_skip_layernorm`, `distill_movie_sentiment`, `distill_vs_label_only_3ep`, `plan_teacher` | `runs/movie-sentiment` (runs `make demo` first; a finished run is not redone); about two hours on two cores, most of it the two distillation runs |
+| `make bench-classifier` | `bench_quant_kernels.py`, `bench_quant_minilm.py`, `bench_export.py` (2 and 1 threads; its OpenVINO rows need `make anchors-openvino` first), `bench_prune.py`, `bench_run.py` (1 and 2 threads), `bench_skip_layernorm.py`, `distill_movie_sentiment.py` (1 and 3 epochs), `hf-optim plan` | `bench_quant_kernels`, `bench_quant_minilm`, `bench_export`, `bench_export_threads1`, `bench_prune`, `bench_run_movie_sentiment` (+ `_threads2`), `bench_skip_layernorm`, `distill_movie_sentiment`, `distill_vs_label_only_3ep`, `plan_teacher` | `runs/movie-sentiment` (runs `make demo` first; a finished run is not redone); about two hours on two cores, most of it the two distillation runs |
 | `make bench-lm` | `bench_lm.py`, `distill_lm.py`, `recipes/smollm2-int4.yaml` (its generation table is in `runs/smollm2-int4/report.md`, see [causal LMs](llm.md)) | `bench_lm`, `distill_lm` | hours on two cores (the tuned GPTQ variants and the recipe's GPTQ stage about an hour each) |
 | `make bench-engine` | `bench_inference.py` | `bench_inference` | minutes |
 | `make check-extras` | `check_extras.py` (the wheel with each extra, no constraints) | `check_extras` | minutes, network |
@@ -120,7 +120,7 @@ EXPORT_LABELS = {"torch_fp32": "PyTorch FP32", "optimum_o2_fp32": "Optimum expor
                  "hf_optim_o2_int8_dynamic": "hf_optim O2 + dynamic INT8",
                  "hf_optim_o2_int8_static_guard": "hf_optim O2 + static INT8 with the accuracy guard",
                  "hf_optim_student_export": "hf_optim's final artifact (pruned 3-layer student)",
-                 "openvino_fp32": "OpenVINO FP32 (Optimum Intel export)",
+                 "openvino_fp32": "OpenVINO FP32 IR (Optimum Intel export; bf16 compute where the CPU has it)",
                  "openvino_nncf_int8": "OpenVINO NNCF static INT8",
                  "openvino_nncf_int8_static_shape": "OpenVINO NNCF INT8, static shapes",
                  "openvino_student_nncf_int8": "OpenVINO NNCF INT8 of the pruned student",
