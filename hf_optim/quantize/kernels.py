@@ -381,8 +381,11 @@ def pack_weight_only(kernel: str, kernel_group_size: int | None, weight: torch.T
     out_f, in_f = shape
     if kernel == "int8pack":
         corr = None if zero_point is None else (scale * zero_point).reshape(1, out_f).float()
-        return PackedWeight(kernel, weight.reshape(out_f, in_f), scale.reshape(out_f).to(torch.bfloat16),
-                            correction=corr)
+        # A copy with slack after it: the op reads past the last row, which crashes on a checkpoint's memory-mapped
+        # tensor ending at a page boundary.
+        own = torch.empty(out_f * in_f + 64, dtype=torch.int8, device=weight.device)[:out_f * in_f]
+        return PackedWeight(kernel, own.copy_(weight.reshape(-1)).view(out_f, in_f),
+                            scale.reshape(out_f).to(torch.bfloat16), correction=corr)
     # The op takes the 0..15 nibbles (value + 8) and computes (nibble - 8) * scale + zero per group, so
     # w = (q - zero_point) * scale needs zero = -zero_point * scale.
     nibbles = torch.stack((weight & 0x0F, weight >> 4), -1).reshape(out_f, in_f).to(torch.int32)
