@@ -350,14 +350,15 @@ def weight_only_kernel(bits: int, in_features: int, out_features: int,
     A stored group of ``group_size`` (a shorter last one included) is split into kernel groups of the largest
     accepted size dividing both ``group_size`` and ``in_features``, each repeating the group's scale and zero:
     576 inputs in groups of 128 (4x128 + 64) run as nine groups of 64, exactly. int8 needs one scale per output
-    channel.
+    channel and a multiple of 16 input features.
     """
     if bits == 4 and out_features % 16 == 0:
         span = math.gcd(group_size or in_features, in_features)
         gs = next((g for g in INT4_KERNEL_GROUP_SIZES if span % g == 0), None)
         if gs is not None and _op_works("int4pack"):
             return "int4pack", gs
-    if bits == 8 and group_size in (None, in_features) and _op_works("int8pack"):
+    # The int8 op reads the input features 16 at a time and returns garbage (or crashes) for other widths.
+    if bits == 8 and group_size in (None, in_features) and in_features % 16 == 0 and _op_works("int8pack"):
         return "int8pack", None
     return "dequantize", None
 

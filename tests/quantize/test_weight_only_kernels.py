@@ -107,6 +107,7 @@ def test_low_precision_inputs_keep_their_dtype(dtype):
     (Int4WeightOnlyLinear, 72, 32, dict(group_size=24, partial_groups=True)),  # no accepted size fits the groups
     (Int4WeightOnlyLinear, 64, 24, dict(group_size=32)),                       # outputs not a multiple of 16
     (Int8WeightOnlyLinear, 64, 32, dict(group_size=32)),                       # int8 kernel: per channel only
+    (Int8WeightOnlyLinear, 40, 32, {}),                                        # int8: inputs a multiple of 16
 ])
 def test_dequantize_where_no_kernel_applies(cls, in_f, out_f, kw):
     mod = _module(cls, in_f, out_f, **kw)
