@@ -303,8 +303,10 @@ INT4_KERNEL_GROUP_SIZES = (256, 128, 64, 32)
 # Activation dtypes the kernels take (cast to bfloat16); float64 keeps the exact dequantize path.
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Rows (tokens) up to which forward runs the packed kernel; longer inputs (prefill, perplexity) dequantize the
-# weight to bfloat16 once per call and use the bfloat16 GEMM, 2-4x faster there than the kernel or float32
-# (scripts/bench_lm_kernels.py, "linear" section). Where the CPU has no bfloat16 GEMM the kernel runs at every size.
+# weight to bfloat16 once per call and use the bfloat16 GEMM. One 576 -> 1536 Linear, one thread, kernel vs
+# bfloat16 dequantize + GEMM: int4 g32 1.8 vs 2.0 ms at 64 rows and 23.6 vs 6.1 ms at 512; int8 0.25 vs 0.43 ms
+# at 8 rows and 3.8 vs 1.5 ms at 64 (scripts/bench_lm_kernels.py, "linear", times the same paths). Where the CPU
+# has no bfloat16 GEMM the kernel runs at every size.
 KERNEL_MAX_ROWS = {"int4pack": 64, "int8pack": 16}
 
 
