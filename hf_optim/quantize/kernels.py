@@ -5,8 +5,16 @@ thread, best of 15, MiniLM-L6 Linear shapes, 1024 and 32 rows): FBGEMM's int8 GE
 ``torch.ops.quantized`` runs 3.4-5.1x faster than fp32 ``F.linear`` at 1024 rows and 2.2-3.6x at 32 rows;
 ``torch._int_mm`` with the activation quantized in eager ops reaches 1.2-2.7x; ``torch._weight_int8pack_mm``
 is 0.02x (a decode kernel) and ``torch._weight_int4pack_mm_for_cpu`` 0.8-1.0x (bf16 activations only).
-Weight-only schemes therefore dequantize on the fly (0.4-1.1x of fp32): they save memory and disk, not
-time, and the planner reports that.
+At 32-1024 rows the weight-only schemes dequantize on the fly there (0.4-1.1x of fp32).
+
+Weight-only Linears at decode sizes (a few rows) are another matter: with **bfloat16** activations,
+``_weight_int4pack_mm_for_cpu`` and ``_weight_int8pack_mm`` read the packed weights directly and beat fp32
+``F.linear`` (SmolLM2-135M shapes, one thread: ~65 us vs ~100 us at one row), while dequantizing a weight costs
+more than the matmul. :func:`weight_only_kernel` decides per module, once, whether a packed kernel applies,
+:func:`pack_weight_only` packs (derived state, never saved) and :func:`linear_packed` runs it
+(``scripts/bench_lm_kernels.py`` measures both paths; ``HF_OPTIM_INT4_KERNEL=0`` turns the kernels off).
+``_dyn_quant_matmul_4bit`` (int8 activations) was measured too: on x86 it is a reference loop, 15-50x slower
+than fp32.
 
 The ``torch.ops.quantized`` ops are deprecated in favour of torchao; everything that touches them lives
 here so they can be swapped without changing the stored format (int8 values + float32 scales).
@@ -14,7 +22,12 @@ here so they can be swapped without changing the stored format (int8 values + fl
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+import os
 import warnings
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +36,8 @@ from ..cpu import cpu_flags
 
 __all__ = ["ACT_QMIN", "ACT_QMAX", "pack_int8", "linear_dynamic_int8", "linear_static_int8", "linear_token_int8",
            "quantize_weight", "quantize_weight_affine", "weight_qparams", "quantize_with_qparams",
-           "dequantize_weight", "pack_int4", "unpack_int4", "check_group_size", "num_groups"]
+           "dequantize_weight", "pack_int4", "unpack_int4", "check_group_size", "num_groups", "KERNEL_ENV",
+           "kernels_enabled", "weight_only_kernel", "PackedWeight", "pack_weight_only", "linear_packed"]
 
 # Activations are quantized to 7 bits (quint8 values 0..127). FBGEMM's u8*s8 path can saturate 16-bit
 # intermediate sums on CPUs without VNNI when activations use the full 8 bits; the reduced range is the
@@ -58,6 +72,25 @@ def check_group_size(group_size: int | None, in_features: int, name: str = "", p
         raise ValueError(f"group_size={group_size} does not divide the input size {in_features}{where}; group sizes "
                          f"that fit: {', '.join(map(str, fits)) or 'none of 16..256'} (or allow a shorter last "
                          "group with partial_groups=True, or exclude the layer)")
+
+
+def check_qparams(name: str, bits: int, scale: torch.Tensor, zero_point: torch.Tensor | None) -> None:
+    """Raise ``ValueError`` unless the scales are finite and positive, the zero points finite and on the integer
+    grid's range, and every dequantized weight fits the range of float16 (the narrowest dtype hf_optim loads a
+    model in): a scale of 1e30 is a tampered or corrupt checkpoint, never a trained one."""
+    if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
+        raise ValueError(f"hf_optim: {name}.weight_scale is missing from the checkpoint or invalid "
+                         "(non-finite or <= 0 scales)")
+    levels = 2 ** bits
+    if zero_point is not None and not (bool(torch.isfinite(zero_point).all())
+                                       and float(zero_point.abs().max()) <= levels):
+        raise ValueError(f"hf_optim: {name}.weight_zero_point is missing from the checkpoint, not finite or outside "
+                         f"the {bits}-bit range")
+    limit = torch.finfo(torch.float16).max
+    if float(scale.max()) * levels > limit:
+        raise ValueError(f"hf_optim: {name}.weight_scale holds {float(scale.max()):.3g}: weights of up to "
+                         f"{float(scale.max()) * levels:.3g} exceed the float16 range ({limit:.0f}); the checkpoint "
+                         "is corrupt or was tampered with")
 
 
 def num_groups(in_features: int, group_size: int | None) -> int:
@@ -269,3 +302,133 @@ def _check_cpu(x: torch.Tensor) -> None:
 
 def fake_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+# -- packed weight-only kernels (CPU, bfloat16 activations) -------------------------------------------------------
+
+KERNEL_ENV = "HF_OPTIM_INT4_KERNEL"
+# Group sizes ``_weight_int4pack_mm_for_cpu`` accepts (largest first: fewer scales to read); it also needs the
+# output features to be a multiple of 16 and the input features a multiple of the group size.
+INT4_KERNEL_GROUP_SIZES = (256, 128, 64, 32)
+# Activation dtypes the kernels take (cast to bfloat16); float64 keeps the exact dequantize path.
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Rows (tokens) up to which forward runs the packed kernel; longer inputs (prefill, perplexity) dequantize the
+# weight to bfloat16 once per call and use the bfloat16 GEMM. One 576 -> 1536 Linear, one thread, kernel vs
+# bfloat16 dequantize + GEMM: int4 g32 1.8 vs 2.0 ms at 64 rows and 23.6 vs 6.1 ms at 512; int8 0.25 vs 0.43 ms
+# at 8 rows and 3.8 vs 1.5 ms at 64 (scripts/bench_lm_kernels.py, "linear", times the same paths). Where the CPU
+# has no bfloat16 GEMM the kernel runs at every size.
+KERNEL_MAX_ROWS = {"int4pack": 64, "int8pack": 16}
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_gemm() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX-512 BF16 or AMX)."""
+    flags = cpu_flags()
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def kernels_enabled() -> bool:
+    """Whether the packed weight-only kernels may run: ``HF_OPTIM_INT4_KERNEL=0`` (or false/off/no) turns them off
+    for int4 and int8 alike (the exact dequantize path, for debugging)."""
+    return os.environ.get(KERNEL_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+@functools.lru_cache(maxsize=None)
+def _op_works(kernel: str) -> bool:
+    """Whether this torch has the op and it computes what :func:`pack_weight_only` assumes (one tiny call)."""
+    try:
+        q = torch.arange(16 * 32).reshape(16, 32) % 16
+        x = torch.ones(1, 32, dtype=torch.bfloat16)
+        if kernel == "int4pack":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
+            sz = torch.stack((torch.full((1, 16), 0.5), torch.full((1, 16), 1.0)), -1).to(torch.bfloat16)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, sz)
+            expected = ((q - 8) * 0.5 + 1.0).sum(1)
+        else:
+            w = (q - 8).to(torch.int8)
+            y = torch.ops.aten._weight_int8pack_mm(x, w, torch.full((16,), 0.5, dtype=torch.bfloat16))
+            expected = (q - 8).sum(1) * 0.5
+        return bool(torch.equal(y.float().reshape(-1), expected.float()))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def weight_only_kernel(bits: int, in_features: int, out_features: int,
+                       group_size: int | None) -> tuple[str, int | None]:
+    """The packed kernel a weight-only Linear can use on CPU: ``("int4pack", kernel_group_size)``,
+    ``("int8pack", None)`` or ``("dequantize", None)``.
+
+    A stored group of ``group_size`` (a shorter last one included) is split into kernel groups of the largest
+    accepted size dividing both ``group_size`` and ``in_features``, each repeating the group's scale and zero:
+    576 inputs in groups of 128 (4x128 + 64) run as nine groups of 64, exactly. int8 needs one scale per output
+    channel and a multiple of 16 input features.
+    """
+    if bits == 4 and out_features % 16 == 0:
+        span = math.gcd(group_size or in_features, in_features)
+        gs = next((g for g in INT4_KERNEL_GROUP_SIZES if span % g == 0), None)
+        if gs is not None and _op_works("int4pack"):
+            return "int4pack", gs
+    # The int8 op reads the input features 16 at a time and returns garbage (or crashes) for other widths.
+    if bits == 8 and group_size in (None, in_features) and in_features % 16 == 0 and _op_works("int8pack"):
+        return "int8pack", None
+    return "dequantize", None
+
+
+@dataclasses.dataclass
+class PackedWeight:
+    """A weight-only Linear's weights in a packed kernel's layout (``scales``: bfloat16; ``correction``: the
+    per-channel ``scale * zero_point`` an asymmetric int8 weight subtracts times the row sum of the input)."""
+
+    kernel: str
+    weight: torch.Tensor
+    scales: torch.Tensor
+    group_size: int | None = None
+    correction: torch.Tensor | None = None
+
+
+def pack_weight_only(kernel: str, kernel_group_size: int | None, weight: torch.Tensor, scale: torch.Tensor,
+                     zero_point: torch.Tensor | None, group_size: int | None, shape: tuple[int, int]) -> PackedWeight:
+    """Pack a stored weight-only Linear (``weight``: flat packed int4 bytes or int8 values, ``scale`` and
+    ``zero_point`` ``[out, groups]``) for :func:`linear_packed`."""
+    out_f, in_f = shape
+    if kernel == "int8pack":
+        corr = None if zero_point is None else (scale * zero_point).reshape(1, out_f).float()
+        # A copy with slack after it: the op reads past the last row, which crashes on a checkpoint's memory-mapped
+        # tensor ending at a page boundary.
+        own = torch.empty(out_f * in_f + 64, dtype=torch.int8, device=weight.device)[:out_f * in_f]
+        return PackedWeight(kernel, own.copy_(weight.reshape(-1)).view(out_f, in_f),
+                            scale.reshape(out_f).to(torch.bfloat16), correction=corr)
+    # The op takes the 0..15 nibbles (value + 8) and computes (nibble - 8) * scale + zero per group, so
+    # w = (q - zero_point) * scale needs zero = -zero_point * scale.
+    nibbles = torch.stack((weight & 0x0F, weight >> 4), -1).reshape(out_f, in_f).to(torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles, 1)
+    groups = torch.arange(0, in_f, kernel_group_size, device=scale.device) // (group_size or in_f)
+    s = scale[:, groups].float()
+    zero = torch.zeros_like(s) if zero_point is None else -zero_point[:, groups].float() * s
+    sz = torch.stack((s, zero), -1).transpose(0, 1).to(torch.bfloat16).contiguous()
+    return PackedWeight(kernel, packed, sz, kernel_group_size)
+
+
+def linear_packed(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None,
+                  dequantize: Callable[[torch.dtype], torch.Tensor] | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` through a packed kernel: ``x`` rounded to bfloat16, the output cast back to ``x``'s
+    dtype (bfloat16 activations are what the kernels run fast; float32 ones take a slow path).
+
+    Over :data:`KERNEL_MAX_ROWS` rows, ``dequantize(torch.bfloat16)`` (the full weight) feeds the bfloat16 GEMM
+    instead, with the same bfloat16 rounding of the activations.
+    """
+    shape = x.shape
+    xb = x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()
+    if dequantize is not None and xb.shape[0] > KERNEL_MAX_ROWS[packed.kernel] and bf16_gemm():
+        y = F.linear(xb, dequantize(torch.bfloat16))
+    elif packed.kernel == "int4pack":
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed.weight, packed.group_size, packed.scales)
+    else:
+        y = torch.ops.aten._weight_int8pack_mm(xb, packed.weight, packed.scales)
+        if packed.correction is not None:
+            y = y.float() - xb.float().sum(-1, keepdim=True) * packed.correction
+    y = y.to(x.dtype)
+    if bias is not None:
+        y = y + bias.to(x.dtype)
+    return y.reshape(*shape[:-1], y.shape[-1])

@@ -26,30 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import kernels
+from .kernels import check_qparams
 from .schemes import SCHEMES as _TABLE, WEIGHT_ONLY_SCHEMES
 
 __all__ = ["QuantLinear", "Int8DynamicLinear", "Int8StaticLinear", "WeightOnlyLinear", "Int4WeightOnlyLinear",
            "Int8WeightOnlyLinear", "QuantEmbedding", "FakeQuantLinear", "SCHEMES", "module_for_scheme",
            "module_from_spec"]
-
-
-def check_qparams(name: str, bits: int, scale: torch.Tensor, zero_point: torch.Tensor | None) -> None:
-    """Raise ``ValueError`` unless the scales are finite and positive, the zero points finite and on the integer
-    grid's range, and every dequantized weight fits the range of float16 (the narrowest dtype hf_optim loads a
-    model in): a scale of 1e30 is a tampered or corrupt checkpoint, never a trained one."""
-    if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
-        raise ValueError(f"hf_optim: {name}.weight_scale is missing from the checkpoint or invalid "
-                         "(non-finite or <= 0 scales)")
-    levels = 2 ** bits
-    if zero_point is not None and not (bool(torch.isfinite(zero_point).all())
-                                       and float(zero_point.abs().max()) <= levels):
-        raise ValueError(f"hf_optim: {name}.weight_zero_point is missing from the checkpoint, not finite or outside "
-                         f"the {bits}-bit range")
-    limit = torch.finfo(torch.float16).max
-    if float(scale.max()) * levels > limit:
-        raise ValueError(f"hf_optim: {name}.weight_scale holds {float(scale.max()):.3g}: weights of up to "
-                         f"{float(scale.max()) * levels:.3g} exceed the float16 range ({limit:.0f}); the checkpoint "
-                         "is corrupt or was tampered with")
 
 
 class QuantLinear(nn.Module):
@@ -244,13 +226,50 @@ class Int8StaticLinear(Int8DynamicLinear):
 
 
 class WeightOnlyLinear(QuantLinear):
-    """Weights stored quantized (group-wise scales, optional zero points) and dequantized on the fly; activations
-    stay float."""
+    """Weights stored quantized (group-wise scales, optional zero points); activations stay float. On CPU a packed
+    kernel runs the matmul where one applies (:attr:`kernel`; packed at the first forward, never saved); elsewhere,
+    and while gradients flow to the input or the quantization parameters, the weight is dequantized on the fly.
+    ``use_kernel = False`` (or ``HF_OPTIM_INT4_KERNEL=0``) forces dequantizing."""
 
     weight_only = True
+    use_kernel: bool | None = None  # None: follow HF_OPTIM_INT4_KERNEL
+
+    @property
+    def kernel(self) -> str:
+        """The path of a float input on this module's device: ``"int4pack"``, ``"int8pack"`` or ``"dequantize"``."""
+        on = kernels.kernels_enabled() if self.use_kernel is None else self.use_kernel
+        if not on or self.weight.device.type != "cpu":
+            return "dequantize"
+        return kernels.weight_only_kernel(self.bits, self.in_features, self.out_features, self.group_size)[0]
+
+    def _packed(self, x: torch.Tensor) -> kernels.PackedWeight | None:
+        zp = None if self.symmetric else self.weight_zero_point
+        if (x.dtype not in kernels.KERNEL_DTYPES or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or torch.is_grad_enabled() and (x.requires_grad or self.weight_scale.requires_grad
+                                                or zp is not None and zp.requires_grad)):
+            return None
+        kernel = self.kernel
+        if kernel == "dequantize" or x.device.type != "cpu":
+            return None
+        # Packed weights are derived state: rebuilt when a tensor was replaced (.to(), assignment) or changed in place.
+        src = (self.weight, self.weight_scale, zp)
+        versions = tuple(-1 if t is None else t._version for t in src)
+        old = self._cache_key
+        if old is None or old[0] != kernel or old[2] != versions or any(a is not b for a, b in zip(old[1], src)):
+            gs = kernels.weight_only_kernel(self.bits, self.in_features, self.out_features, self.group_size)[1]
+            self._cache = kernels.pack_weight_only(kernel, gs, self.weight, self.weight_scale, zp, self.group_size,
+                                                   (self.out_features, self.in_features))
+            self._cache_key = (kernel, src, versions)
+        return self._cache
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed(x)
+        if packed is not None:
+            return kernels.linear_packed(x, packed, self.bias, self.dequantized_weight)
         return F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, kernel={self.kernel}"
 
 
 class Int8WeightOnlyLinear(WeightOnlyLinear):

@@ -161,14 +161,16 @@ def pareto_front(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def choose_plan(rows: Sequence[dict[str, Any]], budgets: Budgets | None = None,
                 prefer: str = "throughput") -> dict[str, Any]:
-    """Pick the best row that satisfies ``budgets`` (by ``prefer``), or the closest one when none does.
+    """Pick the best row that satisfies ``budgets`` (by ``prefer``), or the closest one when none does. Under a
+    latency or throughput budget a candidate measured slower than ``fp32`` never satisfies it.
 
     Returns ``{"choice", "satisfied", "reason", "violations"}``.
     """
     if prefer not in PREFER:
         raise ValueError(f"prefer={prefer!r}: use one of {', '.join(PREFER)}")
     budgets = budgets or Budgets()
-    viol = {r["candidate"]: budgets.violations(r) for r in rows}
+    base = next((r for r in rows if r["candidate"] == "fp32"), None)
+    viol = {r["candidate"]: {**budgets.violations(r), **_slower_than_fp32(r, base, budgets)} for r in rows}
     ok = [r for r in rows if not viol[r["candidate"]]]
     rank = {"throughput": lambda r: -(r.get("throughput") or 0.0), "latency": lambda r: r.get("latency_p50_ms") or 1e18,
             "size": lambda r: r.get("size_mb") or 1e18, "metric": lambda r: -(r.get("metric_value") or 0.0)}[prefer]
@@ -181,6 +183,22 @@ def choose_plan(rows: Sequence[dict[str, Any]], budgets: Budgets | None = None,
     broken = ", ".join(f"{k} by {v:.1%}" for k, v in viol[closest["candidate"]].items())
     return {"choice": None, "closest": closest["candidate"], "satisfied": False, "violations": viol,
             "reason": f"no candidate satisfies the budgets; closest is {closest['candidate']} (misses {broken})"}
+
+
+def _slower_than_fp32(row: dict[str, Any], base: dict[str, Any] | None, budgets: Budgets) -> dict[str, float]:
+    """Under a latency (throughput) budget, a candidate measured slower than fp32 at batch 1 (batch 32) is never
+    chosen, whatever the budget's value: float32 would meet the same budget faster, and weight-only schemes can
+    save memory while costing time. ``{"slower_than_fp32_...": relative shortfall}`` when it is."""
+    if base is None or row is base:
+        return {}
+    out = {}
+    lat, base_lat = row.get("latency_p50_ms"), base.get("latency_p50_ms")
+    if budgets.max_latency_ms is not None and lat and base_lat and lat > base_lat:
+        out["slower_than_fp32_latency"] = lat / base_lat - 1
+    rate, base_rate = row.get("throughput"), base.get("throughput")
+    if budgets.min_speedup is not None and rate and base_rate and rate < base_rate:
+        out["slower_than_fp32_throughput"] = 1 - rate / base_rate
+    return out
 
 
 @dataclasses.dataclass

@@ -239,6 +239,18 @@ def test_planner_choice_respects_budgets():
     assert set(pareto_front(ROWS)) == {"fp32", "int8_dynamic", "int8_static", "int4_weight_only"}
 
 
+def test_planner_never_picks_a_scheme_slower_than_fp32_under_a_speed_budget():
+    # int4 weight-only is the smallest and within both loose budgets, but measured slower than fp32
+    rows = [dict(r, metric_value=0.8, metric_drop=0.0) for r in ROWS if r["candidate"] in ("fp32", "int4_weight_only")]
+    assert choose_plan(rows, Budgets(max_size_mb=100), prefer="size")["choice"] == "int4_weight_only"
+    for budgets in (Budgets(max_latency_ms=50), Budgets(min_speedup=0.5)):
+        decision = choose_plan(rows, budgets, prefer="size")
+        assert decision["choice"] == "fp32"
+        assert any(k.startswith("slower_than_fp32") for k in decision["violations"]["int4_weight_only"])
+    faster = [dict(r, latency_p50_ms=9.0, throughput=120.0) if r["candidate"] != "fp32" else r for r in rows]
+    assert choose_plan(faster, Budgets(max_latency_ms=50, min_speedup=0.5), prefer="size")["choice"] == "int4_weight_only"
+
+
 def test_plan_cli_measures_and_choice_respects_budgets(tiny_bert_dir, tmp_path, capsys):
     from hf_optim.cli import main
 
