@@ -444,6 +444,16 @@ SECTIONS = {
                   ("zero-point rounding: weight change", "zero_point_rounding.weight_rel_error", "pct"),
                   ("model MB", "size_mb", ".0f"), ("decode tok/s", "decode_tokens_per_s", ".1f"),
                   ("TTFT ms", "ttft_ms", ".0f")]},
+    "bench_lm_kernels": {
+        "title": "SmolLM2-135M weight-only int8 / int4 in torch: packed CPU kernels on and off",
+        "what": "`scripts/bench_lm_kernels.py`: greedy decode with the KV cache after 64-token prompts, 32 new "
+                "tokens, batch 1 and 8, 1 thread, interleaved rounds, medians; `kernel on`: the packed int4 / int8 "
+                "matmuls (`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`, bf16 activations), `kernel off`: "
+                "the weights dequantized every step. Perplexity on the stratified BBC News test slice (4,096 tokens, "
+                "window 512, stride 256).",
+        "table": [("what", "what", ""), ("batch 1 tok/s", "batch_1_decode_tok_s", ".1f"),
+                  ("batch 1 vs fp32", "batch_1_vs_fp32", "x"), ("batch 8 tok/s", "batch_8_decode_tok_s", ".1f"),
+                  ("batch 8 vs fp32", "batch_8_vs_fp32", "x"), ("perplexity", "perplexity", ".3f")]},
     "distill_lm": {
         "title": "Distilling SmolLM2-135M into a 10-layer student",
         "what": "`scripts/distill_lm.py`: a 10-layer student built by `make_student` from evenly spaced teacher "
@@ -466,7 +476,7 @@ ALIASES = {"bench_run_movie_sentiment_threads2": "bench_run_movie_sentiment", "b
            "bench_ort_grid_gptq": "bench_ort_grid"}
 ORDER = ["bench_run_movie_sentiment", "bench_run_movie_sentiment_threads2", "bench_export", "bench_export_threads1",
          "bench_quant_minilm", "bench_quant_kernels", "plan_teacher", "bench_prune", "distill_movie_sentiment",
-         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "bench_ort_grid", "distill_lm",
+         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "bench_lm_kernels", "bench_ort_grid", "distill_lm",
          "check_extras"]
 
 
