@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import ConfigError, DataError
 
-__all__ = ["checkpoint_kind", "checkpoint_facts", "read_config", "is_onnx_dir", "artifact_format", "onnx_file",
+__all__ = ["checkpoint_kind", "checkpoint_facts", "checkpoint_architectures", "read_config", "is_onnx_dir", "artifact_format", "onnx_file",
            "Predictor", "TorchPredictor", "OrtPredictor", "CompiledPredictor", "load_predictor", "load_tokenizer",
            "load_compiled", "make_session", "COMPILE_RECORD"]
 
@@ -58,6 +58,11 @@ def checkpoint_kind(model_dir: str | Path) -> Optional[str]:
     readable ``config.json``. An ONNX export or a compiled artifact keeps its source's ``config.json``, so it
     answers as its source does."""
     return _kind(read_config(model_dir))
+
+
+def checkpoint_architectures(model_dir: str | Path) -> list[str]:
+    """The model classes ``model_dir``'s ``config.json`` names (``architectures``); empty when it names none."""
+    return list((read_config(model_dir) or {}).get("architectures") or [])
 
 
 def checkpoint_facts(model_dir: str | Path) -> dict[str, Any]:

@@ -159,8 +159,9 @@ def load_pretrained(path: Path, **kwargs: Any):
     """
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(path)
-    arch = (getattr(config, "architectures", None) or [None])[0]
+    from .artifacts import checkpoint_architectures
+
+    arch = (checkpoint_architectures(path) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     if cls is None:
         raise ValueError(f"{path}: config.json names no known architecture ({arch!r}); cannot tell which model "

@@ -2,13 +2,13 @@
 ``split_skip_layernorm`` should default to.
 
 Exports the packaged MiniLM-L6 (a 2-way classification head built from its config, untrained: speed only) once,
-optimizes it at O2 twice through :func:`hf_optim.export.onnx.optimize_onnx` (``split="off"``: the graph ORT's
+optimizes it at O2 twice through :func:`hf_optim.export.graph.optimize_onnx` (``split="off"``: the graph ORT's
 optimizer fused; ``split="on"``: the residual + LayerNorm split back), and quantizes each with dynamic INT8 (the
 export default). The four graphs run in ONNX Runtime sessions made as exported models are loaded
 (:func:`~hf_optim.export.runtime.make_session`), on real sentences, in interleaved rounds (the order rotated each
 round, so a busy machine slows every graph alike): per round, ``--latency-calls`` batch-1 calls (mean per call)
 and ``--batch-calls`` calls of one batch of 32 (median); each number is the median over rounds. It also runs
-``auto``'s probe (:func:`~hf_optim.export.onnx.skip_layernorm_timings`) to compare its decision with the model's.
+``auto``'s probe (:func:`~hf_optim.export.graph.skip_layernorm_timings`) to compare its decision with the model's.
 
     python scripts/bench_skip_layernorm.py -o scripts/results/bench_skip_layernorm.json
 """
@@ -31,7 +31,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _build_graphs(src: Path, work: Path, backend: str) -> tuple[dict[str, Path], dict]:
-    from hf_optim.export.onnx import export_onnx, op_counts, optimize_onnx
+    from hf_optim.export.graph import op_counts, optimize_onnx
+    from hf_optim.export.onnx import export_onnx
     from hf_optim.export.ort_quant import quantize_dynamic_onnx
 
     onnx_path = export_onnx(src, work / "export", "sequence-classification", backend)
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from hf_optim.data import load_task
-    from hf_optim.export.onnx import resolve_backend, skip_layernorm_timings
+    from hf_optim.export.graph import skip_layernorm_timings
+    from hf_optim.export.onnx import resolve_backend
     from hf_optim.evaluation.harness import BenchRun, interleaved
     from hf_optim.export.runtime import make_session
 

@@ -102,7 +102,7 @@ def _assemble(final: Path, export_dir: Path, out: Path, record: dict) -> None:
 
 def _optimize_and_quantize_common(onnx_path: Path, work: Path, config: ExportConfig, backend: str,
                                   level: str) -> tuple[Path, dict]:
-    from .onnx import optimize_onnx
+    from .graph import optimize_onnx
 
     info: dict[str, Any] = {}
     current = onnx_path
@@ -116,7 +116,8 @@ def _optimize_and_quantize_common(onnx_path: Path, work: Path, config: ExportCon
 def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str,
                        progress: bool = False) -> tuple[Path, dict]:
     from ..artifacts import OrtPredictor, load_predictor
-    from .onnx import export_onnx, op_counts
+    from .graph import op_counts
+    from .onnx import export_onnx
     from .ort_quant import quantize_dynamic_onnx
     from .validate import check_budget, compare, load_validation, predict_all
 
@@ -133,7 +134,7 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
     current, record = _optimize_and_quantize_common(onnx_path, work, config, backend, config.optimization)
     if config.embeddings == "int4":  # first: the int8 quantizers below would otherwise quantize the table
         from .embeddings import quantize_embeddings_int4
-        from .onnx import infer_shapes
+        from .graph import infer_shapes
 
         current, record["int4_embedding_tables"] = quantize_embeddings_int4(
             current, current.parent / "model_emb4.onnx", config.embeddings_block_size)
@@ -248,7 +249,8 @@ def _weight_only(src: Path, config: ExportConfig, record: dict, grids: dict | No
 
 
 def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str) -> tuple[Path, dict]:
-    from .onnx import export_onnx, op_counts
+    from .graph import op_counts
+    from .onnx import export_onnx
     from .ort_quant import quantize_dynamic_onnx
 
     logger.info("export: ONNX graph (%s backend), then optimization %s, quantization %s", backend,
@@ -263,7 +265,7 @@ def _export_causal_lm(src: Path, work: Path, config: ExportConfig, backend: str)
     record: dict[str, Any] = {}
     current = onnx_path
     if config.optimization != "none":
-        from .onnx import optimize_onnx
+        from .graph import optimize_onnx
 
         try:
             current, record["skip_layernorm"] = optimize_onnx(current, current.parent / "model_optimized.onnx",

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import checkpoint_architectures, read_config
 from ..errors import HfOptimError
 from ..integrity import MARKER  # the runner's completion marker
 from ..registry import stage_kind_table
@@ -62,14 +63,14 @@ def artifact_format(path: Path) -> str:
         return "onnx"
     if (path / "hf_optim_compile.json").is_file():
         return "compiled"
-    config = json.loads((path / "config.json").read_text())
+    config = read_config(path) or {}
     if (config.get("quantization_config") or {}).get("quant_method") == "hf_optim":
         return "hf_optim"
     return "transformers"
 
 
-def _head(config: dict[str, Any]) -> tuple[str, str | None]:
-    arch = (config.get("architectures") or [""])[0]
+def _head(path: Path) -> tuple[str, str | None]:
+    arch = (checkpoint_architectures(path) or [""])[0]
     for suffix, auto, pipeline in _HEADS:
         if arch.endswith(suffix):
             return auto, pipeline
@@ -154,7 +155,7 @@ def build_model_card(path: str | Path, repo_id: str | None = None, base_model: s
     facts = _facts(path, card, repo_id)
     card = card or CardConfig()
     config, fmt_, row = facts["config"], facts["format"], facts["row"]
-    auto, pipeline = _head(config)
+    auto, pipeline = _head(path)
     inherited = inherited_metadata(base_model or card.base_model or facts["root"])
     base_id = inherited.get("base_model")
     quant_tags = sorted({t for k, c in facts["configs"] for t in quantization_tags(k, c)}
@@ -208,7 +209,7 @@ def _facts(path: Path, card: CardConfig | None, repo_id: str | None) -> dict[str
     else:
         _check_model_dir(path)
         marker = None
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    config = read_config(path) or {}
     name = (marker or {}).get("name") or path.name
     summary = _run_summary(path, name) if marker else None
     stages = summary["stages"] if summary else [marker] if marker else []

@@ -10,10 +10,11 @@ without quantization) changes no weights and has no relation value, so the field
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 from typing import Any, Optional
+
+from ..artifacts import read_config
 
 __all__ = ["CardConfig", "HUB_RELATIONS", "BUILTIN_BASE_MODELS", "base_model_relation", "hub_dataset_id",
            "inherited_metadata", "quantization_tags", "methods_in_config"]
@@ -124,10 +125,7 @@ def inherited_metadata(root: Optional[str]) -> dict[str, Any]:
     if _HUB_ID.match(root) and not Path(root).exists():
         return {"base_model": root}
     out: dict[str, Any] = {}
-    try:
-        name = json.loads((Path(root) / "config.json").read_text()).get("_name_or_path", "")
-    except (OSError, ValueError):
-        name = ""
+    name = (read_config(root) or {}).get("_name_or_path", "")
     if isinstance(name, str) and _HUB_ID.match(name) and not Path(name).exists():
         out["base_model"] = name
     readme = Path(root) / "README.md"

@@ -100,7 +100,7 @@ def test_auto_records_the_probe_and_follows_it(bert_dir, tmp_path, clean_cwd):
 def test_auto_splits_only_when_the_probe_says_split_is_faster(timings, decision, bert_dir, tmp_path, monkeypatch):
     from hf_optim.export.onnx import export_onnx, optimize_onnx
 
-    monkeypatch.setattr("hf_optim.export.onnx.skip_layernorm_timings", lambda *a, **k: dict(timings))
+    monkeypatch.setattr("hf_optim.export.graph.skip_layernorm_timings", lambda *a, **k: dict(timings))
     path = export_onnx(bert_dir, tmp_path / "e", "sequence-classification", "torch")
     graph, record = optimize_onnx(path, tmp_path / "e" / "o2.onnx", "O2", "torch", split="auto")
     assert record == {"setting": "auto", "decision": decision, "nodes_split": 6 if decision == "on" else 0,
