@@ -5,6 +5,7 @@ A recipe file looks like::
     name: movie-sentiment
     seed: 42
     task: movie-sentiment          # default for every stage that has a `task` field
+    # corpus: bbc-news             # default for every stage that has a `corpus` field (causal LMs' text)
     stages:
       - name: teacher
         kind: finetune
@@ -43,7 +44,7 @@ STAGE_FORMAT = 1  # bump when the artifact layout changes, so old outputs are no
 DATA_ORDER = 2
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RESERVED = {"logs", "report.json", "recipe.yaml", "report.md", "report-accuracy-latency.png", "report-size.png"}
-_TOP_LEVEL = {"name", "description", "seed", "task", "output_dir", "report", "stages"}
+_TOP_LEVEL = {"name", "description", "seed", "task", "corpus", "output_dir", "report", "stages"}
 
 
 class StageConfig(OptimConfig):
@@ -64,6 +65,15 @@ class StageConfig(OptimConfig):
     scores_task: ClassVar[bool] = False
     # Whether the stage's output records its own `task` (hf_optim_task.json): finetune, distill, prune.
     sets_task: ClassVar[bool] = False
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """A causal LM's corpus was written as ``task`` before ``corpus`` existed: a stage that sets ``corpus`` and
+        leaves ``task`` at its default has the fingerprint of the same stage written the old way."""
+        out = super().fingerprint_dict()
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        if out.get("corpus") is not None and "task" in fields and self.task == fields["task"].default:
+            out["task"] = out.pop("corpus")
+        return out
 
 
 def stage_kinds() -> dict[str, type[StageConfig]]:
@@ -149,10 +159,10 @@ class Recipe:
         if not isinstance(raw_stages, list) or not raw_stages:
             raise RecipeError("`stages` must be a non-empty list of stages", field="stages")
         kinds = stage_kinds()
-        default_task = data.get("task")
+        defaults = {"task": data.get("task"), "corpus": data.get("corpus")}
         stages: list[Stage] = []
         for i, raw in enumerate(raw_stages):
-            stages.append(_parse_stage(i, raw, kinds, default_task))
+            stages.append(_parse_stage(i, raw, kinds, defaults))
         base_dir = Path(base_dir).resolve()
         stages = [_resolve_dataset_path(s, base_dir) for s in stages]
         output_dir = data.get("output_dir")
@@ -204,7 +214,7 @@ class Recipe:
         corpus for a causal LM; a base model without a task head neither), ``max_length`` stays within the
         model's positions, and a student has at most its teacher's layers. Found here, before any stage runs."""
         from .data.models import BUILTIN_MODEL_FACTS
-        from .data.tasks import checkpoint_facts, is_text_corpus
+        from .data.tasks import checkpoint_facts, is_text_corpus, named_corpus
 
         facts: dict[str, dict] = {}
         for stage in self.stages:
@@ -236,14 +246,14 @@ class Recipe:
             kind = model.get("kind")
             if not cfg.scores_task or kind is None:
                 continue
-            task = getattr(cfg, "task", None)
-            lm_task = is_text_corpus(task) or getattr(cfg, "task_type", None) == "causal-lm"
+            task, lm_type = getattr(cfg, "task", None), getattr(cfg, "task_type", None) == "causal-lm"
             shown = task if isinstance(task, str) else (task or {}).get("name", task)
-            if kind == "causal-lm" and not lm_task:
+            if kind == "causal-lm" and not (named_corpus(cfg) or lm_type):
                 raise RecipeError(f"{where} is a causal LM, but task {shown!r} is a classification task; measure a "
-                                  "causal LM on a text corpus: set `task: bbc-news` on the stage (or the recipe)",
-                                  field="task")
-            if kind == "sequence-classification" and lm_task:
+                                  "causal LM on a text corpus: set `corpus: bbc-news` on the stage (or the recipe; "
+                                  "older recipes wrote `task: bbc-news`)", field="task")
+            # a corpus named as the task, not a `corpus` (a recipe's top-level one reaches its classifiers too)
+            if kind == "sequence-classification" and (is_text_corpus(task) or lm_type):
                 raise RecipeError(f"{where} is a sequence classifier, but {shown!r} is a text corpus for causal LMs; "
                                   "set `task:` to the classification task it was trained on", field="task")
             if kind == "base":
@@ -355,7 +365,7 @@ def _parse_report(raw: Any, stage_names: list[str]) -> dict:
     return dict(raw)
 
 
-def _parse_stage(index: int, raw: Any, kinds: dict[str, type[StageConfig]], default_task: Any) -> Stage:
+def _parse_stage(index: int, raw: Any, kinds: dict[str, type[StageConfig]], defaults: dict[str, Any]) -> Stage:
     where = f"stage #{index + 1}"
     if not isinstance(raw, dict):
         raise RecipeError(f"{where} must be a mapping with `name` and `kind`, got {short_repr(raw)}")
@@ -369,8 +379,9 @@ def _parse_stage(index: int, raw: Any, kinds: dict[str, type[StageConfig]], defa
     if not isinstance(kind, str) or kind not in kinds:
         raise RecipeError(f"{where}: unknown kind {short_repr(kind)}; allowed kinds: {', '.join(kinds)}", field="kind")
     cls = kinds[kind]
-    if "task" in cls.field_names() and "task" not in raw and default_task is not None:
-        raw["task"] = default_task
+    for field, default in defaults.items():  # the recipe's top-level `task` and `corpus`
+        if field in cls.field_names() and field not in raw and default is not None:
+            raw[field] = default
     try:
         config = cls.from_dict({"kind": kind, **raw}, strict=True)
     except ConfigError as e:

@@ -259,6 +259,25 @@ def is_text_corpus(task: Any) -> bool:
     return isinstance(task, str) and task in BUILTIN_TEXTS
 
 
+def named_corpus(config: Any) -> Optional[str]:
+    """The text corpus a stage config names for causal LMs: its ``corpus``, else its ``task`` when that names a
+    corpus (how recipes named it before ``corpus`` existed, still read), else `None`."""
+    corpus = getattr(config, "corpus", None)
+    if corpus is not None:
+        return corpus
+    task = getattr(config, "task", None)
+    return task if is_text_corpus(task) else None
+
+
+def check_corpus(config: Any, field: str = "corpus") -> None:
+    """Fail on ``config.<field>`` when it is set and names no known text corpus."""
+    from . import BUILTIN_TEXTS
+
+    value = getattr(config, field)
+    if value is not None and value not in BUILTIN_TEXTS:
+        config._fail(field, f"unknown text corpus {value!r}; available: {', '.join(BUILTIN_TEXTS)}")
+
+
 def _is_generic(labels: list[str]) -> bool:
     return all(name == f"LABEL_{i}" for i, name in enumerate(labels))
 

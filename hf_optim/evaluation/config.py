@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional, Union
 
-from ..data.tasks import TaskSpec
+from ..config import added_field
+from ..data.tasks import TaskSpec, check_corpus, is_text_corpus, named_corpus
 from ..recipe import StageConfig
 
 
@@ -26,11 +27,13 @@ class EvalConfig(StageConfig):
         throughput_samples (`int`, *optional*, defaults to 512): examples in the throughput pass.
         measure_memory (`bool`, *optional*, defaults to `True`): measure peak memory in a fresh process.
         threads (`int`, *optional*): torch intra-op threads while measuring (default: torch's choice).
+        corpus (`str`, *optional*): the text corpus (``bbc-news``) a causal LM is measured on; defaults to the
+            recipe's top-level ``corpus``. A ``task`` that names a corpus (how recipes named it before) is read as
+            ``corpus``. Unset: ``bbc-news``.
         task_type (`str`, *optional*, defaults to ``"auto"``): ``sequence-classification``, ``causal-lm`` or
-            ``auto`` (causal LM when ``task`` names a text corpus, ``bbc-news``). Causal LMs are measured with
-            :func:`hf_optim.evaluation.lm.evaluate_lm` on that text (``bbc-news`` for ``causal-lm`` with a
-            classification task) and ``split``: perplexity, time to first token, decode tokens/s, size, peak
-            memory.
+            ``auto`` (causal LM when ``task`` names a text corpus, or when ``corpus`` is set and the model is a
+            causal LM). Causal LMs are measured with :func:`hf_optim.evaluation.lm.evaluate_lm` on the corpus and
+            ``split``: perplexity, time to first token, decode tokens/s, size, peak memory.
         lm_tokens (`int`, *optional*, defaults to 4096): causal LMs: tokens of the fixed perplexity slice.
         context (`int`, *optional*, defaults to 512) / stride (`int`, *optional*, defaults to 256): causal LMs:
             the sliding perplexity window (each window scores the tokens the previous one did not).
@@ -65,21 +68,19 @@ class EvalConfig(StageConfig):
     new_tokens: int = 32
     generate_batch_sizes: tuple[int, ...] = (1, 8)
     generate_repeats: int = 3
+    corpus: Optional[str] = added_field(None)
 
     @property
     def text_corpus(self) -> str:
         """The text a causal LM is measured on."""
-        from ..data import BUILTIN_TEXTS
-
-        return self.task if isinstance(self.task, str) and self.task in BUILTIN_TEXTS else "bbc-news"
+        return named_corpus(self) or "bbc-news"
 
     def validate(self) -> None:
-        from ..data import BUILTIN_TEXTS
-
-        if not (isinstance(self.task, str) and self.task in BUILTIN_TEXTS):
+        if not is_text_corpus(self.task):
             TaskSpec.coerce(self.task)
         elif self.task_type == "sequence-classification":
             self._fail("task", f"{self.task!r} is a text corpus for causal LMs, not a classification task")
+        check_corpus(self)
         for f in ("lm_tokens", "context", "stride", "prompt_tokens", "generate_repeats"):
             if getattr(self, f) < 1:
                 self._fail(f, "must be >= 1")

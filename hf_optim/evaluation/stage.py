@@ -13,7 +13,7 @@ import numpy as np
 from ..artifacts import checkpoint_kind
 from ..data import BUILTIN_TEXTS
 from ..data.sampling import class_counts, stratified_subset
-from ..data.tasks import TaskSpec, check_model_labels
+from ..data.tasks import TaskSpec, check_model_labels, is_text_corpus
 from ..errors import DataError
 from .metrics import check_finite
 from ..registry import register
@@ -52,7 +52,8 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
     spec = TaskSpec.coerce(config.task)
     if checkpoint_kind(model_dir) == "causal-lm":
         raise DataError(f"{model_dir} is a causal LM and {spec.name!r} a classification task: evaluate it on a text "
-                        f"corpus ({', '.join(BUILTIN_TEXTS)}: `task: bbc-news` / --task bbc-news) for perplexity and "
+                        f"corpus ({', '.join(BUILTIN_TEXTS)}: `corpus: bbc-news`, in older recipes `task: bbc-news` / "
+                        "--task bbc-news) for perplexity and "
                         "generation speed")
     split = load_task(spec)[config.split]
     names = split.features["label"].names
@@ -96,10 +97,12 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
 
 
 def _causal_lm(model_dir, config: EvalConfig) -> bool:
-    # auto: a text corpus as the task means language-model evaluation; a classification task keeps the
-    # classifier path (which says so when the model is not a classifier).
-    return config.task_type == "causal-lm" or (config.task_type == "auto" and isinstance(config.task, str)
-                                               and config.task in BUILTIN_TEXTS)
+    # auto: a text corpus as the task means language-model evaluation, and so does a corpus for a causal LM (a
+    # recipe's top-level corpus reaches its classifiers' stages too); otherwise the classifier path (which says
+    # so when the model is not a classifier).
+    if config.task_type != "auto":
+        return config.task_type == "causal-lm"
+    return is_text_corpus(config.task) or (config.corpus is not None and checkpoint_kind(model_dir) == "causal-lm")
 
 
 def _evaluate_lm(model_dir, config: EvalConfig, progress: bool = False) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional, Union
 
-from ..data.tasks import TaskSpec
+from ..data.tasks import TaskSpec, check_corpus, is_text_corpus
 from ..config import added_field, renamed_fields
 from ..quantize.schemes import SCHEMES
 from ..recipe import StageConfig
@@ -14,10 +14,8 @@ __all__ = ["ExportConfig", "CompileConfig"]
 
 
 def _check_validation(cfg) -> None:
-    from ..data import BUILTIN_TEXTS
-
     # a causal LM is checked on a text corpus (bbc-news), a classifier on a task
-    if cfg.task_type != "causal-lm" and not (isinstance(cfg.task, str) and cfg.task in BUILTIN_TEXTS):
+    if cfg.task_type != "causal-lm" and not is_text_corpus(cfg.task):
         TaskSpec.coerce(cfg.task)
     if cfg.max_metric_drop < 0:
         cfg._fail("max_metric_drop", "must be >= 0 (in metric units: 0.01 = 1 accuracy point)")
@@ -36,8 +34,10 @@ class ExportConfig(StageConfig):
     Args:
         model (`str`): ``builtin:<name>``, an earlier stage, or a model directory.
         task (`str` or `dict`, *optional*, defaults to ``"movie-sentiment"``): the task whose validation split
-            checks the export (see :class:`~hf_optim.data.TaskSpec`); for causal LMs a text name
-            (``bbc-news``) whose perplexity is compared.
+            checks a classifier's export (see :class:`~hf_optim.data.TaskSpec`).
+        corpus (`str`, *optional*): the text corpus (``bbc-news``) on which a causal LM's export is checked
+            (perplexity of the graph against the model); defaults to the recipe's top-level ``corpus``. A ``task``
+            that names a corpus (how recipes named it before) is read as ``corpus``. Unset: ``bbc-news``.
         task_type (`str`, *optional*, defaults to ``"auto"``): ``sequence-classification``, ``causal-lm`` (exported
             with past key values) or ``auto`` (read from the checkpoint's ``architectures``).
         backend (`str`, *optional*, defaults to ``"auto"``): ``optimum`` (Optimum's exporter, optimizer and
@@ -111,6 +111,7 @@ class ExportConfig(StageConfig):
     model: str
     task: Union[str, dict] = "movie-sentiment"
     task_type: Literal["auto", "sequence-classification", "causal-lm"] = "auto"
+    corpus: Optional[str] = added_field(None)
     backend: Literal["auto", "optimum", "torch"] = "auto"
     optimization: Literal["none", "O1", "O2", "O3"] = "O2"
     quantization: Literal["none", "dynamic", "static", "int4", "int8_weight_only"] = "dynamic"
@@ -141,6 +142,7 @@ class ExportConfig(StageConfig):
 
     def validate(self) -> None:
         _check_validation(self)
+        check_corpus(self)
         if self.embeddings_block_size < 16 or self.embeddings_block_size & (self.embeddings_block_size - 1):
             self._fail("embeddings_block_size", "must be a power of two >= 16 (16, 32, 64, 128)")
         if self.embeddings == "int4" and self.task_type == "causal-lm":

@@ -301,11 +301,12 @@ def _validate_causal_lm(src: Path, onnx_path: Path, config: ExportConfig, n_text
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..data import BUILTIN_TEXTS, load_text
+    from ..data import load_text
+    from ..data.tasks import named_corpus
     from .runtime import make_session
     from .validate import causal_lm_perplexity
 
-    name = config.task if isinstance(config.task, str) and config.task in BUILTIN_TEXTS else "bbc-news"
+    name = named_corpus(config) or "bbc-news"
     texts = [t for t in load_text(name)["validation"]["text"][:n_texts] if t.strip()]
     tok = AutoTokenizer.from_pretrained(src)
     encs = [dict(tok(t, return_tensors="np", truncation=True, max_length=config.max_length)) for t in texts]

@@ -6,7 +6,7 @@ import dataclasses
 import re
 from typing import Literal, Optional, Union
 
-from ..data.tasks import TaskSpec
+from ..data.tasks import TaskSpec, check_corpus, is_text_corpus, named_corpus
 from ..config import added_field
 from ..recipe import StageConfig
 from .schemes import LINEAR_SCHEMES  # noqa: F401 - importable from here, as before the scheme table
@@ -44,7 +44,7 @@ class QuantizeConfig(StageConfig):
             input columns using second-order statistics of calibration activations; causal LMs).
         calibration_text (`str`, *optional*): ``gptq``: a text corpus for :func:`hf_optim.data.load_text`
             (``"bbc-news"``) whose ``calibration_split`` is cut into ``calibration_samples`` sequences of
-            ``max_length`` tokens. Unset: the texts of ``task``.
+            ``max_length`` tokens. Unset: ``corpus``.
         gptq_damp (`float`, *optional*, defaults to 0.01): ``gptq``: fraction of the mean Hessian diagonal added
             to its diagonal (numerical stability).
         gptq_act_order (`bool`, *optional*, defaults to `True`): ``gptq``: quantize each weight's input columns
@@ -79,8 +79,11 @@ class QuantizeConfig(StageConfig):
             layers are quantized. Empty: every Linear.
         exclude (`list[str]`, *optional*, defaults to the classifier/score/lm_head heads): regexes of
             Linear layers to keep in float.
-        task (`str` or `dict`, *optional*, defaults to ``"movie-sentiment"``): data for calibration and QAT; a
-            text corpus name (``bbc-news``) is the default ``calibration_text`` of a causal LM.
+        task (`str` or `dict`, *optional*, defaults to ``"movie-sentiment"``): a classifier's data for calibration
+            and QAT.
+        corpus (`str`, *optional*): a causal LM's text corpus (``bbc-news``) for calibration and the quality probe;
+            defaults to the recipe's top-level ``corpus``. A ``task`` that names a corpus (how recipes named it
+            before) is read as ``corpus``. Unset for a causal LM: ``bbc-news``.
         observer (`str`, *optional*, defaults to ``"minmax"``): static int8 activation ranges: ``minmax``
             (overall min/max), ``moving_average`` (mean of per-batch min/max) or ``percentile``.
         percentile (`float`, *optional*, defaults to 99.99): the ``percentile`` observer's upper percentile
@@ -125,6 +128,7 @@ class QuantizeConfig(StageConfig):
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     task: Union[str, dict] = "movie-sentiment"
+    corpus: Optional[str] = added_field(None)
     observer: Literal["minmax", "moving_average", "percentile"] = "minmax"
     percentile: float = 99.99
     calibration_split: Literal["train", "validation"] = "train"
@@ -137,10 +141,10 @@ class QuantizeConfig(StageConfig):
     qat_freeze_observers: float = 0.5
 
     def validate(self) -> None:
-        from ..data import BUILTIN_TEXTS
-
-        if not (isinstance(self.task, str) and self.task in BUILTIN_TEXTS):  # a text corpus serves causal LMs
+        if not is_text_corpus(self.task):  # a text corpus serves causal LMs
             TaskSpec.coerce(self.task)
+        check_corpus(self)
+        check_corpus(self, "calibration_text")
         weight_only = SCHEMES[self.scheme].weight_only
         if self.group_size is not None:
             if not weight_only:
@@ -174,12 +178,6 @@ class QuantizeConfig(StageConfig):
             for f in ("gptq_refit", "gptq_clip_search", "gptq_tune_steps", "gptq_e2e_steps"):
                 if getattr(self, f):
                     self._fail(f, "applies to method: gptq only; remove it or set method: gptq")
-        if self.calibration_text is not None:
-            from ..data import BUILTIN_TEXTS
-
-            if self.calibration_text not in BUILTIN_TEXTS:
-                self._fail("calibration_text", f"unknown text corpus {self.calibration_text!r}; available: "
-                                               f"{', '.join(BUILTIN_TEXTS)}")
         for f in ("include", "exclude"):
             for pattern in getattr(self, f):
                 try:
@@ -214,12 +212,9 @@ class QuantizeConfig(StageConfig):
 
     @property
     def text_corpus(self) -> Optional[str]:
-        """The text a causal LM is calibrated and probed on (``calibration_text``, or ``task`` if it names one)."""
-        from ..data import BUILTIN_TEXTS
-
-        if self.calibration_text:
-            return self.calibration_text
-        return self.task if isinstance(self.task, str) and self.task in BUILTIN_TEXTS else None
+        """The text a causal LM is calibrated and probed on: ``calibration_text``, else the corpus the config names
+        (:func:`~hf_optim.data.tasks.named_corpus`)."""
+        return self.calibration_text or named_corpus(self)
 
     @property
     def effective_group_size(self) -> Optional[int]:

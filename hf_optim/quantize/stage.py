@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..data.tasks import TaskSpec
+from ..data.tasks import TaskSpec, is_text_corpus
 from ..registry import register
 from .config import QuantizeConfig
 from .schemes import SCHEMES
@@ -159,7 +159,7 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
                          "nothing would be quantized; fix the patterns (regexes searched in module names)")
     corpus = config.text_corpus or ("bbc-news" if type(model).__name__.endswith("ForCausalLM") else None)
     lm_calibration = corpus is not None
-    spec = None if lm_calibration and config.text_corpus == config.task else TaskSpec.coerce(config.task)
+    spec = None if lm_calibration and is_text_corpus(config.task) else TaskSpec.coerce(config.task)
     if lm_calibration:
         chunks = text_chunks(tokenizer, corpus, config.calibration_split,
                              (config.calibration_samples if config.method == "gptq" else 0) + 2, config.max_length,
