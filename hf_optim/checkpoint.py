@@ -103,7 +103,7 @@ class HfOptimConfig(QuantizationConfigMixin):
             if self.scheme is not None and self.scheme not in AT_LOAD_SCHEMES:
                 raise _err(f"scheme {self.scheme!r} cannot be applied at load time (allowed: "
                            f"{', '.join(AT_LOAD_SCHEMES)}); int8_static and int8_qat need data: run the "
-                           "`quantize` stage or hf_optim.quantize.quantize_model and save the result")
+                           "`quantize` stage or hf_optim.quantize.quantize_model_ and save the result")
             return
         for name, spec in self.modules.items():
             scheme = spec.get("scheme")

@@ -2,7 +2,7 @@
 
 The primary stack (``make setup``: transformers 4.57 + optimum-onnx) has everything. The compatibility stack
 (``make setup-tf5``: transformers 5) cannot install optimum-onnx, which pins ``transformers<4.58``; features
-that need it call :func:`require_optimum` and get a clear :class:`~hf_optim.errors.FeatureUnavailable`
+that need it call :func:`require_optimum` and get a clear :class:`FeatureUnavailable`
 instead of an ``ImportError`` from deep inside a library.
 """
 

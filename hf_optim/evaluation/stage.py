@@ -36,7 +36,7 @@ def evaluate_model(model_dir: str | Path, config: EvalConfig | None = None, prog
         config (`EvalConfig`, *optional*): what to measure; or pass its fields as keyword arguments.
 
     Returns:
-        `dict`: JSON-ready metrics (see README, "Report").
+        `dict`: JSON-ready metrics (see docs/reports.md).
     """
     import torch
 

@@ -91,8 +91,8 @@ class ExportConfig(StageConfig):
             ``Gelu``), ``off`` keeps the graph ORT's optimizer fused, ``auto`` times both kernels on the exporting
             machine and keeps the faster (so the graph depends on the machine; releases before this field did
             that). The record holds the setting, the probe's timings and the decision. On MiniLM-L6 (one thread,
-            batch 1 / 32; ``scripts/results/bench_skip_layernorm.json``) the split graph took 0.92 / 0.90 of the
-            fused one's time in FP32 and 0.80 / 0.77 with dynamic INT8, measured on an AVX-512 CPU only (no
+            batch 1 / 32; ``scripts/results/bench_skip_layernorm.json``) the split graph took 0.93 / 0.92 of the
+            fused one's time in FP32 and 0.85 / 0.79 with dynamic INT8 (paired medians), measured on an AVX-512 CPU only (no
             AVX2-only machine was available, so ``auto`` is not the default).
         format (`str`, *optional*, defaults to ``"onnx"``): ``onnx`` (everything above), or a portable checkpoint
             that other runtimes load without hf_optim: ``gguf`` (one ``model.gguf``, Llama-family causal LMs; see
