@@ -50,7 +50,7 @@ class QuantizeConfig(StageConfig):
         gptq_act_order (`bool`, *optional*, defaults to `True`): ``gptq``: quantize each weight's input columns
             in order of decreasing activation energy, with static groups (every group's grid from the original
             weights, so the stored layout is unchanged). On SmolLM2-135M int4 group 128 it halves the perplexity
-            rise of column order (docs/llm.md).
+            rise of column order (docs/benchmarks.md, "bench_lm").
         gptq_refit (`bool`, *optional*, defaults to `False`): ``gptq``: after a layer's values are chosen,
             re-solve its scales and zero points by least squares on the layer's output error.
         gptq_clip_search (`bool`, *optional*, defaults to `False`): ``gptq``: shrink each group's range to the
@@ -58,7 +58,7 @@ class QuantizeConfig(StageConfig):
         gptq_tune_steps (`int`, *optional*, defaults to 0): ``gptq``: then tune each decoder layer's scales and zero
             points (integer values fixed) for this many Adam steps, one calibration batch per step, so the
             layer's output follows the float model's on the float model's own hidden states; 0 skips it. On
-            SmolLM2-135M int4 group 128, 40 steps roughly halve GPTQ's perplexity rise (docs/llm.md).
+            SmolLM2-135M int4 group 128, 40 steps roughly halve GPTQ's perplexity rise (docs/benchmarks.md, "bench_lm").
         gptq_tune_lr (`float`, *optional*, defaults to 0.005): ``gptq``: the tuning's Adam learning rate (on the
             log of each scale and on each zero point in integer steps).
         gptq_e2e_steps (`int`, *optional*, defaults to 0): ``gptq``: last, tune all the layers' scales and zero
@@ -66,7 +66,7 @@ class QuantizeConfig(StageConfig):
             distribution follows the float model's (KL divergence); 0 skips it. Each step is a forward and backward
             pass of the whole model; the float model's output-head inputs on the calibration text are held in
             memory (tokens x hidden size). On SmolLM2-135M int4 group 128 after 40 layer-tuning steps, 40 steps
-            took the perplexity rise from +5.8 % to +4.6 % (docs/llm.md).
+            took the perplexity rise from +5.8 % to +4.6 % (docs/benchmarks.md, "bench_lm").
         gptq_e2e_lr (`float`, *optional*, defaults to 0.001): ``gptq``: that tuning's Adam learning rate.
         lm_head (`bool`, *optional*, defaults to `False`): quantize the output head too; a head tied to the
             input embeddings is untied (stored separately) first.
