@@ -16,7 +16,6 @@ from ..data.sampling import class_counts, stratified_subset
 from ..data.tasks import TaskSpec, check_model_labels, is_text_corpus
 from ..errors import DataError
 from .metrics import check_finite
-from ..registry import register
 from .config import EvalConfig
 
 logger = logging.getLogger("hf_optim")
@@ -111,7 +110,6 @@ def _evaluate_lm(model_dir, config: EvalConfig, progress: bool = False) -> dict:
     return evaluate_lm(model_dir, config, progress=progress)
 
 
-@register(EvalConfig)
 def run_evaluate(config: EvalConfig, ctx) -> dict[str, Any]:
     metrics = evaluate_model(ctx.inputs["model"], config, progress=ctx.progress)
     metrics["model_stage"] = config.model

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import COMPILE_RECORD, CompiledPredictor, compile_warm, load_compiled, logits_module
-from ..registry import register
 from .config import CompileConfig
 
 logger = logging.getLogger("hf_optim")
@@ -132,7 +131,6 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
     return record
 
 
-@register(CompileConfig)
 def run_compile(config: CompileConfig, ctx) -> dict[str, Any]:
     staging = ctx.output_dir / ".staging"
     record = compile_model(ctx.inputs["model"], staging, config, progress=ctx.progress)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.harness import package_versions
-from ..registry import register
 from .config import ExportConfig
 
 logger = logging.getLogger("hf_optim")
@@ -100,8 +99,7 @@ def _assemble(final: Path, export_dir: Path, out: Path, record: dict) -> None:
     (out / RECORD_NAME).write_text(json.dumps(record, indent=2))
 
 
-def _optimize_and_quantize_common(onnx_path: Path, work: Path, config: ExportConfig, backend: str,
-                                  level: str) -> tuple[Path, dict]:
+def _optimize_and_quantize_common(onnx_path: Path, config: ExportConfig, backend: str, level: str) -> tuple[Path, dict]:
     from .graph import optimize_onnx
 
     info: dict[str, Any] = {}
@@ -131,7 +129,7 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
                 config.optimization, config.quantization)
     onnx_path = export_onnx(src, work / "export", "sequence-classification", backend, config.opset)
     fp32_ops = op_counts(onnx_path)
-    current, record = _optimize_and_quantize_common(onnx_path, work, config, backend, config.optimization)
+    current, record = _optimize_and_quantize_common(onnx_path, config, backend, config.optimization)
     if config.embeddings == "int4":  # first: the int8 quantizers below would otherwise quantize the table
         from .embeddings import quantize_embeddings_int4
         from .graph import infer_shapes
@@ -154,7 +152,7 @@ def _export_classifier(src: Path, work: Path, config: ExportConfig, backend: str
     elif q in NBITS:
         current = _weight_only(optimized, config, record)
     elif q == "static":
-        current, record["guard"] = _static_with_guard(optimized, work, config, backend, tokenizer, data, score,
+        current, record["guard"] = _static_with_guard(optimized, work, config, backend, tokenizer, score,
                                                       progress)
     validation = record.pop("_validation", None) or score(current)
     record["validation"] = validation
@@ -192,7 +190,7 @@ def _calibration_features(config: ExportConfig, tokenizer, input_names: list[str
     return feats
 
 
-def _static_with_guard(src: Path, work: Path, config: ExportConfig, backend: str, tokenizer, data, score,
+def _static_with_guard(src: Path, work: Path, config: ExportConfig, backend: str, tokenizer, score,
                        progress: bool = False):
     """Static INT8; while the drop exceeds the budget keep more node groups in float (see ``guard_groups``)."""
     import onnx
@@ -340,7 +338,6 @@ def _validate_causal_lm(src: Path, onnx_path: Path, config: ExportConfig, n_text
             "max_logit_diff": round(diff, 6)}
 
 
-@register(ExportConfig)
 def run_export(config: ExportConfig, ctx) -> dict[str, Any]:
     # the runner's temp dir exists and is empty; export into a child and move the files up
     staging = ctx.output_dir / ".staging"

@@ -159,7 +159,7 @@ class Pruner:
             frac = self._fraction(kind) * progress
             scores = []
             for i in idx:
-                s = unit_scores(self.groups[i], self.model, imp, reduce).clone()
+                s = unit_scores(self.groups[i], imp, reduce).clone()
                 s[~self.keep[i]] = _NEG
                 scores.append(s)
             if self.config.ranking == "per_layer":

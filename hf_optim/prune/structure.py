@@ -113,8 +113,7 @@ def find_unit_groups(model: nn.Module) -> list[UnitGroup]:
     return groups
 
 
-def unit_scores(group: UnitGroup, model: nn.Module, importance: Mapping[str, torch.Tensor],
-                reduce: str = "sum") -> torch.Tensor:
+def unit_scores(group: UnitGroup, importance: Mapping[str, torch.Tensor], reduce: str = "sum") -> torch.Tensor:
     """Score per unit: the sum over the unit's blocks of the per-weight ``importance[module]`` (same shape as
     the weight), plus the bias rows' importance under ``module + ".bias"`` if given. ``reduce="l2"`` takes the
     square root of the sum (for squared-weight importance)."""

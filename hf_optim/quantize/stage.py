@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from ..data.tasks import TaskSpec, is_text_corpus
-from ..registry import register
 from .config import QuantizeConfig
 from .schemes import SCHEMES
 
@@ -97,7 +96,7 @@ def _run_qat(model, tokenizer, config: QuantizeConfig, spec: TaskSpec, scratch: 
     from transformers import DataCollatorWithPadding, Trainer
 
     from ..data import load_task
-    from ..finetune import quiet_printer, tokenize_splits, training_arguments
+    from ..training import quiet_printer, tokenize_splits, training_arguments
     from .apply import convert_qat_, prepare_qat_, qat_callback
 
     data = load_task(spec)
@@ -216,7 +215,6 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
     return metrics
 
 
-@register(QuantizeConfig)
 def run_quantize(config: QuantizeConfig, ctx) -> dict[str, Any]:
     return quantize_dir(ctx.inputs["model"], ctx.output_dir, config, seed=ctx.seed, progress=ctx.progress,
                         log_callback=ctx.log_callback())
