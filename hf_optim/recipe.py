@@ -261,6 +261,14 @@ class Recipe:
                                   "fine-tune it first (a `finetune` stage) and point this stage at that stage",
                                   field="model")
 
+    def stage_inputs(self, stage: Stage) -> list[tuple[str, str, str]]:
+        """``(field, what, ref)`` of each artifact ``stage`` reads: ``what`` is ``"stage"`` (an earlier stage's
+        name), ``"builtin"`` (``builtin:<model>``) or ``"path"`` (resolve it with :meth:`resolve_path`)."""
+        names = {s.name for s in self.stages}
+        refs = [(f, getattr(stage.config, f)) for f in type(stage.config).inputs]
+        return [(f, "stage" if ref in names else "builtin" if ref.startswith(BUILTIN_PREFIX) else "path", ref)
+                for f, ref in refs if ref is not None]
+
     def resolve_path(self, ref: str) -> Path:
         p = Path(ref).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
@@ -286,17 +294,8 @@ class Recipe:
         """``{stage name: fingerprint}``; each covers the stage's config and everything it reads."""
         fps: dict[str, str] = {}
         for stage in self.stages:
-            upstream = {}
-            for field in type(stage.config).inputs:
-                ref = getattr(stage.config, field)
-                if ref is None:
-                    continue
-                if ref in fps:
-                    upstream[field] = fps[ref]
-                elif ref.startswith(BUILTIN_PREFIX):
-                    upstream[field] = ref
-                else:
-                    upstream[field] = _path_identity(self.resolve_path(ref))
+            upstream = {field: fps[ref] if what == "stage" else ref if what == "builtin"
+                        else _path_identity(self.resolve_path(ref)) for field, what, ref in self.stage_inputs(stage)}
             task = getattr(stage.config, "task", None)
             if isinstance(task, dict) and task.get("dataset") and Path(task["dataset"]).exists():
                 upstream["dataset"] = _path_identity(Path(task["dataset"]))  # edited data -> re-run

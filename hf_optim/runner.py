@@ -106,19 +106,8 @@ class RunResult:
 def _resolve_inputs(recipe: Recipe, stage: Stage, out: Path) -> dict[str, Path]:
     from .data import builtin_model
 
-    names = {s.name for s in recipe.stages}
-    inputs = {}
-    for field in type(stage.config).inputs:
-        ref = getattr(stage.config, field)
-        if ref is None:
-            continue
-        if ref in names:
-            inputs[field] = out / ref
-        elif ref.startswith(BUILTIN_PREFIX):
-            inputs[field] = builtin_model(ref[len(BUILTIN_PREFIX):])
-        else:
-            inputs[field] = recipe.resolve_path(ref)
-    return inputs
+    return {field: out / ref if what == "stage" else builtin_model(ref[len(BUILTIN_PREFIX):]) if what == "builtin"
+            else recipe.resolve_path(ref) for field, what, ref in recipe.stage_inputs(stage)}
 
 
 def _read_marker(path: Path) -> dict | None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional, Union
 
 from .data.tasks import TaskSpec
+from .recipe import StageConfig
 
 __all__ = ["TrainingFields", "validate_training_fields", "training_arguments", "quiet_printer", "tokenize_splits",
            "load_training_data", "train_and_predict", "check_only_head_reinitialised", "load_pretrained"]
@@ -34,6 +35,19 @@ class TrainingFields:
     warmup_ratio: float = 0.06
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
+
+
+@dataclasses.dataclass
+class TeacherTrainingConfig(StageConfig, TrainingFields):
+    """Base of the stages that train ``model`` on ``task``, with or without a ``teacher`` (``distill``, ``prune``):
+    their input fields, and the output records ``task`` (``hf_optim_task.json``)."""
+
+    sets_task = True
+    inputs: ClassVar[tuple[str, ...]] = ("model", "teacher")
+
+    model: Optional[str] = None
+    teacher: Optional[str] = None
+    task: Union[str, dict] = "movie-sentiment"
 
 
 def validate_training_fields(config) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
 from ..recipe import StageConfig
-from ..training import TrainingFields, validate_training_fields
+from ..training import TeacherTrainingConfig, validate_training_fields
 
 __all__ = ["DistillConfig", "StudentConfig"]
 
@@ -28,7 +28,7 @@ def _check_layer_map(cfg, field: str) -> None:
 
 
 @dataclasses.dataclass
-class DistillConfig(StageConfig, TrainingFields):
+class DistillConfig(TeacherTrainingConfig):
     """Knowledge distillation of a student from a teacher with :class:`~hf_optim.distill.DistillationTrainer`.
 
     Used both as a recipe stage (``kind: distill``; then ``model`` and ``teacher`` are required) and from Python
@@ -68,13 +68,8 @@ class DistillConfig(StageConfig, TrainingFields):
     """
 
     kind = "distill"
-    sets_task = True  # the output records `task` (hf_optim_task.json)
     version = 1
-    inputs: ClassVar[tuple[str, ...]] = ("model", "teacher")
 
-    model: Optional[str] = None
-    teacher: Optional[str] = None
-    task: Union[str, dict] = "movie-sentiment"
     temperature: float = 2.0
     alpha: float = 0.5
     hidden_weight: float = 0.0

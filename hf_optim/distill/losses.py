@@ -108,12 +108,7 @@ def hidden_mse(student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[
         if s.shape != t.shape:
             raise ValueError(f"hidden states of student layer {si} {tuple(s.shape)} and teacher layer {ti} "
                              f"{tuple(t.shape)} differ in shape")
-        err = (s.float() - t.float()).pow(2).mean(-1)
-        if mask is not None:
-            m = mask.to(err.dtype)
-            losses.append((err * m).sum() / m.sum().clamp_min(1.0))
-        else:
-            losses.append(err.mean())
+        losses.append(_masked_mean((s.float() - t.float()).pow(2).mean(-1), mask))
     return torch.stack(losses).mean()
 
 
@@ -132,9 +127,13 @@ def attention_kl(student_attn: Sequence[torch.Tensor], teacher_attn: Sequence[to
                              f"{tuple(t.shape)} differ in shape: the attention loss needs equal head counts")
         s, t = s.float(), t.float()
         kl = (torch.xlogy(t, t) - t * torch.log(s.clamp_min(1e-12))).sum(-1).mean(1)  # (batch, query)
-        if mask is not None:
-            m = mask.to(kl.dtype)
-            losses.append((kl * m).sum() / m.sum().clamp_min(1.0))
-        else:
-            losses.append(kl.mean())
+        losses.append(_masked_mean(kl, mask))
     return torch.stack(losses).mean()
+
+
+def _masked_mean(values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean of ``(batch, seq)`` values over the positions ``mask`` keeps (all of them without a mask)."""
+    if mask is None:
+        return values.mean()
+    m = mask.to(values.dtype)
+    return (values * m).sum() / m.sum().clamp_min(1.0)

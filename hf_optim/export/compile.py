@@ -132,13 +132,8 @@ def compile_model(model_dir: str | Path, output_dir: str | Path, config: Compile
 
 
 def run_compile(config: CompileConfig, ctx) -> dict[str, Any]:
-    staging = ctx.output_dir / ".staging"
-    record = compile_model(ctx.inputs["model"], staging, config, progress=ctx.progress)
-    for p in staging.iterdir():
-        shutil.move(str(p), ctx.output_dir / p.name)
-    staging.rmdir()
-    v = record["validation"]
-    return {"method": record["method"], "validation_metric": v["metric"], f"validation_{v['metric']}": v["candidate"],
-            f"source_validation_{v['metric']}": v["source"], "metric_drop": v["drop"],
-            "max_logit_diff": v["max_logit_diff"], "build_seconds": record["build_seconds"],
+    from .validate import run_staged, validation_metrics
+
+    record = run_staged(compile_model, config, ctx)
+    return {"method": record["method"], **validation_metrics(record), "build_seconds": record["build_seconds"],
             "deprecated": record["deprecated"]}

@@ -339,23 +339,16 @@ def _validate_causal_lm(src: Path, onnx_path: Path, config: ExportConfig, n_text
 
 
 def run_export(config: ExportConfig, ctx) -> dict[str, Any]:
-    # the runner's temp dir exists and is empty; export into a child and move the files up
-    staging = ctx.output_dir / ".staging"
-    record = export_model(ctx.inputs["model"], staging, config, progress=ctx.progress)
-    for p in staging.iterdir():
-        shutil.move(str(p), ctx.output_dir / p.name)
-    staging.rmdir()
+    from .validate import run_staged, validation_metrics
+
+    record = run_staged(export_model, config, ctx)
     if config.format != "onnx":
         from .portable import portable_metrics
 
         return portable_metrics(record)
-    v = record["validation"]
     metrics = {"backend": record["backend"], "backend_note": record["backend_note"],
                "optimization": record["optimization"], "quantization": record["quantization"],
-               "validation_metric": v["metric"], f"validation_{v['metric']}": v["candidate"],
-               f"source_validation_{v['metric']}": v["source"], "metric_drop": v["drop"],
-               "max_logit_diff": v["max_logit_diff"], "size_mb": record["size_mb"],
-               "export_seconds": record["export_seconds"]}
+               **validation_metrics(record), "size_mb": record["size_mb"], "export_seconds": record["export_seconds"]}
     if "skip_layernorm" in record:  # what was done (``auto`` resolved) and, when probed, the probe's timings
         metrics["split_skip_layernorm"] = record["skip_layernorm"]["decision"]
         if "probe_ms" in record["skip_layernorm"]:

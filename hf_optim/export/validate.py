@@ -129,3 +129,25 @@ def causal_lm_perplexity(logits_fn: Callable[[np.ndarray, np.ndarray], np.ndarra
         nll -= float(logp[np.arange(len(target)), target].sum())
         count += len(target)
     return math.exp(nll / max(count, 1))
+
+
+def run_staged(build: Callable, config: Any, ctx: Any) -> dict:
+    """Run an export-like stage: ``build(model_dir, out_dir, config, progress=...)`` (``export_model``,
+    ``compile_model``) writes into a child of the runner's output directory (which exists and is empty), whose
+    files then move up. Returns the build's record."""
+    import shutil
+
+    staging = ctx.output_dir / ".staging"
+    record = build(ctx.inputs["model"], staging, config, progress=ctx.progress)
+    for p in staging.iterdir():
+        shutil.move(str(p), ctx.output_dir / p.name)
+    staging.rmdir()
+    return record
+
+
+def validation_metrics(record: dict) -> dict[str, Any]:
+    """The stage metrics of a record's ``validation`` (its metric, the source's and the output's value, the drop)."""
+    v = record["validation"]
+    return {"validation_metric": v["metric"], f"validation_{v['metric']}": v["candidate"],
+            f"source_validation_{v['metric']}": v["source"], "metric_drop": v["drop"],
+            "max_logit_diff": v["max_logit_diff"]}

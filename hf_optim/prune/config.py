@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, Literal
 
 from ..data.tasks import TaskSpec
 from ..errors import ConfigError
-from ..recipe import StageConfig
-from ..training import TrainingFields, validate_training_fields
+from ..training import TeacherTrainingConfig, validate_training_fields
 
 __all__ = ["PruneConfig", "DEFAULT_EXCLUDE"]
 
@@ -18,7 +17,7 @@ GRADIENT_IMPORTANCE = ("movement", "taylor")
 
 
 @dataclasses.dataclass
-class PruneConfig(StageConfig, TrainingFields):
+class PruneConfig(TeacherTrainingConfig):
     """Prune a model while it trains (:class:`~hf_optim.prune.PruningCallback`), optionally distilling from a teacher.
 
     Three granularities:
@@ -72,13 +71,8 @@ class PruneConfig(StageConfig, TrainingFields):
     """
 
     kind = "prune"
-    sets_task = True  # the output records `task` (hf_optim_task.json)
     version = 1
-    inputs: ClassVar[tuple[str, ...]] = ("model", "teacher")
 
-    model: Optional[str] = None
-    teacher: Optional[str] = None
-    task: Union[str, dict] = "movie-sentiment"
     granularity: Literal["unstructured", "nm", "structured"] = "structured"
     importance: Literal["l1", "l2", "movement", "taylor"] = "l1"
     sparsity: float = 0.5
