@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts import checkpoint_architectures, read_config
+from ..data.tasks import is_text_corpus
 from ..errors import HfOptimError
 from ..integrity import MARKER  # the runner's completion marker
 from ..registry import stage_kind_table
@@ -223,7 +224,9 @@ def _facts(path: Path, card: CardConfig | None, repo_id: str | None) -> dict[str
         rows = [r for r in (summary or {}).get("artifacts", []) if r["artifact"] == name]
         row = dict(rows[0]) if rows else None
         if row:
-            row["task_config"] = (by_name.get(row.get("evaluated_by")) or {}).get("task")
+            # a causal LM was measured on its corpus, which the config may name as `corpus`, not `task`
+            measured = row.get("task") if is_text_corpus(row.get("task")) else None
+            row["task_config"] = measured or (by_name.get(row.get("evaluated_by")) or {}).get("task")
         base = next((r for r in summary["artifacts"] if r.get("baseline")), None) if summary else None
         configs = [(s["kind"], by_name.get(s["stage"]) or {}) for s in steps]
         facts.update(
