@@ -217,8 +217,8 @@ def evaluate_lm(model_dir: str | Path, config: EvalConfig | None = None, *, mode
 
     Args:
         model_dir (`str` or `Path`): a directory ``AutoModelForCausalLM`` (or ``ORTModelForCausalLM``) loads.
-        config (`EvalConfig`): what to measure: the text (``task``, a corpus of :func:`hf_optim.data.load_text`,
-            ``bbc-news`` unless ``task`` names one) and ``split``, the perplexity slice (``lm_tokens``) and window
+        config (`EvalConfig`): what to measure: the text (``corpus``, a corpus of :func:`hf_optim.data.load_text`,
+            or ``task`` when it names one; ``bbc-news`` when neither does) and ``split``, the perplexity slice (``lm_tokens``) and window
             (``context``, ``stride``), the generation timing (``generate_batch_sizes``, empty skips it;
             ``prompt_tokens``, ``new_tokens``, ``generate_repeats``), ``measure_memory`` (peak RSS in a fresh
             process) and ``threads``. The keyword form before this one (``corpus=``, ``max_tokens=``,
