@@ -72,7 +72,22 @@ def make_backend(model: Any, tokenizer: Any, config: InferenceConfig):
     else:
         raise TypeError(f"InferenceEngine needs a model directory, a torch model, an ORTModel or an "
                         f"onnxruntime.InferenceSession, not {type(model).__name__}")
+    backend.id_limits = _id_limits(model)
     return backend, tokenizer if tokenizer is not None else _tokenizer_in(tok_dir)
+
+
+def _id_limits(model: Any) -> dict[str, int]:
+    """``{"input_ids": vocab_size, "token_type_ids": type_vocab_size}`` as far as the model's config says."""
+    if isinstance(model, (str, Path)):
+        from ..artifacts import read_config
+
+        path = Path(model)
+        cfg = read_config(path.parent if path.is_file() else path) or {}
+    else:
+        config = getattr(model, "config", None)
+        cfg = config.to_dict() if hasattr(config, "to_dict") else {}
+    limits = {"input_ids": cfg.get("vocab_size"), "token_type_ids": cfg.get("type_vocab_size")}
+    return {k: v for k, v in limits.items() if isinstance(v, int) and v > 0}
 
 
 def _is_torch_module(model: Any) -> bool:

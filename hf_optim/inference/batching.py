@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, HfOptimError
 
-__all__ = ["LengthBuckets", "BucketQueue", "pad_batch", "InputTooLong"]
+__all__ = ["LengthBuckets", "BucketQueue", "pad_batch", "InputTooLong", "check_id_ranges"]
 
 
 class InputTooLong(HfOptimError, ValueError):
@@ -184,3 +184,16 @@ def pad_batch(rows: Sequence[Mapping[str, np.ndarray]], pad_token_id: int, paddi
                 out[name][i, sl] = 1
     return out, width
 
+
+
+def check_id_ranges(encoded: dict[str, np.ndarray], limits: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """``encoded`` when every id lies in ``[0, limits[name])`` for the names ``limits`` holds (the model's
+    ``vocab_size`` for ``input_ids``, ``type_vocab_size`` for ``token_type_ids``); else a ``ValueError`` naming the
+    input, the id and the range (an embedding lookup would fail with torch's bare "index out of range")."""
+    for name, limit in limits.items():
+        ids = encoded.get(name)
+        if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= limit):
+            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+            raise ValueError(f"{name!r} holds {bad}, outside the model's range [0, {limit}); "
+                             "tokenize with the model's own tokenizer")
+    return encoded

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, HfOptimError
 from .backends import make_backend
-from .batching import BucketQueue, InputTooLong, LengthBuckets, pad_batch
+from .batching import BucketQueue, InputTooLong, LengthBuckets, check_id_ranges, pad_batch
 from .cache import InferenceCache, input_key, model_fingerprint
 from .config import InferenceConfig
 
@@ -277,7 +277,7 @@ class InferenceEngine:
             lengths = {len(v) for v in enc.values()}
             if len(lengths) != 1 or 0 in lengths:
                 raise ValueError(f"tokenized inputs must be non-empty and of one length, got {sorted(lengths)}")
-            return enc
+            return check_id_ranges(enc, getattr(self._backend, "id_limits", {}))
         if isinstance(item, str) or (isinstance(item, tuple) and len(item) == 2 and all(isinstance(s, str) for s in item)):
             if self.tokenizer is None:
                 raise ConfigError("this engine has no tokenizer: pass tokenizer= or submit tokenized inputs",

@@ -23,12 +23,12 @@ CASES = [
     ("ids-empty", {"input_ids": []}, ValueError),
     ("ids-float", {"input_ids": [1.5, 2.0]}, ValueError),
     ("ids-beyond-int64", {"input_ids": [10 ** 30]}, ValueError),
-    ("ids-negative", {"input_ids": [2, -1, 3]}, IndexError),
-    ("ids-out-of-vocabulary", {"input_ids": [2, 10 ** 6, 3]}, IndexError),
+    ("ids-negative", {"input_ids": [2, -1, 3]}, ValueError),
+    ("ids-out-of-vocabulary", {"input_ids": [2, 10 ** 6, 3]}, ValueError),
     ("ids-2d", {"input_ids": [[1, 2], [3, 4]]}, ValueError),
     ("ids-ragged-mask", {"input_ids": [1, 2, 3], "attention_mask": [1, 1]}, ValueError),
     ("no-input-ids", {"x": [1]}, ValueError),
-    ("token-types-out-of-range", {"input_ids": [1, 2], "token_type_ids": [5, 5]}, IndexError),
+    ("token-types-out-of-range", {"input_ids": [1, 2], "token_type_ids": [5, 5]}, ValueError),
 ]
 
 
@@ -50,3 +50,12 @@ def test_a_poisoned_request_fails_alone(engine, request_, raises):
         assert len(str(info.value)) < 500
     assert good.result(30).shape == (2,)  # the request next to it is answered
     assert engine.submit("bad dull plot").result(30).shape == (2,)  # and so is the next one
+
+
+@pytest.mark.parametrize("request_, named", [({"input_ids": [2, -1, 3]}, "-1"),
+                                             ({"input_ids": [2, 10 ** 6, 3]}, "1000000"),
+                                             ({"input_ids": [1, 2], "token_type_ids": [5, 5]}, "'token_type_ids'")])
+def test_token_ids_outside_the_model_are_named_with_the_range(engine, request_, named):
+    with pytest.raises(ValueError, match="outside the model's range") as info:
+        engine.submit(request_).result(30)
+    assert named in str(info.value)
