@@ -67,8 +67,10 @@ def test_packing_matches_compressed_tensors(bits, dim):
     ("int8_weight_only", {}, "pack-quantized"),
     ("int8_weight_only", {"group_size": 32}, "naive-quantized"),
 ])
-def test_plain_from_pretrained_without_hf_optim_matches(base, tmp_path, scheme, kw, fmt):
+def test_plain_from_pretrained_without_hf_optim_matches(base, tmp_path, scheme, kw, fmt, monkeypatch):
     pytest.importorskip("compressed_tensors")
+    # the reference: the dequantized weights in fp32, as the reader computes (not the packed bf16 kernels)
+    monkeypatch.setenv("HF_OPTIM_INT4_KERNEL", "0")
     model = quantize_model_(copy.deepcopy(base), QuantizeConfig(model="tiny-llama", scheme=scheme, **kw))
     report = save_compressed_tensors(model, tmp_path / "ct", int8_format=fmt)
     assert report.format == f"compressed-tensors {fmt}" and report.max_abs_error == 0
