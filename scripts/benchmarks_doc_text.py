@@ -454,6 +454,23 @@ SECTIONS = {
         "table": [("what", "what", ""), ("batch 1 tok/s", "batch_1_decode_tok_s", ".1f"),
                   ("batch 1 vs fp32", "batch_1_vs_fp32", "x"), ("batch 8 tok/s", "batch_8_decode_tok_s", ".1f"),
                   ("batch 8 vs fp32", "batch_8_vs_fp32", "x"), ("perplexity", "perplexity", ".3f")]},
+    "bench_gguf": {
+        "title": "hf_optim's GGUF exports in llama.cpp, next to llama.cpp's own quantizations (SmolLM2-135M)",
+        "what": "`scripts/bench_gguf.py` (`make bench-gguf`): hf_optim quantizes (round-to-nearest, or GPTQ with "
+                "act-order on 32 x 256 BBC train tokens) and `save_gguf` writes the GGUF from its grid; `llama.cpp "
+                "<type>` rows are llama.cpp's own quantizer (`llama_model_quantize`) on the F32 GGUF of the same "
+                "float weights. llama.cpp through llama-cpp-python, 1 thread, batch 1, 4 prompts of 64 BBC test "
+                "tokens, 32 greedy tokens, interleaved rounds, medians; perplexity in llama.cpp and in hf_optim's "
+                "torch model on the stratified BBC News test slice (4,096 tokens, window 512, stride 256). "
+                "`(f32 head)`: the same grid with float embeddings and head, as hf_optim's torch model has them; "
+                "greedy prefix match = how many of the 32 tokens llama.cpp generates before it first differs from "
+                "hf_optim's torch model, per prompt (llama.cpp quantizes activations to 8 bits in its q8_0 / q4 dot "
+                "products, so near-ties can flip).",
+        "table": [("GGUF MB", "size_mb", ".1f"), ("llama.cpp decode tok/s", "llama_cpp_decode_tok_s", ".1f"),
+                  ("perplexity (llama.cpp)", "llama_cpp_perplexity", ".2f"),
+                  ("perplexity (hf_optim torch)", "torch_perplexity", ".2f"),
+                  ("greedy prefix match", "greedy_prefix_match", ""),
+                  ("tensors from hf_optim's grid", "tensors_from_grid", "")]},
     "distill_lm": {
         "title": "Distilling SmolLM2-135M into a 10-layer student",
         "what": "`scripts/distill_lm.py`: a 10-layer student built by `make_student` from evenly spaced teacher "
@@ -476,7 +493,7 @@ ALIASES = {"bench_run_movie_sentiment_threads2": "bench_run_movie_sentiment", "b
            "bench_ort_grid_gptq": "bench_ort_grid"}
 ORDER = ["bench_run_movie_sentiment", "bench_run_movie_sentiment_threads2", "bench_export", "bench_export_threads1",
          "bench_quant_minilm", "bench_quant_kernels", "plan_teacher", "bench_prune", "distill_movie_sentiment",
-         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "bench_lm_kernels", "bench_ort_grid", "distill_lm",
+         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "bench_lm_kernels", "bench_ort_grid", "bench_gguf", "distill_lm",
          "check_extras"]
 
 
