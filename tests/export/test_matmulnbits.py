@@ -43,6 +43,15 @@ def _save_quantized(path, case: str):
     return path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fp32_reference():
+    """The torch reference computes with the dequantized fp32 weights, as MatMulNBits with fp32 compute does (the
+    packed bf16 kernels of the torch modules would add bf16 rounding to the comparison)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_OPTIM_INT4_KERNEL", "0")
+        yield
+
+
 @pytest.fixture(scope="module", params=list(CASES))
 def exported(request, tmp_path_factory):
     """(case, quantized dir, grids, graph with fp32 compute, graph with int8 compute)."""
