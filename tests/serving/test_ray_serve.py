@@ -135,12 +135,13 @@ def test_requests_are_validated_with_clear_4xx_and_backpressure_is_503(served):
 
 
 def test_metrics_endpoint_exposes_the_documented_series(served):
-    deadline, text = time.time() + 60, ""
+    deadline, text = time.time() + 120, ""
     wanted = {exported_name(name) for name, (kind, *_rest) in METRICS.items() if name != "hf_optim_serve_retries"}
-    while time.time() < deadline:
+    labels = ('variant="b"', 'application="ab"', 'reason="invalid"', 'status="503"')
+    while time.time() < deadline:  # replicas push their metrics every few seconds, later on a loaded machine
         text = urllib.request.urlopen(served["metrics"], timeout=30).read().decode()
         present = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_hf_optim")}
-        if wanted <= present and 'variant="b"' in text:
+        if wanted <= present and all(label in text for label in labels):
             break
         time.sleep(1)
     assert wanted <= present, sorted(wanted - present)
