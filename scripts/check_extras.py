@@ -34,12 +34,24 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], timeout: float, cwd: Path) -> tuple[int, str, float]:
+    """Exit status, stdout then the tail of stderr (kept apart, never interleaved), seconds."""
     start = time.perf_counter()
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd)
-        return out.returncode, (out.stdout + out.stderr)[-2000:], time.perf_counter() - start
+        return out.returncode, out.stdout + out.stderr[-2000:], time.perf_counter() - start
     except subprocess.TimeoutExpired:
         return 124, f"timed out after {timeout:.0f} s", time.perf_counter() - start
+
+
+_MARK = "hf-optim-versions:"
+
+
+def _versions(out: str) -> dict[str, str] | None:
+    """The JSON line the import check prints after ``_MARK``; whatever else the imports log is ignored."""
+    for line in out.splitlines():
+        if line.startswith(_MARK):
+            return json.loads(line[len(_MARK):])
+    return None
 
 
 def build_wheel(dest: Path) -> Path:
@@ -58,17 +70,20 @@ def check_extra(extra: str, wheel: Path, work: Path, torch_spec: str, timeout: f
     code, log, torch_s = _run([py, "-m", "pip", "install", "-q", torch_spec], timeout, work)
     row = {"extra": extra, "torch_install_s": round(torch_s, 1)}
     if code:
-        return {**row, "ok": False, "stage": "torch", "log": log}
+        return {**row, "ok": False, "stage": "torch", "log": log[-2000:]}
     target = f"{wheel}[{extra}]" if extra != "core" else str(wheel)
     code, log, install_s = _run([py, "-m", "pip", "install", "-q", target], timeout, work)
     row["install_s"] = round(install_s, 1)
     if code:
-        return {**row, "ok": False, "stage": "install", "log": log}
-    code, out, _ = _run([py, "-I", "-c", "import hf_optim, importlib.metadata as m, json; print(json.dumps("
-                         "{d.metadata['Name'].lower(): d.version for d in m.distributions()}))"], 300, work)
-    if code:
-        return {**row, "ok": False, "stage": "import", "log": out}
-    versions = json.loads(out.strip().splitlines()[-1])
+        return {**row, "ok": False, "stage": "install", "log": log[-2000:]}
+    code, out, _ = _run([py, "-I", "-c", f"import hf_optim, importlib.metadata as m, json; print({_MARK!r} + "
+                         "json.dumps({d.metadata['Name'].lower(): d.version for d in m.distributions()}))"], 300, work)
+    versions = None if code else _versions(out)
+    if versions is None:
+        return {**row, "ok": False, "stage": "import", "log": out[-2000:]}
+    noise = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith(_MARK)]
+    if noise:
+        row["import_output"] = noise[-20:]  # what a user sees on `import hf_optim`; recorded, not fatal
     keep = ("hf-optim", "torch", "transformers", "datasets", "huggingface-hub", "accelerate", "optimum",
             "optimum-onnx", "onnxruntime", "onnx", "gguf", "matplotlib")
     return {**row, "ok": True, "versions": {k: versions[k] for k in keep if k in versions}}

@@ -38,3 +38,12 @@ def test_help_parses_and_results_go_through_the_harness(path, monkeypatch, capsy
     with pytest.raises(SystemExit) as e:
         _load(path).main()
     assert e.value.code == 0 and capsys.readouterr().out.startswith("usage:")
+
+
+def test_check_extras_reads_the_versions_line_among_whatever_imports_log():
+    mod = _load(SCRIPTS / "check_extras.py")
+    out = ('2026-12-04 17:20:01 INFO worker.py: started\n'
+           + mod._MARK + '{"torch": "2.13.0", "hf-optim": "0.1.0"}\n'
+           + '2026-12-04 17:20:02 WARNING something logged at exit\n')
+    assert mod._versions(out) == {"torch": "2.13.0", "hf-optim": "0.1.0"}
+    assert mod._versions("2026-12-04 only noise\n") is None
