@@ -20,7 +20,7 @@ RESULTS := scripts/results
 RUN := runs/movie-sentiment
 
 .PHONY: setup setup-tf5 demo test test-fast test-tf5 lock-optimum lock-tf5 clean
-.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs anchors-llamacpp bench-gguf anchors-openvino
+.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs anchors-llamacpp bench-gguf bench-llm-cpu anchors-openvino
 
 setup: .venv/.hf_optim-setup
 setup-tf5: .venv-tf5/.hf_optim-setup
@@ -123,6 +123,11 @@ anchors-llamacpp: .venv-anchors/.hf_optim-setup
 # hf_optim's GGUF export read by llama.cpp: greedy tokens, speed and perplexity next to llama.cpp's own types.
 bench-gguf: setup anchors-llamacpp
 	$(BENCH_PY) scripts/bench_gguf.py --llama-python .venv-anchors/bin/python --threads 1 -o $(RESULTS)/bench_gguf.json
+
+# SmolLM2-135M on the CPU: hf_optim's torch and ONNX Runtime paths next to llama.cpp, 1 and 2 threads.
+bench-llm-cpu: setup anchors-llamacpp
+	for t in 1 2; do $(BENCH_PY) scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --threads $$t \
+		--profile -o $(RESULTS)/bench_llm_cpu_threads$$t.json || exit 1; done
 
 # The inference engine against one-request-at-a-time serving and unbucketed batching (docs/inference.md).
 bench-engine: setup

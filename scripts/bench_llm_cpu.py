@@ -1,0 +1,325 @@
+"""SmolLM2-135M on a CPU, every path side by side in one run: hf_optim's torch and ONNX Runtime paths next to the
+runtimes LLM users pick, llama.cpp (through ``llama-cpp-python``), with perplexity, size and decode speed for each.
+
+    python scripts/bench_llm_cpu.py --llama-python /path/to/venv-with-llama-cpp-python/bin/python --threads 1 \\
+        -o scripts/results/bench_llm_cpu_threads1.json
+
+Rows (``--rtn`` replaces GPTQ by round-to-nearest on the same grid, for a quick run):
+- ``hf_optim torch fp32``: the packaged float model, ``generate`` with the KV cache.
+- ``hf_optim torch int8``: int8 weight-only per output channel (``int8pack`` kernel).
+- ``hf_optim torch int4 GPTQ``: int4 weight-only, symmetric, group 32, GPTQ act-order on BBC train text
+  (``int4pack`` kernel); the lm_head stays tied to the float embeddings.
+- ``hf_optim torch int4 GPTQ + int8 head``: the same grid, the lm_head untied and int8 per channel (input
+  embeddings int8 per row): the head is a 49,152 x 576 matrix, in fp32 the largest single read of every decode step.
+- ``hf_optim ORT int8``: Optimum's ONNX export with past key values, ``MatMulNBits`` int8 block 32 with int8 compute
+  (``accuracy_level: 4``), ``ORTModelForCausalLM.generate``.
+- ``hf_optim ORT int4 from GPTQ``: the same export with the GPTQ grid written into ``MatMulNBits`` unchanged
+  (``method: checkpoint``).
+- ``llama.cpp packaged Q4_1``: the GGUF the model package ships (the float weights were dequantized from it).
+- ``llama.cpp Q8_0 / Q4_0 / Q4_K_M``: llama.cpp's own quantizer on hf_optim's F32 GGUF of the float weights, as
+  llama.cpp's docs build them (convert, then ``llama-quantize``).
+- ``llama.cpp <- hf_optim GPTQ Q4_0``: hf_optim's GPTQ grid exported to GGUF (``save_gguf``) and run by llama.cpp.
+
+Speed: the same 64-token prompts from the BBC test text, ``--new-tokens`` greedy tokens, decode tokens/s after the
+first token, medians over ``--rounds`` rounds; each round measures every hf_optim model (rotated order) and then
+runs the llama.cpp worker for one round, so load drift on a shared machine reaches every row. Batch 8 for the
+runtimes that batch (torch, ONNX Runtime). Perplexity: the first ``--tokens`` BBC test tokens, window 512,
+stride 256, the same ids in every runtime (tokenized here by transformers).
+
+``--profile`` adds where one decode step of the fastest hf_optim torch int4 row spends its time (torch profiler:
+int4/int8 matmul kernels, float matmuls, attention, other ops, and the rest = Python and framework overhead),
+against the memory-bandwidth bound: the bytes of weights one decode step reads, at the copy bandwidth measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+import hf_optim  # noqa: E402,F401
+from hf_optim.data import builtin_model  # noqa: E402
+from hf_optim.evaluation.harness import BenchRun  # noqa: E402
+from hf_optim.evaluation.lm import _generate, load_causal_lm, perplexity, text_token_ids  # noqa: E402
+from hf_optim.export import ExportConfig, export_model, save_gguf  # noqa: E402
+from hf_optim.quantize import QuantizeConfig  # noqa: E402
+from hf_optim.quantize.apply import quantize_model_  # noqa: E402
+from hf_optim.quantize.gptq import gptq_quantize_  # noqa: E402
+from hf_optim.quantize.stage import text_chunks  # noqa: E402
+
+GRID = dict(scheme="int4_weight_only", group_size=32, symmetric=True)
+LLAMA_CPP_TYPES = ("q8_0", "q4_0", "q4_k_m")
+
+
+def _bench_gguf():
+    """scripts/bench_gguf.py: its llama.cpp worker and helpers are shared, not copied."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_gguf", Path(__file__).with_name("bench_gguf.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.suffix in (".safetensors", ".onnx",
+                                                                                        ".onnx_data", ".data")]
+    return round(sum(p.stat().st_size for p in files) / 2**20, 2)
+
+
+def _decode_round(models: dict, prompts: dict, new_tokens: int, r: int) -> dict:
+    """One round: every model once per batch size (rotated order); ``{name: {batch: (ttft, total)}}``."""
+    names = list(models)
+    out: dict = {}
+    for name in names[r % len(names):] + names[: r % len(names)]:
+        for b, prompt in prompts.items():
+            out.setdefault(name, {})[b] = (_generate(models[name], prompt, 1),
+                                           _generate(models[name], prompt, new_tokens))
+    return out
+
+
+def _weights_read_per_token(model) -> int:
+    """Bytes of weights one decode step reads: every parameter and buffer except the input embedding table (one
+    row is gathered), unless the output head is that same table."""
+    emb = model.get_input_embeddings()
+    head = model.get_output_embeddings()
+    skip = set()
+    if getattr(head, "weight", None) is not getattr(emb, "weight", None):
+        skip = {id(t) for t in list(emb.parameters()) + list(emb.buffers())}
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen or id(t) in skip:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _copy_bandwidth() -> float:
+    """Bytes/s of a large copy (read + write) on the threads torch uses: the memory roof one decode step meets."""
+    src = torch.empty(64 * 2**20, dtype=torch.float32).fill_(1.0)  # 256 MB, far past any cache
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t)
+    return 2 * src.numel() * 4 / min(times)
+
+
+def _profile(model, prompt, new_tokens: int) -> dict:
+    """Self CPU time of one greedy decode by op family, and the rest of the wall time (Python, framework)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _generate(model, prompt, 2)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = _generate(model, prompt, new_tokens)
+    families = {"int4/int8 matmul kernels": ("int4pack", "int8pack"),
+                "float matmuls (linear, mm, addmm)": ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul",
+                                                      "aten::bmm"),
+                "attention (sdpa)": ("scaled_dot_product", "flash_attention", "_efficient_attention")}
+    spent = dict.fromkeys(list(families) + ["other ops"], 0.0)
+    for e in prof.key_averages():
+        fam = next((f for f, keys in families.items() if any(k in e.key for k in keys)), "other ops")
+        spent[fam] += e.self_cpu_time_total / 1e6
+    ops = sum(spent.values())
+    out = {k: {"s": round(v, 4), "share": round(v / wall, 3)} for k, v in spent.items()}
+    out["python and framework (wall - ops)"] = {"s": round(wall - ops, 4), "share": round(1 - ops / wall, 3)}
+    return {"wall_s": round(wall, 4), "new_tokens": new_tokens, "by_family": out}
+
+
+def build_hf_optim(args, src, tok, tmp: Path) -> tuple[dict, dict, dict]:
+    """(torch/ORT models, rows, GGUF files) of the hf_optim rows."""
+    method = {} if args.rtn else {"method": "gptq", "gptq_act_order": True}
+    label = "RTN" if args.rtn else "GPTQ"
+    ids = text_token_ids(tok, "bbc-news", "test", args.tokens)
+    models, rows, gguf = {}, {}, {}
+
+    def add(name, model, path, what, **extra):
+        t = time.time()
+        ppl = perplexity(model, ids, args.context, args.stride)["perplexity"] if args.tokens else None
+        rows[name] = {"what": what, "size_mb": _size_mb(path), "perplexity": ppl,
+                      "perplexity_s": round(time.time() - t, 1), **extra}
+        models[name] = model
+        print(json.dumps({name: rows[name]}), flush=True)
+
+    fp32 = AutoModelForCausalLM.from_pretrained(src).eval()
+    fp32.save_pretrained(tmp / "fp32")
+    tok.save_pretrained(tmp / "fp32")  # the export validates on text
+    add("hf_optim torch fp32", fp32, tmp / "fp32", "float32 as packaged")
+    gguf["f32"] = tmp / "f32.gguf"
+    save_gguf(fp32, gguf["f32"], qtype="f32", tokenizer=tok)
+
+    int8 = AutoModelForCausalLM.from_pretrained(src).eval()
+    quantize_model_(int8, QuantizeConfig(model=str(src), scheme="int8_weight_only"))
+    int8.save_pretrained(tmp / "int8")
+    add("hf_optim torch int8", int8, tmp / "int8", "int8 weight-only per output channel, int8pack kernel")
+
+    int4 = AutoModelForCausalLM.from_pretrained(src).eval()
+    config = QuantizeConfig(model=str(src), **GRID, **method)
+    t = time.time()
+    if args.rtn:
+        quantize_model_(int4, config)
+    else:
+        cal = text_chunks(tok, "bbc-news", "train", args.calibration_samples, 256)
+        gptq_quantize_(int4, [{"input_ids": cal[i:i + 4]} for i in range(0, len(cal), 4)], config)
+    quantize_s = round(time.time() - t, 1)
+    int4.save_pretrained(tmp / "int4")
+    tok.save_pretrained(tmp / "int4")
+    gguf["hf_optim"] = tmp / "int4-q4_0.gguf"
+    save_gguf(int4, gguf["hf_optim"], qtype="q4_0", tokenizer=tok)
+    add(f"hf_optim torch int4 {label}", int4, tmp / "int4",
+        f"int4 weight-only, group 32, symmetric, {label}; int4pack kernel; lm_head tied to the float embeddings",
+        quantize_s=quantize_s)
+
+    head = AutoModelForCausalLM.from_pretrained(tmp / "int4").eval()
+    quantize_model_(head, QuantizeConfig(model=str(src), scheme="int8_weight_only", include=[r"^lm_head$"],
+                                         lm_head=True, embeddings="int8"))
+    head.save_pretrained(tmp / "int4-head")
+    add(f"hf_optim torch int4 {label} + int8 head", head, tmp / "int4-head",
+        f"the int4 {label} grid, lm_head untied and int8 per channel, input embeddings int8 per row")
+
+    for name, model_dir, export in (
+            ("hf_optim ORT int8", tmp / "fp32", dict(quantization="int8_weight_only", group_size=32)),
+            (f"hf_optim ORT int4 from {label}", tmp / "int4", dict(quantization="int4", method="checkpoint"))):
+        out = tmp / name.replace(" ", "-")
+        export_model(model_dir, out, ExportConfig(model=str(model_dir), task="bbc-news", task_type="causal-lm",
+                                                  optimization="none", accuracy_level=4, max_metric_drop=10.0,
+                                                  **export))
+        add(name, load_causal_lm(out, threads=args.threads), out,
+            f"Optimum ONNX export with past key values, MatMulNBits ({export['quantization']}), int8 compute")
+    return models, rows, gguf
+
+
+def llama_rows(args, tok, tmp: Path, gguf: dict, prompts: list, rnd: int) -> dict:
+    """One round of the llama.cpp worker (the first also quantizes and measures perplexity)."""
+    bg = _bench_gguf()
+    first = rnd == 0
+    quantize = [{"src": str(gguf["f32"]), "dst": str(tmp / f"llamacpp-{t}.gguf"), "type": t}
+                for t in LLAMA_CPP_TYPES]
+    models = {f"llama.cpp {q['type'].upper()}": q["dst"] for q in quantize}
+    models["llama.cpp <- hf_optim GPTQ Q4_0" if not args.rtn else "llama.cpp <- hf_optim RTN Q4_0"] = \
+        str(gguf["hf_optim"])
+    packaged = bg._packaged_q41()
+    if packaged:
+        models["llama.cpp packaged Q4_1"] = str(packaged)
+    ids = text_token_ids(tok, "bbc-news", "test", args.tokens)[0].tolist() if first and args.tokens else None
+    job = {"models": models, "quantize": quantize if first else [], "prompts": prompts,
+           "new_tokens": args.new_tokens, "threads": args.threads, "rounds": 1, "context": args.context,
+           "stride": args.stride, "ppl_ids": ids}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    out = subprocess.run([args.llama_python, "-I", str(bg.WORKER)], input=json.dumps(job), capture_output=True,
+                         text=True, env=env, cwd=tmp, timeout=7200)
+    if out.returncode:
+        raise SystemExit(f"error: the llama.cpp worker failed:\n{out.stderr[-3000:]}")
+    return {name: dict(r, path=models[name]) for name, r in json.loads(out.stdout).items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--llama-python", help="python of a venv with llama-cpp-python (without it: hf_optim rows only)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--prompts", type=int, default=2, help="64-token prompts from the BBC test text")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=4096, help="perplexity tokens (0: skip perplexity)")
+    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--stride", type=int, default=256)
+    ap.add_argument("--rtn", action="store_true", help="round-to-nearest instead of GPTQ (a quick run)")
+    ap.add_argument("--calibration-samples", type=int, default=32, help="GPTQ: chunks of 256 BBC train tokens")
+    ap.add_argument("--profile", action="store_true", help="profile one decode of the fastest torch int4 row")
+    ap.add_argument("-o", "--output", help="result JSON")
+    args = ap.parse_args(argv)
+    run = BenchRun(args, argv, threads=args.threads)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    src = builtin_model("smollm2-135m")
+    tok = AutoTokenizer.from_pretrained(src)
+    text = text_token_ids(tok, "bbc-news", "test", 64 * 8 * max(args.prompts, 1))
+    prompt_lists = [text[0, 64 * i: 64 * (i + 1)].tolist() for i in range(args.prompts)]
+    batches = {1: [torch.tensor([p]) for p in prompt_lists], 8: [text[0, : 64 * 8].reshape(8, 64)]}
+    with tempfile.TemporaryDirectory(prefix="bench-llm-cpu-") as tmp:
+        tmp = Path(tmp)
+        models, rows, gguf = build_hf_optim(args, src, tok, tmp)
+        for m in models.values():
+            _generate(m, batches[1][0], 2)  # warm-up
+        timings: dict = {}
+        llama: dict = {}
+        for r in range(args.rounds):
+            for i, prompt in enumerate(batches[1]):
+                for name, by_batch in _decode_round(models, {1: prompt} if i else {1: prompt, 8: batches[8][0]},
+                                                    args.new_tokens, r + i).items():
+                    for b, t in by_batch.items():
+                        timings.setdefault(name, {}).setdefault(b, []).append(t)
+            if args.llama_python:
+                for name, res in llama_rows(args, tok, tmp, gguf, prompt_lists, r).items():
+                    row = llama.setdefault(name, {"path": res["path"], "decode": [], "prefill": []})
+                    row["decode"] += res["decode_tok_s"]
+                    row["prefill"] += res["prefill_tok_s"]
+                    if res.get("perplexity"):
+                        row["perplexity"] = round(res["perplexity"], 4)
+            print(f"round {r + 1}/{args.rounds} done", flush=True)
+        for name, by_batch in timings.items():
+            for b, ts in by_batch.items():
+                ttft = statistics.median(t[0] for t in ts)
+                decode = statistics.median(t[1] - t[0] for t in ts)
+                rows[name][f"batch_{b}_decode_tok_s"] = round((args.new_tokens - 1) * b / decode, 2)
+                rows[name][f"batch_{b}_ttft_ms"] = round(ttft * 1e3, 1)
+        for name, row in llama.items():
+            rows[name] = {"what": "llama.cpp (llama-cpp-python)", "size_mb": _size_mb(Path(row["path"])),
+                          "perplexity": row.get("perplexity"),
+                          "batch_1_decode_tok_s": round(statistics.median(row["decode"]), 2),
+                          "batch_1_prefill_tok_s": round(statistics.median(row["prefill"]), 1)}
+        base = rows["hf_optim torch fp32"]
+        for row in rows.values():
+            if row.get("perplexity") and base.get("perplexity"):
+                row["perplexity_vs_fp32"] = round(row["perplexity"] / base["perplexity"] - 1, 4)
+            row["batch_1_vs_torch_fp32"] = round(row["batch_1_decode_tok_s"] / base["batch_1_decode_tok_s"], 2)
+        profile = None
+        if args.profile:
+            fastest = max((n for n in rows if n.startswith("hf_optim torch int4")),
+                          key=lambda n: rows[n]["batch_1_decode_tok_s"])
+            model = models[fastest]
+            bytes_per_token = _weights_read_per_token(model)
+            bandwidth = _copy_bandwidth()
+            profile = {"row": fastest, **_profile(model, batches[1][0], args.new_tokens),
+                       "weights_read_per_token_mb": round(bytes_per_token / 2**20, 2),
+                       "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+                       "bandwidth_bound_tok_s": round(bandwidth / bytes_per_token, 1),
+                       "measured_tok_s": rows[fastest]["batch_1_decode_tok_s"]}
+            print(json.dumps({"profile": profile}), flush=True)
+        version = None
+        if args.llama_python:
+            version = subprocess.run([args.llama_python, "-I", "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+                                     capture_output=True, text=True, cwd=tmp).stdout.strip()
+    for name, row in rows.items():
+        print(f"{name:42s} {row.get('size_mb', '-'):>8} MB  ppl {row.get('perplexity')}  "
+              f"b1 {row['batch_1_decode_tok_s']} tok/s ({row['batch_1_vs_torch_fp32']}x fp32)"
+              + (f"  b8 {row['batch_8_decode_tok_s']}" if "batch_8_decode_tok_s" in row else ""), flush=True)
+    return run.write(
+        args.output, rows,
+        model="SmolLM2-135M-Instruct (builtin_model('smollm2-135m')); weights dequantized from a Q4_1 GGUF",
+        perplexity_setup={"text": "load_text('bbc-news')['test']", "tokens": args.tokens, "context": args.context,
+                          "stride": args.stride},
+        decode_setup={"prompt_tokens": 64, "prompts": args.prompts, "new_tokens": args.new_tokens,
+                      "rounds": args.rounds, "greedy": True, "threads": args.threads,
+                      "note": "decode tokens/s after the first token, median over rounds; batch 8 for torch/ORT"},
+        llama_cpp={"llama_cpp_python": version} if version else None, profile=profile)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
