@@ -5,7 +5,8 @@ precision planner, the inference engine) needs the same two answers, given here 
 
 * what it is: :func:`checkpoint_kind` / :func:`checkpoint_facts` read ``config.json`` (``sequence-classification``,
   ``causal-lm`` or ``base``); :func:`artifact_format` tells a ``from_pretrained`` checkpoint (``torch``), an ONNX
-  export (``onnx``) and a ``compile`` stage artifact (``compiled``) apart;
+  export (``onnx``), a ``compile`` stage artifact (``compiled``) and a GGUF export (``gguf``) apart, and
+  :func:`checkpoint_format` which reader loads it (these live in :mod:`hf_optim.artifact_kind`);
 * how to run it: :func:`load_predictor` returns a :class:`Predictor` for any of them. ``predict(batch)`` maps a
   padded batch of token ids (numpy arrays by input name) to the model's output; ``predict_logits(texts)``
   tokenizes first. :class:`TorchPredictor`, :class:`OrtPredictor` and :class:`CompiledPredictor` implement it.
@@ -21,101 +22,15 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .artifact_kind import (COMPILE_RECORD, EXPORT_RECORD, _kind, artifact_format, checkpoint_architectures,  # noqa: F401
+                            checkpoint_facts, checkpoint_format, checkpoint_kind, export_record, gguf_files,
+                            is_onnx_dir, onnx_file, read_config)
 from .errors import ConfigError, DataError
 
-__all__ = ["checkpoint_kind", "checkpoint_facts", "checkpoint_architectures", "read_config", "is_onnx_dir", "artifact_format", "onnx_file",
+__all__ = ["checkpoint_kind", "checkpoint_facts", "checkpoint_architectures", "read_config", "is_onnx_dir", "artifact_format",
+           "checkpoint_format", "gguf_files", "export_record", "onnx_file",
            "Predictor", "TorchPredictor", "OrtPredictor", "CompiledPredictor", "load_predictor", "load_tokenizer",
            "load_compiled", "make_session", "COMPILE_RECORD"]
-
-COMPILE_RECORD = "hf_optim_compile.json"
-EXPORT_RECORD = "hf_optim_export.json"
-
-
-# -- what a directory holds ------------------------------------------------------------------------------------
-def read_config(model_dir: str | Path) -> Optional[dict]:
-    """``model_dir``'s ``config.json`` as a dict, or `None` when there is no readable one."""
-    try:
-        cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return cfg if isinstance(cfg, dict) else None
-
-
-def _kind(cfg: Optional[dict]) -> Optional[str]:
-    if cfg is None:
-        return None
-    archs = cfg.get("architectures") or []
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        return "sequence-classification"
-    if any(a.endswith("ForCausalLM") for a in archs):
-        return "causal-lm"
-    return "base"
-
-
-def checkpoint_kind(model_dir: str | Path) -> Optional[str]:
-    """What a checkpoint directory holds, from its ``config.json``: ``"sequence-classification"``,
-    ``"causal-lm"``, ``"base"`` (an encoder or backbone without a task head), or `None` when there is no
-    readable ``config.json``. An ONNX export or a compiled artifact keeps its source's ``config.json``, so it
-    answers as its source does."""
-    return _kind(read_config(model_dir))
-
-
-def checkpoint_architectures(model_dir: str | Path) -> list[str]:
-    """The model classes ``model_dir``'s ``config.json`` names (``architectures``); empty when it names none."""
-    return list((read_config(model_dir) or {}).get("architectures") or [])
-
-
-def checkpoint_facts(model_dir: str | Path) -> dict[str, Any]:
-    """``{"kind", "num_layers", "max_positions"}`` of a checkpoint directory from its ``config.json`` (values
-    `None` where it does not say)."""
-    cfg = read_config(model_dir)
-    return {"kind": _kind(cfg), "num_layers": (cfg or {}).get("num_hidden_layers"),
-            "max_positions": (cfg or {}).get("max_position_embeddings")}
-
-
-def is_onnx_dir(path: str | Path) -> bool:
-    """An exported directory: ``*.onnx`` and no torch weights (``*.safetensors``/``*.bin``)."""
-    path = Path(path)
-    if not path.is_dir():
-        return False
-    has_torch = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
-    return any(path.glob("*.onnx")) and not has_torch
-
-
-def artifact_format(path: str | Path) -> Optional[str]:
-    """How ``path`` is run: ``"compiled"`` (a ``compile`` stage artifact), ``"onnx"`` (an ONNX export, or a
-    ``.onnx`` file), ``"torch"`` (a ``from_pretrained`` directory), or `None` (none of them)."""
-    path = Path(path)
-    if path.is_file():
-        return "onnx" if path.suffix == ".onnx" else None
-    if (path / COMPILE_RECORD).is_file():
-        return "compiled"
-    if is_onnx_dir(path):
-        return "onnx"
-    return "torch" if (path / "config.json").is_file() else None
-
-
-def onnx_file(path: str | Path) -> Path:
-    """The ``.onnx`` file to run in an export directory: the one its export record names, ``model.onnx``, or the
-    only one there (a :class:`DataError` when several leave the choice open)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    record = path / EXPORT_RECORD
-    try:
-        names = [json.loads(record.read_text()).get("file_name")] if record.is_file() else []
-    except (ValueError, AttributeError):  # not JSON, or not a mapping
-        raise DataError(f"{record} is not the record hf_optim writes; export the model again") from None
-    if names and names[0] is not None and (not isinstance(names[0], str) or Path(names[0]).name != names[0]):
-        raise DataError(f"{record} names {str(names[0])[:100]!r} as the model file; export the model again")
-    for name in names + ["model.onnx"]:
-        if name and (path / name).is_file():
-            return path / name
-    found = sorted(path.glob("*.onnx"))
-    if len(found) != 1:
-        raise DataError(f"{path} holds {len(found)} ONNX files ({', '.join(p.name for p in found)}); pass the "
-                        "one to run (a .onnx file path)")
-    return found[0]
 
 
 def load_tokenizer(path: str | Path):
@@ -426,6 +341,9 @@ def load_predictor(model_dir: str | Path, max_length: int = 128, *, output: str 
         return load_compiled(path, max_length=max_length)
     if fmt == "onnx":
         return OrtPredictor.from_dir(path, max_length, tokenizer=tokenizer, threads=threads, output=output)
+    if fmt == "gguf":
+        raise DataError(f"{path} is a GGUF export: llama.cpp, Ollama or transformers (gguf_file=) run it; pass "
+                        "the checkpoint it was exported from")
     if fmt is None:
         what = "does not exist" if not path.exists() else "is not a model directory (no config.json)"
         raise DataError(f"{path} {what}; pass a folder written by save_pretrained, by a recipe stage or by an "

@@ -121,10 +121,12 @@ def _stage_output(path: str) -> bool:
     """Whether ``path`` is (or claims to be) a recipe stage's output, finished or not, or no model directory at
     all (a run directory ...): those go through :func:`~hf_optim.report.card.check_artifact`, which names what is
     wrong with them. The others are models saved without a recipe."""
+    from .artifact_kind import checkpoint_format
     from .integrity import MARKER
 
     p = Path(path)
-    return (p / MARKER).is_file() or p.name.startswith((".tmp-", ".old-")) or not (p / "config.json").is_file()
+    model = (p / "config.json").is_file() or checkpoint_format(p) == "gguf"
+    return (p / MARKER).is_file() or p.name.startswith((".tmp-", ".old-")) or not model
 
 
 def _card(args: argparse.Namespace):

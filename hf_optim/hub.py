@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import HfOptimError
-from .report.card import CARD_NAME, MARKER, CardConfig, build_model_card, check_artifact, write_model_card
+from .report.card import (CARD_NAME, MARKER, CardConfig, build_model_card, card_is_generated, check_artifact,
+                          write_model_card)
 
 __all__ = ["push_artifact", "push_to_hub", "upload_files", "sanitized_json", "check_repo_id", "PushResult",
            "CardConfig"]
@@ -87,7 +88,7 @@ def push_artifact(path: str | Path, repo_id: str, private: bool = False, dry_run
         private (`bool`, *optional*, defaults to `False`): create the repository private.
         dry_run (`bool`, *optional*, defaults to `False`): only list what would be uploaded; writes nothing.
         card (`bool`, *optional*, defaults to `True`): write the model card (``README.md``) into ``path`` first
-            when it has none.
+            when it has none, or only the one a portable export wrote, unchanged (rewritten for ``repo_id``).
         token (`str`, *optional*): Hub token; defaults to ``HF_TOKEN`` / the saved login.
         base_model (`str`, *optional*): ``base_model`` for the card (see :func:`~hf_optim.report.build_model_card`).
         commit_message (`str`, *optional*): defaults to "Upload <artifact> with hf-optim".
@@ -98,7 +99,7 @@ def push_artifact(path: str | Path, repo_id: str, private: bool = False, dry_run
     path = Path(path)
     check_repo_id(repo_id)  # before anything else, dry run included
     check_artifact(path)
-    need_card = card and not (path / CARD_NAME).is_file()
+    need_card = card and (not (path / CARD_NAME).is_file() or card_is_generated(path))
     if dry_run:
         sources = _sources(path, upload_files(path))
         if need_card:
@@ -131,7 +132,8 @@ def push_to_hub(model_or_dir, repo_id: str, *, dry_run: bool = False, card: Card
         dry_run (`bool`, *optional*, defaults to `False`): only list what would be uploaded.
         card (`CardConfig`, *optional*): what the card states (base model, what was done, license, datasets, a
             metric). When given, the generated card replaces a ``README.md`` the directory holds; without it, such
-            a ``README.md`` is uploaded as it is, and a run's stage output gets the card of its run.
+            a ``README.md`` is uploaded as it is (except the card a GGUF / compressed-tensors export wrote, unchanged:
+            it is written again for ``repo_id``), and a run's stage output gets the card of its run.
         tokenizer (`PreTrainedTokenizerBase`, *optional*): saved next to an in-memory model.
         private (`bool`, *optional*, defaults to `False`): create the repository private.
         token (`str`, *optional*): Hub token; defaults to ``HF_TOKEN`` / the saved login.
@@ -143,8 +145,9 @@ def push_to_hub(model_or_dir, repo_id: str, *, dry_run: bool = False, card: Card
     check_repo_id(repo_id)
     with _model_dir(model_or_dir, tokenizer) as path:
         files = upload_files(path)
-        has_readme = any(name == CARD_NAME for name, _ in files)
-        sources = _sources(path, [(n, s) for n, s in files if not (card is not None and n == CARD_NAME)])
+        replace = card is not None or card_is_generated(path)
+        has_readme = any(name == CARD_NAME for name, _ in files) and not replace
+        sources = _sources(path, [(n, s) for n, s in files if not (replace and n == CARD_NAME)])
         card_written = card is not None or not has_readme
         if card_written:
             run = card is None and (path / MARKER).is_file()

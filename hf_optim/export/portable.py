@@ -1,6 +1,7 @@
 """The ``export`` stage's portable formats (``format: gguf`` / ``compressed-tensors``): the checkpoint written by
 :func:`~hf_optim.export.save_gguf` or :func:`~hf_optim.export.save_compressed_tensors`, next to its export record
-(the per-tensor error report) in ``hf_optim_export.json``.
+(the per-tensor error report) in ``hf_optim_export.json`` and its model card (``README.md``: the runtimes that load
+it without hf_optim, with code for each).
 
 No ONNX graph is built and no task metric is measured: the record states, per tensor, the type written and its
 error against the weight hf_optim computes with (evaluate the result in the runtime that loads it).
@@ -27,7 +28,6 @@ RECORD_FORMAT = 1  # of the portable record (``export_format`` and ``report`` in
 def export_portable(model_dir: str | Path, output_dir: str | Path, config: ExportConfig) -> dict[str, Any]:
     """Write ``model_dir`` in ``config.format`` into the new or empty directory ``output_dir`` (assembled in a
     scratch directory next to it and renamed into place) and return the record written with it."""
-    from ..artifacts import EXPORT_RECORD
     from ..evaluation.harness import package_versions
 
     src, out = Path(model_dir), Path(output_dir)
@@ -35,7 +35,7 @@ def export_portable(model_dir: str | Path, output_dir: str | Path, config: Expor
     work = Path(tempfile.mkdtemp(prefix=".export-work-", dir=out.parent))
     t0 = time.perf_counter()
     try:
-        assembled = work / "assembled"
+        assembled = work / out.name  # named as it will be: its card names the folder in its loading code
         if config.format == "gguf":
             from .gguf import save_gguf
 
@@ -55,12 +55,39 @@ def export_portable(model_dir: str | Path, output_dir: str | Path, config: Expor
                   "config": config.to_dict(), "versions": package_versions(),
                   "max_abs_error": report.max_abs_error, "tensors_written": len(report.tensors),
                   "size_mb": round(sum(p.stat().st_size for p in files) / 2**20, 3),
-                  "export_seconds": round(time.perf_counter() - t0, 2), "report": detail}
-        (assembled / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
+                  "export_seconds": round(time.perf_counter() - t0, 2), "report": detail, **_origin(src)}
+        _write_record(assembled, record)
+        record["card_sha256"] = _write_card(assembled)
+        _write_record(assembled, record)
         os.replace(assembled, out)  # `out` is new or empty (checked by the caller)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return record
+
+
+def _origin(src: Path) -> dict[str, Any]:
+    """What the card says the export was made from: the source's Hub id (where known) and what was done to it."""
+    from ..artifact_kind import read_config
+    from ..report.card_meta import inherited_metadata, methods_in_config
+
+    return {"base_model": inherited_metadata(str(src)).get("base_model"),
+            "source_methods": methods_in_config(read_config(src) or {}) if src.is_dir() else []}
+
+
+def _write_record(directory: Path, record: dict[str, Any]) -> None:
+    from ..artifact_kind import EXPORT_RECORD
+
+    (directory / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
+
+
+def _write_card(directory: Path) -> str:
+    """Write ``directory``'s model card and return its SHA-256 (a push rewrites the card for its Hub repository
+    while it is unchanged)."""
+    from ..data.sources import sha256_file
+    from ..report.card import write_model_card
+    from ..report.card_meta import CardConfig
+
+    return sha256_file(write_model_card(directory, card=CardConfig()))
 
 
 def portable_metrics(record: dict[str, Any]) -> dict[str, Any]:

@@ -137,11 +137,13 @@ def run_staged(build: Callable, config: Any, ctx: Any) -> dict:
     files then move up. Returns the build's record."""
     import shutil
 
-    staging = ctx.output_dir / ".staging"
+    staging = ctx.output_dir / ".staging" / ctx.name  # named as the stage: a portable export's card names it
+    staging.parent.mkdir()
     record = build(ctx.inputs["model"], staging, config, progress=ctx.progress)
     for p in staging.iterdir():
         shutil.move(str(p), ctx.output_dir / p.name)
     staging.rmdir()
+    staging.parent.rmdir()
     return record
 
 

@@ -9,26 +9,32 @@ Python API has no run: :class:`~hf_optim.report.card_meta.CardConfig` says what 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import checkpoint_architectures, read_config
+from ..artifact_kind import checkpoint_architectures, checkpoint_format, export_record, read_config
 from ..data.tasks import is_text_corpus
 from ..errors import HfOptimError
 from ..integrity import MARKER  # the runner's completion marker
 from ..registry import stage_kind_table
 from .card_meta import (TRAINING_KINDS, CardConfig, base_model_relation, hub_dataset_id, inherited_metadata,
                         methods_in_config, quantization_tags)
+from .card_runtimes import (PORTABLE, limitation_lines, needs_lines, runtime_facts, runtime_tags, usage_lines,
+                            weights_lines)
 from .markdown import fmt, money, table
 from .summary import lineage, lineage_text, summarize
 
-__all__ = ["check_artifact", "build_model_card", "write_model_card", "artifact_format", "CardConfig", "CARD_NAME"]
+__all__ = ["check_artifact", "build_model_card", "write_model_card", "artifact_format", "card_is_generated",
+           "CardConfig", "CARD_NAME"]
 
 CARD_NAME = "README.md"
 # The Hub has no snippet of its own for hf_optim checkpoints: naming another library would make it show one that
 # fails (plain Transformers refuses the hf_optim format), so those cards name hf-optim and carry the code themselves.
-_LIBRARIES = {"onnx": "optimum", "compiled": "hf-optim", "hf_optim": "hf-optim", "transformers": "transformers"}
+# A GGUF repository's `gguf` library makes the Hub show its own llama.cpp / Ollama snippets.
+_LIBRARIES = {"onnx": "optimum", "compiled": "hf-optim", "hf_optim": "hf-optim", "transformers": "transformers",
+              "compressed-tensors": "transformers", "gguf": "gguf"}
 _HEADS = (("ForSequenceClassification", "SequenceClassification", "text-classification"),
           ("ForCausalLM", "CausalLM", "text-generation"),
           ("ForTokenClassification", "TokenClassification", "token-classification"),
@@ -49,7 +55,7 @@ def check_artifact(path: str | Path) -> dict[str, Any]:
     except (OSError, ValueError):
         raise HfOptimError(f"{path} is not a complete hf-optim artifact: it has no readable {MARKER} (only "
                            "a stage that finished writes one); run the recipe (`hf-optim run`) to produce it") from None
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and checkpoint_format(path) != "gguf":
         what = "an evaluate stage's metrics" if marker.get("kind") == "evaluate" else "no config.json"
         model = (marker.get("config") or {}).get("model")
         hint = f"; the model it measured is the stage {model!r}" if model and marker.get("kind") == "evaluate" else ""
@@ -59,18 +65,24 @@ def check_artifact(path: str | Path) -> dict[str, Any]:
 
 def artifact_format(path: Path) -> str:
     """``onnx`` (ONNX Runtime directory), ``compiled`` (compile stage), ``hf_optim`` (quantized or pruned
-    checkpoint restored by ``from_pretrained`` after ``import hf_optim``) or ``transformers``."""
-    if any(path.glob("*.onnx")):
-        return "onnx"
-    if (path / "hf_optim_compile.json").is_file():
-        return "compiled"
-    config = read_config(path) or {}
-    if (config.get("quantization_config") or {}).get("quant_method") == "hf_optim":
-        return "hf_optim"
-    return "transformers"
+    checkpoint restored by ``from_pretrained`` after ``import hf_optim``), ``gguf``, ``compressed-tensors`` or
+    ``transformers`` (see :func:`hf_optim.artifacts.checkpoint_format`)."""
+    return checkpoint_format(path) or "transformers"
+
+
+def card_is_generated(path: str | Path) -> bool:
+    """Whether ``path``'s ``README.md`` is the card the export wrote, unchanged (a push may then rewrite it for its
+    Hub repository); a card someone edited is theirs."""
+    from ..data.sources import sha256_file
+
+    digest = (export_record(path) or {}).get("card_sha256")
+    card = Path(path) / CARD_NAME
+    return bool(digest) and card.is_file() and sha256_file(card) == digest
 
 
 def _head(path: Path) -> tuple[str, str | None]:
+    if checkpoint_format(path) == "gguf":  # the GGUF export writes Llama-family causal LMs
+        return "CausalLM", "text-generation"
     arch = (checkpoint_architectures(path) or [""])[0]
     for suffix, auto, pipeline in _HEADS:
         if arch.endswith(suffix):
@@ -159,11 +171,16 @@ def build_model_card(path: str | Path, repo_id: str | None = None, base_model: s
     auto, pipeline = _head(path)
     inherited = inherited_metadata(base_model or card.base_model or facts["root"])
     base_id = inherited.get("base_model")
+    runtime = runtime_facts(path, fmt_, config)
+    format_tags = runtime_tags(fmt_, runtime)
     quant_tags = sorted({t for k, c in facts["configs"] for t in quantization_tags(k, c)}
-                        | ({"quantization"} if "quantize" in methods_in_config(config) else set()))
+                        | ({"quantization"} if "quantize" in methods_in_config(config) else set())
+                        | ({"quantization"} & format_tags))
     kinds = [k for k, _ in facts["configs"]]
     kind_tags = {kind: r.tag for kind, r in stage_kind_table().items() if r.tag}
-    tags = sorted({"hf-optim", *quant_tags, *(kind_tags[k] for k in kinds if k in kind_tags)}
+    if fmt_ in PORTABLE:  # the export stage's tags name ONNX Runtime; a portable artifact's name its own format
+        kind_tags.pop("export", None)
+    tags = sorted({"hf-optim", *quant_tags, *format_tags, *(kind_tags[k] for k in kinds if k in kind_tags)}
                   | ({"onnxruntime"} if fmt_ == "onnx" else set()))
     eval_results = None
     if row and row.get("value") is not None:
@@ -182,6 +199,7 @@ def build_model_card(path: str | Path, repo_id: str | None = None, base_model: s
         data.base_model_relation = relation
     repo = repo_id or f"./{path.name}"
     lines = ["---", data.to_yaml(), "---", "", f"# {facts['model_name']}", ""] + _needs(fmt_)
+    lines += needs_lines(fmt_, runtime)
     lines += [card.description or facts["intro"], "", _made_with(__version__, facts["run_version"]), "",
               "## Results", ""]
     if row and facts["summary"]:
@@ -195,11 +213,14 @@ def build_model_card(path: str | Path, repo_id: str | None = None, base_model: s
                   "(as stated by the uploader; speed not measured by hf-optim). Measure latency, throughput and "
                   "size with `hf-optim eval DIR --task TASK`.", ""]
     else:
+        how = "in the runtime that serves it" if fmt_ == "gguf" else "with `hf-optim eval DIR --task TASK`"
         lines += ["Not evaluated: the run has no `evaluate` stage for this artifact, so no result is claimed. "
-                  "Measure it with `hf-optim eval DIR --task TASK`.", ""]
-    lines += ["## Lineage", "", facts["lineage"], ""]
-    lines += ["## How to use", ""] + _usage(fmt_, auto, pipeline, repo) + [""]
-    lines += ["## Limitations", ""] + _limitations(fmt_, row) + [""]
+                  f"Measure it {how}.", ""]
+    lines += ["## Lineage", "", facts["lineage"], ""] + weights_lines(fmt_, runtime)
+    usage = usage_lines(fmt_, runtime, auto, pipeline, repo, local=repo_id is None) if fmt_ in PORTABLE else \
+        _usage(fmt_, auto, pipeline, repo)
+    lines += ["## How to use", ""] + usage + [""]
+    lines += ["## Limitations", ""] + _limitations(fmt_, row) + limitation_lines(fmt_, runtime) + [""]
     return "\n".join(lines)
 
 
@@ -240,14 +261,19 @@ def _facts(path: Path, card: CardConfig | None, repo_id: str | None) -> dict[str
                           if (s.get("metrics") or {}).get("machine")), None))
         return facts
     card = card or CardConfig()
-    methods = list(dict.fromkeys([*card.methods, *methods_in_config(config)]))
-    if facts["format"] == "onnx" and "export" not in methods:
+    origin = export_record(path) or {}  # what a portable export recorded about its source
+    methods = list(dict.fromkeys([*card.methods, *methods_in_config(config), *(origin.get("source_methods") or [])]))
+    if facts["format"] in ("onnx", *PORTABLE[:2]) and "export" not in methods:
         methods.append("export")
+    if card.base_model is None and origin.get("base_model"):
+        card = dataclasses.replace(card, base_model=origin["base_model"])
     row = {"artifact": name, "metric": card.metric, "value": card.metric_value, "split": card.split,
            "task": card.task, "task_config": {"name": card.task, "dataset": card.task}} if card.metric else None
     chain = " → ".join(methods) or "no recorded step"
     root = card.base_model or "an unnamed base model"
-    facts.update(row=row, base=None, configs=[(m, {}) for m in methods], root=card.base_model,
+    configs = [(m, {"format": facts["format"]} if m == "export" and facts["format"] in PORTABLE else {})
+               for m in methods]
+    facts.update(row=row, base=None, configs=configs, root=card.base_model,
                  datasets=[], machine=None,
                  intro=f"Made from `{root}` with the hf-optim Python API ({chain}); {_kind_text(facts['format'])}.",
                  lineage=f"`{root}` → {chain} → **{name}**")
@@ -257,7 +283,7 @@ def _facts(path: Path, card: CardConfig | None, repo_id: str | None) -> dict[str
 def _check_model_dir(path: Path) -> None:
     if not path.is_dir():
         raise HfOptimError(f"{path} is not a directory; pass a saved model directory")
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and checkpoint_format(path) != "gguf":
         raise HfOptimError(f"{path} holds no config.json: not a model directory that from_pretrained loads")
 
 
@@ -288,6 +314,8 @@ def _made_with(version: str, run_version: str | None) -> str:
 def _kind_text(fmt_: str) -> str:
     return {"onnx": "an ONNX Runtime model", "compiled": "a compiled PyTorch model",
             "hf_optim": "a Transformers checkpoint in the hf_optim quantized/pruned format",
+            "gguf": "a GGUF file for llama.cpp, Ollama and Transformers",
+            "compressed-tensors": "a compressed-tensors checkpoint for Transformers and vLLM",
             "transformers": "a standard Transformers checkpoint"}[fmt_]
 
 

@@ -88,6 +88,8 @@ def quantization_tags(kind: str, config: dict[str, Any]) -> list[str]:
         scheme = str(config.get("scheme") or "")
         return ["quantization", scheme.split("_")[0]] if scheme else ["quantization"]
     if kind == "export":
+        if config.get("format", "onnx") != "onnx":  # GGUF / compressed-tensors: their card tags what the file holds
+            return []
         q = config.get("quantization", "dynamic")  # the ExportConfig default when the recipe leaves it out
         if q in (None, "none"):
             return []

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import site
-import subprocess
-import sys
-import sysconfig
 
 import pytest
 import torch
@@ -19,10 +15,10 @@ from hf_optim.export.compressed_tensors import pack_to_int32
 from hf_optim.export.weights import grid_of
 from hf_optim.quantize import QuantizeConfig, quantize_model_
 from hf_optim.testing import tiny_llama
+from ..isolated import run_without_hf_optim
 
 _READER = r"""
-import importlib.util, json, sys
-assert importlib.util.find_spec("hf_optim") is None, "hf_optim must not be importable here"
+import sys
 import torch
 from transformers import AutoModelForCausalLM
 src, ids_file, out_file = sys.argv[1:4]
@@ -39,15 +35,9 @@ def base():
 
 
 def _isolated_logits(model_dir, ids, tmp_path):
-    """Logits from a ``python -I -S`` interpreter whose sys.path is the standard library and site-packages only
-    (no .pth files: the editable hf_optim install is invisible)."""
-    paths = [p for p in sys.path if p.startswith(sysconfig.get_paths()["stdlib"])] + site.getsitepackages()
-    paths = [p for p in paths if "wt-" not in p and not p.rstrip("/").endswith("work/main")]
-    code = f"import sys; sys.path[:] = {paths!r}\n" + _READER
+    """Logits from an interpreter that cannot import hf_optim (see ``tests/isolated.py``)."""
     torch.save(ids, tmp_path / "ids.pt")
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(model_dir), str(tmp_path / "ids.pt"),
-                           str(tmp_path / "logits.pt")], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_without_hf_optim(_READER, [str(model_dir), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt")], tmp_path)
     return torch.load(tmp_path / "logits.pt", weights_only=True)
 
 
