@@ -101,7 +101,7 @@ def push_artifact(path: str | Path, repo_id: str, private: bool = False, dry_run
     check_artifact(path)
     need_card = card and (not (path / CARD_NAME).is_file() or card_is_generated(path))
     if dry_run:
-        sources = _sources(path, upload_files(path))
+        sources = _sources(path, [(n, s) for n, s in upload_files(path) if not (need_card and n == CARD_NAME)])
         if need_card:
             sources = sorted(sources + [(CARD_NAME, build_model_card(path, repo_id=repo_id,
                                                                      base_model=base_model).encode("utf-8"))])

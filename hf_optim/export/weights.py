@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError
 from ..quantize import kernels
 from ..quantize.modules import QuantEmbedding, QuantLinear
 
@@ -127,15 +128,20 @@ def model_dir(model_or_dir: Any) -> Path | None:
 
 
 def load_model(model_or_dir: Any) -> nn.Module:
-    """A causal LM in float32 from a directory (hf_optim checkpoints restore their quantized modules) or the model
-    object itself."""
+    """The model in float32 from a directory, with the head its ``config.json`` names (a causal LM, a sequence
+    classifier, or a bare encoder; hf_optim checkpoints restore their quantized modules), or the model object
+    itself."""
     path = model_dir(model_or_dir)
     if path is None:
         return model_or_dir
-    import hf_optim  # noqa: F401 - registers the from_pretrained integration that restores quantized modules
-    from transformers import AutoModelForCausalLM
+    import transformers
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    import hf_optim  # noqa: F401 - registers the from_pretrained integration that restores quantized modules
+    from ..artifact_kind import checkpoint_kind
+
+    auto = {"sequence-classification": "AutoModelForSequenceClassification",
+            "base": "AutoModel"}.get(checkpoint_kind(path) or "", "AutoModelForCausalLM")
+    return getattr(transformers, auto).from_pretrained(path, dtype=torch.float32).eval()
 
 
 def _out_in(module: nn.Module) -> tuple[int, int]:
@@ -146,36 +152,75 @@ def _out_in(module: nn.Module) -> tuple[int, int]:
     return module.out_features, module.in_features
 
 
+def layer_sizes(model: nn.Module) -> list[dict[str, int]] | None:
+    """Per layer, the sizes a config states once for all layers: ``heads``, ``kv_heads`` (Llama), ``ffn`` and the
+    ``head_dim`` the layer computes with; `None` for layouts other than Llama's and BERT's."""
+    inner = getattr(model, "model", None) or getattr(model, getattr(model, "base_model_prefix", ""), None) or model
+    config = model.config
+    layers = getattr(inner, "layers", None)
+    if layers is not None and hasattr(layers[0], "self_attn") and hasattr(layers[0].self_attn, "q_proj"):
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return [{"heads": _out_in(l.self_attn.q_proj)[0] // head_dim, "kv_heads": _out_in(l.self_attn.k_proj)[0]
+                 // head_dim, "ffn": _out_in(l.mlp.gate_proj)[0], "head_dim": head_dim,
+                 "hidden": _out_in(l.self_attn.q_proj)[1]} for l in layers]
+    layers = getattr(getattr(inner, "encoder", None), "layer", None)
+    if layers is not None and hasattr(layers[0], "attention") and hasattr(layers[0], "intermediate"):
+        head_dim = config.hidden_size // config.num_attention_heads
+        return [{"heads": _out_in(l.attention.self.query)[0] // head_dim, "ffn": _out_in(l.intermediate.dense)[0],
+                 "head_dim": head_dim, "hidden": _out_in(l.attention.self.query)[1]} for l in layers]
+    return None
+
+
+def _sizes_text(sizes: list[dict[str, int]]) -> str:
+    def one(s: dict[str, int]) -> str:
+        kv = f" ({s['kv_heads']} key/value)" if "kv_heads" in s else ""
+        return f"{s['heads']} heads{kv}, FFN {s['ffn']}"
+
+    return "; ".join(f"layer {i}: {one(s)}" for i, s in enumerate(sizes))
+
+
+def _no_plain_config(model: nn.Module, sizes: list[dict[str, int]], why: str) -> ConfigError:
+    arch = type(model.config).__name__
+    fix = ("prune FFN neurons only (the prune stage's `heads: 0`), the same number in every layer (`ranking: "
+           "per_layer`, its default)") if "kv_heads" not in sizes[0] else \
+        "prune the same number of heads and FFN neurons in every layer (the prune stage's `ranking: per_layer`, its default)"
+    return ConfigError(
+        f"this pruned model has no plain {arch} (per layer: {_sizes_text(sizes)}): {why}, so this checkpoint needs "
+        "hf_optim to load. Publish the hf_optim checkpoint itself (its readers `pip install hf-optim`, then `import "
+        f"hf_optim` before `from_pretrained`), or {fix} and export again", field="model")
+
+
 def plain_config(model: nn.Module):
     """A copy of the model's config whose sizes describe the modules it holds, without hf_optim's
-    ``quantization_config``; ``ValueError`` when no plain config does (layers pruned to different sizes: only
-    hf_optim, which records each layer's shapes, loads those).
+    ``quantization_config``; :class:`~hf_optim.errors.ConfigError` (a ``ValueError``) naming every layer's sizes
+    when no plain config does: only hf_optim, which records each layer's shapes, loads those.
 
     Llama-family layers pruned uniformly (every layer with the same heads and FFN width) get a plain dense config
-    with those sizes; other architectures must have their config's shapes.
+    with those sizes; BERT-family layers an ``intermediate_size`` for a uniformly pruned FFN (BERT's config derives
+    the head size from ``hidden_size / num_attention_heads``, so it cannot state pruned heads); other architectures
+    must have their config's shapes.
     """
     import copy
 
     config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is None or not hasattr(layers[0], "self_attn") or not hasattr(layers[0].self_attn, "q_proj"):
-        _check_shapes(model, config)  # not a Llama layout: only an unpruned model has a plain config
+    for name in ("quantization_config", "_pre_quantization_dtype"):  # what loading hf_optim's format set
+        if hasattr(config, name):
+            delattr(config, name)
+    sizes = layer_sizes(model)
+    if sizes is None:
+        _check_shapes(model, config)  # an unknown layout: only an unpruned model has a plain config
         return config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    sizes = set()
-    for layer in layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        sizes.add((_out_in(attn.q_proj)[0] // head_dim, _out_in(attn.k_proj)[0] // head_dim,
-                   _out_in(mlp.gate_proj)[0], _out_in(attn.q_proj)[1]))
-    if len(sizes) != 1:
-        raise ValueError("the layers were pruned to different sizes (heads / FFN width per layer: "
-                         f"{sorted(sizes)}); a plain config describes one size for all layers, so this checkpoint "
-                         "needs hf_optim to load (`pip install hf-optim`)")
-    heads, kv_heads, ffn, hidden = sizes.pop()
-    config.num_attention_heads, config.num_key_value_heads = heads, kv_heads
-    config.intermediate_size, config.hidden_size, config.head_dim = ffn, hidden, head_dim
+    if any(s != sizes[0] for s in sizes):
+        raise _no_plain_config(model, sizes, f"{type(config).__name__} states one size for every layer")
+    size = sizes[0]
+    if "kv_heads" in size:
+        config.num_attention_heads, config.num_key_value_heads = size["heads"], size["kv_heads"]
+        config.intermediate_size, config.hidden_size, config.head_dim = size["ffn"], size["hidden"], size["head_dim"]
+    elif size["heads"] != config.num_attention_heads:
+        raise _no_plain_config(model, sizes, f"{type(config).__name__} derives the head size from hidden_size / "
+                               "num_attention_heads, so it cannot state pruned attention heads")
+    else:
+        config.intermediate_size = size["ffn"]
     _check_shapes(model, config)
     return config
 

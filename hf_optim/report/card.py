@@ -21,8 +21,8 @@ from ..integrity import MARKER  # the runner's completion marker
 from ..registry import stage_kind_table
 from .card_meta import (TRAINING_KINDS, CardConfig, base_model_relation, hub_dataset_id, inherited_metadata,
                         methods_in_config, quantization_tags)
-from .card_runtimes import (PORTABLE, limitation_lines, needs_lines, runtime_facts, runtime_tags, usage_lines,
-                            weights_lines)
+from .card_runtimes import (PORTABLE, limitation_lines, needs_lines, pruned_lines, runtime_facts, runtime_tags,
+                            usage_lines, weights_lines)
 from .markdown import fmt, money, table
 from .summary import lineage, lineage_text, summarize
 
@@ -199,7 +199,7 @@ def build_model_card(path: str | Path, repo_id: str | None = None, base_model: s
         data.base_model_relation = relation
     repo = repo_id or f"./{path.name}"
     lines = ["---", data.to_yaml(), "---", "", f"# {facts['model_name']}", ""] + _needs(fmt_)
-    lines += needs_lines(fmt_, runtime)
+    lines += needs_lines(fmt_, runtime) + (pruned_lines(config) if fmt_ == "hf_optim" else [])
     lines += [card.description or facts["intro"], "", _made_with(__version__, facts["run_version"]), "",
               "## Results", ""]
     if row and facts["summary"]:
@@ -263,7 +263,7 @@ def _facts(path: Path, card: CardConfig | None, repo_id: str | None) -> dict[str
     card = card or CardConfig()
     origin = export_record(path) or {}  # what a portable export recorded about its source
     methods = list(dict.fromkeys([*card.methods, *methods_in_config(config), *(origin.get("source_methods") or [])]))
-    if facts["format"] in ("onnx", *PORTABLE[:2]) and "export" not in methods:
+    if (facts["format"] in ("onnx", *PORTABLE[:2]) or origin) and "export" not in methods:
         methods.append("export")
     if card.base_model is None and origin.get("base_model"):
         card = dataclasses.replace(card, base_model=origin["base_model"])

@@ -15,7 +15,7 @@ from typing import Any
 from ..artifact_kind import export_record, gguf_files
 
 __all__ = ["RUNTIMES", "PORTABLE", "runtime_facts", "runtime_tags", "needs_lines", "weights_lines", "usage_lines",
-           "limitation_lines", "ASYMMETRIC_ISSUE"]
+           "limitation_lines", "pruned_lines", "ASYMMETRIC_ISSUE"]
 
 # Which runtimes load each format without hf_optim (the card's first lines and its "How to use" section).
 RUNTIMES = {
@@ -73,6 +73,46 @@ def _read_gguf(file: Path) -> dict[str, Any]:
     field = reader.fields.get("tokenizer.ggml.model")
     vocab = bytes(field.parts[field.data[0]]).decode() if field is not None else None
     return {"tensors": tensors, "vocabulary": vocab}
+
+
+def _pruned_sizes(config: dict[str, Any]) -> list[tuple[int, int]] | None:
+    """``(heads, FFN width)`` per layer of a pruned hf_optim checkpoint, from the shapes its config records; `None`
+    when it records none (or a layout other than Llama's and BERT's)."""
+    import re
+
+    shapes = (config.get("quantization_config") or {}).get("linear_shapes") or {}
+    layers, heads, hidden = config.get("num_hidden_layers"), config.get("num_attention_heads"), config.get("hidden_size")
+    if not shapes or not all(isinstance(v, int) for v in (layers, heads, hidden)):
+        return None
+    head_dim = config.get("head_dim") or hidden // heads
+    sizes = [[heads * head_dim, config.get("intermediate_size")] for _ in range(layers)]
+    for name, shape in shapes.items():
+        found = re.search(r"\.(?:layers|layer)\.(\d+)\.(self_attn\.q_proj|attention\.self\.query|mlp\.gate_proj|"
+                          r"intermediate\.dense)$", name)
+        if found and int(found.group(1)) < layers and isinstance(shape.get("out_features"), int):
+            column = 0 if found.group(2) in ("self_attn.q_proj", "attention.self.query") else 1
+            sizes[int(found.group(1))][column] = shape["out_features"]
+    return [(q // head_dim, ffn) for q, ffn in sizes]
+
+
+def pruned_lines(config: dict[str, Any]) -> list[str]:
+    """What a reader of a pruned hf_optim checkpoint needs to know: whether a plain checkpoint of it can exist
+    (the same sizes in every layer, stated by the model's own config), and how to write one."""
+    sizes = _pruned_sizes(config)
+    if not sizes:
+        return []
+    arch = f"`{config.get('model_type', 'model')}` config"
+    per_layer = "; ".join(f"layer {i}: {h} heads, FFN {f}" for i, (h, f) in enumerate(sizes))
+    if len(set(sizes)) > 1:
+        return [f"Pruned to different sizes per layer ({per_layer}). A {arch} states one size for every layer, so "
+                "no plain Transformers checkpoint holds this model: hf-optim's loader rebuilds each layer from the "
+                "shapes `config.json` records.", ""]
+    if config.get("model_type") != "llama" and sizes[0][0] != config.get("num_attention_heads"):
+        return [f"Pruned attention heads ({per_layer}). A {arch} derives the head size from `hidden_size / "
+                "num_attention_heads`, so it cannot state pruned heads: only hf-optim's loader rebuilds them.", ""]
+    return [f"Pruned to the same sizes in every layer ({sizes[0][0]} heads, FFN {sizes[0][1]}), which the model's own "
+            "config can state: `hf-optim export DIR -o OUT --format compressed-tensors` writes a checkpoint of it that "
+            "loads without hf-optim.", ""]
 
 
 def _quant_types(facts: dict[str, Any]) -> list[str]:

@@ -169,3 +169,98 @@ def test_hf_optim_format_card_still_says_it_needs_hf_optim(tiny_bert_dir, tmp_pa
     first = card.split("---", 2)[2].strip().splitlines()[:4]
     assert any("Loading needs hf-optim" in line for line in first) and "Loads without hf-optim" not in card
     assert "library_name: hf-optim" in card
+
+
+def test_every_path_to_a_gguf_card(tiny_llama_dir, tmp_path, fake_hub, capsys):
+    """The export stage and `hf-optim export` write the card; `hf-optim card` and both pushes recognise a GGUF
+    folder, upload the .gguf with its card, and write that card again for the Hub repository while unchanged."""
+    pytest.importorskip("gguf")
+    from hf_optim.cli import main
+    from hf_optim.hub import push_artifact, push_to_hub
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nstages:\n  - {{name: gg, kind: export, model: {tiny_llama_dir}, task: bbc-news, "
+                      "format: gguf, gguf_type: q8_0}\n")
+    assert main(["run", str(recipe), "-o", str(tmp_path / "run"), "-q"]) == 0
+    stage = tmp_path / "run" / "gg"
+    card = (stage / "README.md").read_text()
+    assert "llama-cli -m ./gg/model.gguf" in card and "- q8_0" in card and "- int8" not in card
+    assert not (stage / ".staging").exists()
+    assert main(["card", str(stage), "--stdout"]) == 0
+    run_card = capsys.readouterr().out
+    assert "`gg` is the output of the `export` stage" in run_card and "Loads without hf-optim" in run_card
+    pushed = push_artifact(stage, "someone/gg", dry_run=True)
+    assert {"model.gguf", "README.md"} <= {name for name, _ in pushed.files}
+    push_artifact(stage, "someone/gg")
+    uploaded = fake_hub["create_commit"]["contents"]["README.md"].decode()
+    assert 'from_pretrained("someone/gg", gguf_file="model.gguf"' in uploaded
+
+    out = tmp_path / "cli-gguf"
+    assert main(["export", str(tiny_llama_dir), "-o", str(out), "--format", "gguf", "-q"]) == 0
+    assert "llama-cli -m ./cli-gguf/model.gguf" in (out / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["card", str(out), "--stdout"]) == 0
+    assert "library_name: gguf" in capsys.readouterr().out
+    push_to_hub(out, "someone/cli-gguf")
+    contents = fake_hub["create_commit"]["contents"]
+    assert "model.gguf" in contents and "hf download someone/cli-gguf model.gguf" in contents["README.md"].decode()
+    (out / "README.md").write_text("my own words\n")  # an edited card is the author's: uploaded as it is
+    push_to_hub(out, "someone/cli-gguf")
+    assert fake_hub["create_commit"]["contents"]["README.md"] == b"my own words\n"
+
+
+def _pruned(model, tokenizer_dir, path, heads=None, ffn=None):
+    from transformers import AutoTokenizer
+
+    from hf_optim.prune.structure import prune_structured_
+
+    prune_structured_(model, heads=heads, ffn=ffn)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_layers_pruned_to_different_sizes_say_exactly_what_readers_need(arch, tiny_llama_dir, tiny_bert_dir,
+                                                                       tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from hf_optim.errors import ConfigError
+
+    if arch == "llama":
+        src = _pruned(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), tiny_llama_dir, tmp_path / "p",
+                      heads={1: [0]}, ffn={0: list(range(20))})
+        layers, fix = "layer 0: 4 heads (2 key/value), FFN 44; layer 1: 2 heads (1 key/value), FFN 64", "ranking: per_layer"
+    else:
+        src = _pruned(AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir), tiny_bert_dir,
+                      tmp_path / "p", heads={0: [0]}, ffn={1: list(range(10))})
+        layers, fix = "layer 0: 3 heads, FFN 64; layer 1: 4 heads, FFN 54", "heads: 0"
+    with pytest.raises(ConfigError) as error:
+        export_model(src, tmp_path / "ct", ExportConfig(model=str(src), format="compressed-tensors"))
+    message = str(error.value)
+    assert layers in message and "needs hf_optim to load" in message and "pip install hf-optim" in message
+    assert "import hf_optim` before `from_pretrained`" in message and fix in message
+    assert not (tmp_path / "ct").exists()
+    card = build_model_card(src, card=CardConfig())
+    assert "Loading needs hf-optim" in card and "Pruned to different sizes per layer" in card
+    assert layers.replace(" (2 key/value)", "").replace(" (1 key/value)", "") in card
+
+
+@pytest.mark.multiprocess
+def test_uniformly_pruned_classifier_is_a_plain_checkpoint(tiny_bert_dir, tmp_path):
+    """A BERT classifier whose FFN lost the same neurons in every layer: its config's intermediate_size states
+    that, so the export is a plain checkpoint (the classifier head kept) that loads without hf_optim."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir).eval()
+    src = _pruned(model, tiny_bert_dir, tmp_path / "p", ffn={0: list(range(16)), 1: list(range(16, 32))})
+    assert "`hf-optim export DIR -o OUT --format compressed-tensors`" in build_model_card(src, card=CardConfig())
+    out = tmp_path / "pub" / "plain"
+    export_model(src, out, ExportConfig(model=str(src), format="compressed-tensors"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["intermediate_size"] == 48 and config["architectures"] == ["BertForSequenceClassification"]
+    card = (out / "README.md").read_text()
+    assert "Structurally pruned to the same sizes in every layer" in card and "prune" in card.split("## Lineage")[1]
+    ids = torch.randint(5, 90, (2, 10), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(run_card_snippet(card, out.parent, ids, tmp_path), _logits(model, ids),
+                               atol=1e-5, rtol=0)
