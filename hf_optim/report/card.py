@@ -275,7 +275,8 @@ def _facts(path: Path, card: CardConfig | None, repo_id: str | None) -> dict[str
                for m in methods]
     facts.update(row=row, base=None, configs=configs, root=card.base_model,
                  datasets=[], machine=None,
-                 intro=f"Made from `{root}` with the hf-optim Python API ({chain}); {_kind_text(facts['format'])}.",
+                 intro=f"Made from `{root}` with hf-optim ({'an export' if origin else 'the Python API'}: {chain}); "
+                       f"{_kind_text(facts['format'])}.",
                  lineage=f"`{root}` → {chain} → **{name}**")
     return facts
 

@@ -156,7 +156,7 @@ def weights_lines(fmt: str, facts: dict[str, Any]) -> list[str]:
         worst: dict[tuple, float] = {}
         for t in facts["tensors"].values():
             how = ("hf_optim's grid, integers as they are (scales rounded to float16)" if t.get("from_grid") else
-                   "kept in float" if t.get("type") in ("F32", "F16") and t.get("source") == "float" else
+                   {"F32": "float32", "F16": "float16"}[t["type"]] if t.get("type") in ("F32", "F16") else
                    "re-quantized by round-to-nearest" if t.get("source") not in (None, "unknown") else "as read")
             key = (t.get("type", "?"), t.get("source", "unknown"), how)
             rows[key] += 1

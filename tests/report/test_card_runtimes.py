@@ -264,3 +264,23 @@ def test_uniformly_pruned_classifier_is_a_plain_checkpoint(tiny_bert_dir, tmp_pa
     ids = torch.randint(5, 90, (2, 10), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(run_card_snippet(card, out.parent, ids, tmp_path), _logits(model, ids),
                                atol=1e-5, rtol=0)
+
+
+def test_directory_kinds_have_one_home(tmp_path, tiny_llama_dir):
+    from hf_optim import artifacts
+    from hf_optim.artifact_kind import artifact_format, checkpoint_format
+    from hf_optim.errors import DataError
+    from hf_optim.report.card import artifact_format as card_format
+
+    folder = tmp_path / "g"
+    folder.mkdir()
+    (folder / "m.gguf").write_bytes(b"GGUF")
+    assert artifact_format(folder) == artifact_format(folder / "m.gguf") == checkpoint_format(folder) == "gguf"
+    assert artifacts.artifact_format is artifact_format and card_format(folder) == "gguf"
+    with pytest.raises(DataError, match="GGUF export"):
+        artifacts.load_predictor(folder)
+    assert checkpoint_format(tiny_llama_dir) == "transformers" and artifact_format(tiny_llama_dir) == "torch"
+    config = json.loads((tiny_llama_dir / "config.json").read_text())
+    for method in ("compressed-tensors", "hf_optim"):
+        (tiny_llama_dir / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": method}}))
+        assert checkpoint_format(tiny_llama_dir) == method
