@@ -284,3 +284,14 @@ def test_directory_kinds_have_one_home(tmp_path, tiny_llama_dir):
     for method in ("compressed-tensors", "hf_optim"):
         (tiny_llama_dir / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": method}}))
         assert checkpoint_format(tiny_llama_dir) == method
+
+
+def test_a_gguf_file_saved_from_python_is_carded_from_the_file_itself(base, tmp_path):
+    pytest.importorskip("gguf")
+    from hf_optim.export import save_gguf
+
+    save_gguf(base, tmp_path / "mine" / "tiny.Q8_0.gguf", qtype="q8_0")  # no export record next to it
+    card = build_model_card(tmp_path / "mine", card=CardConfig(base_model="someone/tiny"))
+    assert "| Q8_0 | 16 |" in card and "- q8_0" in card and "base_model_relation: quantized" in card
+    assert "llama-cli -m ./mine/tiny.Q8_0.gguf" in card and 'gguf_file="tiny.Q8_0.gguf"' in card
+    assert "tokenize with the source model's tokenizer" in card  # its tokenizer model is "none"
