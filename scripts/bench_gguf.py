@@ -79,6 +79,12 @@ def _prefix_match(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _python(args) -> str:
+    """The anchors' interpreter as an absolute path: the worker runs in a temporary folder (not resolved: a venv's
+    python is a symlink that must keep its venv)."""
+    return os.path.abspath(args.llama_python)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--llama-python", help="python of a venv with llama-cpp-python (without it: hf_optim rows only)")
@@ -150,11 +156,11 @@ def main(argv: list[str] | None = None) -> dict:
                "ppl_ids": ppl_ids[0].tolist() if ppl_ids is not None else None}
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["OMP_NUM_THREADS"] = str(args.threads)
-        out = subprocess.run([args.llama_python, "-I", str(WORKER)], input=json.dumps(job), capture_output=True,
+        out = subprocess.run([_python(args), "-I", str(WORKER)], input=json.dumps(job), capture_output=True,
                              text=True, env=env, cwd=tmp, timeout=7200)
         if out.returncode:
             raise SystemExit(f"error: the llama.cpp worker failed:\n{out.stderr[-3000:]}")
-        version = subprocess.run([args.llama_python, "-I", "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+        version = subprocess.run([_python(args), "-I", "-c", "import llama_cpp; print(llama_cpp.__version__)"],
                                  capture_output=True, text=True, cwd=tmp).stdout.strip()
         result = json.loads(out.stdout)
         for name, r in result.items():

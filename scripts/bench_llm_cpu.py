@@ -221,7 +221,7 @@ def llama_rows(args, tok, tmp: Path, gguf: dict, prompts: list, rnd: int) -> dic
            "stride": args.stride, "ppl_ids": ids}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["OMP_NUM_THREADS"] = str(args.threads)
-    out = subprocess.run([args.llama_python, "-I", str(bg.WORKER)], input=json.dumps(job), capture_output=True,
+    out = subprocess.run([bg._python(args), "-I", str(bg.WORKER)], input=json.dumps(job), capture_output=True,
                          text=True, env=env, cwd=tmp, timeout=7200)
     if out.returncode:
         raise SystemExit(f"error: the llama.cpp worker failed:\n{out.stderr[-3000:]}")
@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(json.dumps({"profile": profile}), flush=True)
         version = None
         if args.llama_python:
-            version = subprocess.run([args.llama_python, "-I", "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+            version = subprocess.run([_bench_gguf()._python(args), "-I", "-c",
+                                      "import llama_cpp; print(llama_cpp.__version__)"],
                                      capture_output=True, text=True, cwd=tmp).stdout.strip()
     for name, row in rows.items():
         print(f"{name:42s} {row.get('size_mb', '-'):>8} MB  ppl {row.get('perplexity')}  "
