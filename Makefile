@@ -126,8 +126,8 @@ bench-gguf: setup anchors-llamacpp
 
 # SmolLM2-135M on the CPU: hf_optim's torch and ONNX Runtime paths next to llama.cpp, 1 and 2 threads.
 bench-llm-cpu: setup anchors-llamacpp
-	for t in 1 2; do $(BENCH_PY) scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --threads $$t \
-		--profile -o $(RESULTS)/bench_llm_cpu_threads$$t.json || exit 1; done
+	$(BENCH_PY) scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --threads 1,2 --profile \
+		-o $(RESULTS)/bench_llm_cpu.json
 
 # The inference engine against one-request-at-a-time serving and unbucketed batching (docs/inference.md).
 bench-engine: setup

@@ -1,8 +1,8 @@
 """SmolLM2-135M on a CPU, every path side by side in one run: hf_optim's torch and ONNX Runtime paths next to the
 runtimes LLM users pick, llama.cpp (through ``llama-cpp-python``), with perplexity, size and decode speed for each.
 
-    python scripts/bench_llm_cpu.py --llama-python /path/to/venv-with-llama-cpp-python/bin/python --threads 1 \\
-        -o scripts/results/bench_llm_cpu_threads1.json
+    python scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --threads 1,2 --profile \\
+        -o scripts/results/bench_llm_cpu.json                                                   # make bench-llm-cpu
 
 Rows (``--rtn`` replaces GPTQ by round-to-nearest on the same grid, for a quick run):
 - ``hf_optim torch fp32``: the packaged float model, ``generate`` with the KV cache.
@@ -21,9 +21,9 @@ Rows (``--rtn`` replaces GPTQ by round-to-nearest on the same grid, for a quick 
 - ``llama.cpp <- hf_optim GPTQ Q4_0``: hf_optim's GPTQ grid exported to GGUF (``save_gguf``) and run by llama.cpp.
 
 Speed: the same 64-token prompts from the BBC test text, ``--new-tokens`` greedy tokens, decode tokens/s after the
-first token, medians over ``--rounds`` rounds; each round measures every hf_optim model (rotated order) and then
-runs the llama.cpp worker for one round, so load drift on a shared machine reaches every row. Batch 8 for the
-runtimes that batch (torch, ONNX Runtime). Perplexity: the first ``--tokens`` BBC test tokens, window 512,
+first token, medians over ``--rounds`` rounds, at each of ``--threads`` in turn; each round measures every hf_optim
+model (rotated order) and then runs the llama.cpp worker for one round, so load drift on a shared machine reaches
+every row. Batch 8 for the runtimes that batch (torch, ONNX Runtime). Perplexity: the first ``--tokens`` BBC test tokens, window 512,
 stride 256, the same ids in every runtime (tokenized here by transformers).
 
 ``--profile`` adds where one decode step of the fastest hf_optim torch int4 row spends its time (torch profiler:
@@ -151,9 +151,9 @@ def build_hf_optim(args, src, tok, tmp: Path) -> tuple[dict, dict, dict]:
         t = time.time()
         ppl = perplexity(model, ids, args.context, args.stride)["perplexity"] if args.tokens else None
         rows[name] = {"what": what, "size_mb": _size_mb(path), "perplexity": ppl,
-                      "perplexity_s": round(time.time() - t, 1), **extra}
+                      "perplexity_s": round(time.time() - t, 1), "path": path, **extra}
         models[name] = model
-        print(json.dumps({name: rows[name]}), flush=True)
+        print(json.dumps({name: rows[name]}, default=str), flush=True)
 
     fp32 = AutoModelForCausalLM.from_pretrained(src).eval()
     fp32.save_pretrained(tmp / "fp32")
@@ -198,15 +198,14 @@ def build_hf_optim(args, src, tok, tmp: Path) -> tuple[dict, dict, dict]:
         export_model(model_dir, out, ExportConfig(model=str(model_dir), task="bbc-news", task_type="causal-lm",
                                                   optimization="none", accuracy_level=4, max_metric_drop=10.0,
                                                   **export))
-        add(name, load_causal_lm(out, threads=args.threads), out,
+        add(name, load_causal_lm(out), out,  # torch's thread count
             f"Optimum ONNX export with past key values, MatMulNBits ({export['quantization']}), int8 compute")
     return models, rows, gguf
 
 
-def llama_rows(args, tok, tmp: Path, gguf: dict, prompts: list, rnd: int) -> dict:
-    """One round of the llama.cpp worker (the first also quantizes and measures perplexity)."""
+def llama_rows(args, tok, tmp: Path, gguf: dict, prompts: list, threads: int, first: bool) -> dict:
+    """One round of the llama.cpp worker at ``threads`` (the first also quantizes and measures perplexity)."""
     bg = _bench_gguf()
-    first = rnd == 0
     quantize = [{"src": str(gguf["f32"]), "dst": str(tmp / f"llamacpp-{t}.gguf"), "type": t}
                 for t in LLAMA_CPP_TYPES]
     models = {f"llama.cpp {q['type'].upper()}": q["dst"] for q in quantize}
@@ -217,10 +216,10 @@ def llama_rows(args, tok, tmp: Path, gguf: dict, prompts: list, rnd: int) -> dic
         models["llama.cpp packaged Q4_1"] = str(packaged)
     ids = text_token_ids(tok, "bbc-news", "test", args.tokens)[0].tolist() if first and args.tokens else None
     job = {"models": models, "quantize": quantize if first else [], "prompts": prompts,
-           "new_tokens": args.new_tokens, "threads": args.threads, "rounds": 1, "context": args.context,
+           "new_tokens": args.new_tokens, "threads": threads, "rounds": 1, "context": args.context,
            "stride": args.stride, "ppl_ids": ids}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["OMP_NUM_THREADS"] = str(args.threads)
+    env["OMP_NUM_THREADS"] = str(threads)
     out = subprocess.run([bg._python(args), "-I", str(bg.WORKER)], input=json.dumps(job), capture_output=True,
                          text=True, env=env, cwd=tmp, timeout=7200)
     if out.returncode:
@@ -228,10 +227,47 @@ def llama_rows(args, tok, tmp: Path, gguf: dict, prompts: list, rnd: int) -> dic
     return {name: dict(r, path=models[name]) for name, r in json.loads(out.stdout).items()}
 
 
+def _measure(args, models: dict, batches: dict, prompt_lists: list, llama_job, threads: int) -> dict:
+    """Decode speed of every row at ``threads``: ``{name: {batch_1_decode_tok_s, ...}}`` plus llama.cpp's rows."""
+    torch.set_num_threads(threads)
+    for m in models.values():
+        _generate(m, batches[1][0], 2)  # warm-up
+    timings: dict = {}
+    llama: dict = {}
+    for r in range(args.rounds):
+        for i, prompt in enumerate(batches[1]):
+            for name, by_batch in _decode_round(models, {1: prompt} if i else {1: prompt, 8: batches[8][0]},
+                                                args.new_tokens, r + i).items():
+                for b, t in by_batch.items():
+                    timings.setdefault(name, {}).setdefault(b, []).append(t)
+        if llama_job is not None:
+            for name, res in llama_job(threads, r).items():
+                row = llama.setdefault(name, {"decode": [], "prefill": []})
+                row["decode"] += res["decode_tok_s"]
+                row["prefill"] += res["prefill_tok_s"]
+                llama_job.results.setdefault(name, {}).update(path=res["path"])
+                if res.get("perplexity"):
+                    llama_job.results[name]["perplexity"] = round(res["perplexity"], 4)
+        print(f"threads {threads}: round {r + 1}/{args.rounds} done", flush=True)
+    out: dict = {}
+    for name, by_batch in timings.items():
+        for b, ts in by_batch.items():
+            decode = statistics.median(t[1] - t[0] for t in ts)
+            out.setdefault(name, {})[f"batch_{b}_decode_tok_s"] = round((args.new_tokens - 1) * b / decode, 2)
+            out[name][f"batch_{b}_ttft_ms"] = round(statistics.median(t[0] for t in ts) * 1e3, 1)
+    for name, row in llama.items():
+        out[name] = {"batch_1_decode_tok_s": round(statistics.median(row["decode"]), 2),
+                     "batch_1_prefill_tok_s": round(statistics.median(row["prefill"]), 1)}
+    base = out["hf_optim torch fp32"]["batch_1_decode_tok_s"]
+    for row in out.values():
+        row["batch_1_vs_torch_fp32"] = round(row["batch_1_decode_tok_s"] / base, 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--llama-python", help="python of a venv with llama-cpp-python (without it: hf_optim rows only)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts, each measured in turn")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--prompts", type=int, default=2, help="64-token prompts from the BBC test text")
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -243,63 +279,54 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--profile", action="store_true", help="profile one decode of the fastest torch int4 row")
     ap.add_argument("-o", "--output", help="result JSON")
     args = ap.parse_args(argv)
-    run = BenchRun(args, argv, threads=args.threads)
-    torch.set_num_threads(args.threads)
+    thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
+    first_threads = thread_counts[0]  # the models are built and their perplexity measured at the first count
+    run = BenchRun(args, argv, threads=first_threads)
+    torch.set_num_threads(first_threads)
     torch.manual_seed(0)
     src = builtin_model("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(src)
     text = text_token_ids(tok, "bbc-news", "test", 64 * 8 * max(args.prompts, 1))
     prompt_lists = [text[0, 64 * i: 64 * (i + 1)].tolist() for i in range(args.prompts)]
     batches = {1: [torch.tensor([p]) for p in prompt_lists], 8: [text[0, : 64 * 8].reshape(8, 64)]}
+    speed: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-llm-cpu-") as tmp:
         tmp = Path(tmp)
         models, rows, gguf = build_hf_optim(args, src, tok, tmp)
-        for m in models.values():
-            _generate(m, batches[1][0], 2)  # warm-up
-        timings: dict = {}
-        llama: dict = {}
-        for r in range(args.rounds):
-            for i, prompt in enumerate(batches[1]):
-                for name, by_batch in _decode_round(models, {1: prompt} if i else {1: prompt, 8: batches[8][0]},
-                                                    args.new_tokens, r + i).items():
-                    for b, t in by_batch.items():
-                        timings.setdefault(name, {}).setdefault(b, []).append(t)
-            if args.llama_python:
-                for name, res in llama_rows(args, tok, tmp, gguf, prompt_lists, r).items():
-                    row = llama.setdefault(name, {"path": res["path"], "decode": [], "prefill": []})
-                    row["decode"] += res["decode_tok_s"]
-                    row["prefill"] += res["prefill_tok_s"]
-                    if res.get("perplexity"):
-                        row["perplexity"] = round(res["perplexity"], 4)
-            print(f"round {r + 1}/{args.rounds} done", flush=True)
-        for name, by_batch in timings.items():
-            for b, ts in by_batch.items():
-                ttft = statistics.median(t[0] for t in ts)
-                decode = statistics.median(t[1] - t[0] for t in ts)
-                rows[name][f"batch_{b}_decode_tok_s"] = round((args.new_tokens - 1) * b / decode, 2)
-                rows[name][f"batch_{b}_ttft_ms"] = round(ttft * 1e3, 1)
-        for name, row in llama.items():
-            rows[name] = {"what": "llama.cpp (llama-cpp-python)", "size_mb": _size_mb(Path(row["path"])),
-                          "perplexity": row.get("perplexity"),
-                          "batch_1_decode_tok_s": round(statistics.median(row["decode"]), 2),
-                          "batch_1_prefill_tok_s": round(statistics.median(row["prefill"]), 1)}
+        llama_job = None
+        if args.llama_python:
+            def llama_job(threads, r):
+                first = not llama_job.results
+                return llama_rows(args, tok, tmp, gguf, prompt_lists, threads, first)
+            llama_job.results = {}
+        for threads in thread_counts:
+            for name in [n for n in models if " ORT " in n]:  # ONNX Runtime fixes its threads per session
+                models[name] = load_causal_lm(rows[name]["path"], threads=threads)
+            speed[f"threads_{threads}"] = _measure(args, models, batches, prompt_lists, llama_job, threads)
+        torch.set_num_threads(first_threads)
+        for name, res in (llama_job.results if llama_job else {}).items():
+            rows[name] = {"what": "llama.cpp (llama-cpp-python)", "size_mb": _size_mb(Path(res["path"])),
+                          "perplexity": res.get("perplexity")}
         base = rows["hf_optim torch fp32"]
-        for row in rows.values():
+        for name, row in rows.items():
+            row.pop("path", None)
             if row.get("perplexity") and base.get("perplexity"):
                 row["perplexity_vs_fp32"] = round(row["perplexity"] / base["perplexity"] - 1, 4)
-            row["batch_1_vs_torch_fp32"] = round(row["batch_1_decode_tok_s"] / base["batch_1_decode_tok_s"], 2)
+            for key, by_name in speed.items():
+                row[key] = by_name.get(name)
         profile = None
         if args.profile:
+            first = speed[f"threads_{first_threads}"]
             fastest = max((n for n in rows if n.startswith("hf_optim torch int4")),
-                          key=lambda n: rows[n]["batch_1_decode_tok_s"])
+                          key=lambda n: first[n]["batch_1_decode_tok_s"])
             model = models[fastest]
             bytes_per_token = _weights_read_per_token(model)
             bandwidth = _copy_bandwidth()
-            profile = {"row": fastest, **_profile(model, batches[1][0], args.new_tokens),
+            profile = {"row": fastest, "threads": first_threads, **_profile(model, batches[1][0], args.new_tokens),
                        "weights_read_per_token_mb": round(bytes_per_token / 2**20, 2),
                        "copy_bandwidth_gb_s": round(bandwidth / 1e9, 2),
                        "bandwidth_bound_tok_s": round(bandwidth / bytes_per_token, 1),
-                       "measured_tok_s": rows[fastest]["batch_1_decode_tok_s"]}
+                       "measured_tok_s": first[fastest]["batch_1_decode_tok_s"]}
             print(json.dumps({"profile": profile}), flush=True)
         version = None
         if args.llama_python:
@@ -307,17 +334,18 @@ def main(argv: list[str] | None = None) -> dict:
                                       "import llama_cpp; print(llama_cpp.__version__)"],
                                      capture_output=True, text=True, cwd=tmp).stdout.strip()
     for name, row in rows.items():
-        print(f"{name:42s} {row.get('size_mb', '-'):>8} MB  ppl {row.get('perplexity')}  "
-              f"b1 {row['batch_1_decode_tok_s']} tok/s ({row['batch_1_vs_torch_fp32']}x fp32)"
-              + (f"  b8 {row['batch_8_decode_tok_s']}" if "batch_8_decode_tok_s" in row else ""), flush=True)
+        print(f"{name:42s} {row.get('size_mb', '-'):>8} MB  ppl {row.get('perplexity')}  " + "  ".join(
+            f"t{t}: b1 {row[f'threads_{t}']['batch_1_decode_tok_s']} ({row[f'threads_{t}']['batch_1_vs_torch_fp32']}x)"
+            for t in thread_counts if row.get(f"threads_{t}")), flush=True)
     return run.write(
         args.output, rows,
         model="SmolLM2-135M-Instruct (builtin_model('smollm2-135m')); weights dequantized from a Q4_1 GGUF",
         perplexity_setup={"text": "load_text('bbc-news')['test']", "tokens": args.tokens, "context": args.context,
                           "stride": args.stride},
         decode_setup={"prompt_tokens": 64, "prompts": args.prompts, "new_tokens": args.new_tokens,
-                      "rounds": args.rounds, "greedy": True, "threads": args.threads,
-                      "note": "decode tokens/s after the first token, median over rounds; batch 8 for torch/ORT"},
+                      "rounds": args.rounds, "greedy": True, "threads": thread_counts,
+                      "note": "per row threads_<n>: decode tokens/s after the first token, median over rounds; "
+                              "batch 8 for torch and ONNX Runtime"},
         llama_cpp={"llama_cpp_python": version} if version else None, profile=profile)
 
 
