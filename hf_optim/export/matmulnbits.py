@@ -92,9 +92,10 @@ def _block_size(group: int, name: str) -> int:
     return block
 
 
-def matmulnbits_tensors(grid: Grid, name: str = "") -> dict[str, Any]:
+def matmulnbits_tensors(grid: Grid, name: str = "", block: int | None = None) -> dict[str, Any]:
     """The ``MatMulNBits`` inputs and attributes for one grid (numpy arrays; ``zero_points`` ``None`` when
-    symmetric) and, for asymmetric grids, what rounding the zero points to integers changed.
+    symmetric) and, for asymmetric grids, what rounding the zero points to integers changed. ``block`` (a power of
+    two dividing the group) overrides the block chosen from the group size.
 
     Returns a dict with ``B`` (uint8 ``[N, n_blocks, block_size * bits / 8]``, low nibble first), ``scales``
     (float32 ``[N, n_blocks]``), ``zero_points`` (uint8 ``[N, ceil(n_blocks * bits / 8)]``), ``attrs`` (``K``,
@@ -103,7 +104,7 @@ def matmulnbits_tensors(grid: Grid, name: str = "") -> dict[str, Any]:
     bits = grid.bits
     n_out, k = grid.q.shape
     group = grid.group_size or k
-    block = _block_size(group, name)
+    block = block or _block_size(group, name)
     n_blocks = -(-k // block)
     offset = 2 ** (bits - 1)
     q_u = (grid.q.to(torch.int16) + offset).to(torch.uint8)
