@@ -94,7 +94,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import CompileConfig, ExportConfig
     from .task_record import inherit_task
 
-    portable = args.format != "onnx"  # a GGUF / compressed-tensors checkpoint: no ONNX graph, no task validation
+    portable = args.format != "onnx"  # GGUF / compressed-tensors / genai: no ONNX validation by hf_optim
     if portable and args.compile:
         raise HfOptimError(f"--compile builds a PyTorch artifact; --format {args.format} writes a checkpoint: "
                            "choose one")
@@ -218,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "apply graph optimization and quantization, and check the task metric against the source; "
                         "nothing is written when the drop exceeds --max-metric-drop. --compile METHOD builds a "
                         "torch.compile / torch.export / TorchScript artifact instead. --format gguf / "
-                        "compressed-tensors writes a checkpoint that llama.cpp / vLLM load without hf_optim, with "
-                        "the error of every tensor in its record.")
+                        "compressed-tensors writes a checkpoint that llama.cpp / vLLM load without hf_optim, --format "
+                        "genai an onnxruntime-genai model (built in $HF_OPTIM_GENAI_PYTHON), with the error of "
+                        "every tensor in its record.")
     ex.add_argument("model_dir", help="a sequence classifier or causal LM: " + _MODEL_HELP)
     ex.add_argument("--output", "-o", required=True, help="output directory (new or empty)")
     ex.add_argument("--task", help="validation task (causal LMs: a text, default bbc-news) " + _TASK_DEFAULT)

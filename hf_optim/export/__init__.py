@@ -4,7 +4,7 @@ task metric. Importing this package is light; the work happens in :mod:`.stage` 
 from .config import CompileConfig, ExportConfig
 
 __all__ = ["ExportConfig", "CompileConfig", "export_model", "compile_model", "load_compiled", "save_gguf",
-           "save_compressed_tensors"]
+           "save_compressed_tensors", "save_genai"]
 
 
 def export_model(*args, **kwargs):
@@ -38,5 +38,12 @@ def save_gguf(*args, **kwargs):
 def save_compressed_tensors(*args, **kwargs):
     """See :func:`hf_optim.export.compressed_tensors.save_compressed_tensors`."""
     from .compressed_tensors import save_compressed_tensors as _impl
+
+    return _impl(*args, **kwargs)
+
+
+def save_genai(*args, **kwargs):
+    """See :func:`hf_optim.export.genai.save_genai`."""
+    from .genai import save_genai as _impl
 
     return _impl(*args, **kwargs)

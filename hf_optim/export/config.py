@@ -97,8 +97,10 @@ class ExportConfig(StageConfig):
         format (`str`, *optional*, defaults to ``"onnx"``): ``onnx`` (everything above), or a portable checkpoint
             that other runtimes load without hf_optim: ``gguf`` (one ``model.gguf``, Llama-family causal LMs; see
             :func:`~hf_optim.export.save_gguf`) or ``compressed-tensors`` (weight-only checkpoints; see
-            :func:`~hf_optim.export.save_compressed_tensors`). Those two skip the ONNX settings and the task
-            validation; the output holds the export report (type and error of every tensor) instead.
+            :func:`~hf_optim.export.save_compressed_tensors`) or ``genai`` (an onnxruntime-genai model built by its
+            model builder from a weight-only Llama's own grid; see :func:`~hf_optim.export.save_genai`). Those
+            skip the ONNX settings and the task validation; the output holds the export report (type and error of
+            every tensor) instead.
         gguf_type (`str`, *optional*, defaults to ``"q8_0"``): ``gguf``: GGML type of the decoder weights:
             ``q8_0``, ``q4_0``, ``q4_1``, ``f16``, ``f32`` or ``auto`` (the type that holds each tensor's hf_optim
             grid exactly).
@@ -131,7 +133,7 @@ class ExportConfig(StageConfig):
     embeddings: Literal["float", "int4"] = "float"
     embeddings_block_size: int = 64
     split_skip_layernorm: Literal["auto", "on", "off"] = added_field("on", legacy="auto")
-    format: Literal["onnx", "gguf", "compressed-tensors"] = added_field("onnx")
+    format: Literal["onnx", "gguf", "compressed-tensors", "genai"] = added_field("onnx")
     gguf_type: Literal["q8_0", "q4_0", "q4_1", "f16", "f32", "auto"] = added_field("q8_0")
 
     def __post_init__(self) -> None:

@@ -22,20 +22,19 @@ build, every ``MatMulNBits`` of the produced graph is decoded and compared with 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 
+from ..quantize import kernels
 from .matmulnbits import decode_matmulnbits, matmulnbits_tensors
-from .weights import ExportReport, Grid, grid_of, load_model, model_dir, plain_config, source_of
+from .weights import ExportReport, Grid, error_stats, grid_of, load_model, model_dir, plain_config, source_of
 
 __all__ = ["GenaiConfig", "save_genai", "write_prequantized", "check_genai_model", "GENAI_PYTHON_ENV"]
 
@@ -71,7 +70,7 @@ class GenaiConfig:
     lm_head: Literal["int8", "int4", "float"] = "int8"
     accuracy_level: int = 4
     execution_provider: Literal["cpu", "cuda", "dml", "webgpu"] = "cpu"
-    python: Optional[str] = None
+    python: str | None = None
     timeout_s: float = 3600.0
     verify: bool = True
 
@@ -145,8 +144,12 @@ def _layer_tensors(name: str, grid: Grid, in_features: int) -> tuple[dict[str, t
     rounding = t["zero_point_rounding"]
     exact = rounding is None or rounding["fractional_groups"] == 0
     entry = {"type": f"MatMulNBits int{grid.bits} block {block}", "source": source_of(grid), "from_grid": exact,
-             "block_size": block}
+             "block_size": block, "max_abs_error": 0.0, "mean_abs_error": 0.0}
     if not exact:
+        offset = 2 ** (grid.bits - 1)
+        integral = (grid.zero_point.float() + offset).round().clamp(0, 2 ** grid.bits - 1) - offset
+        moved = kernels.dequantize_weight(grid.q, grid.scale, torch.float32, integral, grid.group_size)
+        entry.update(error_stats(grid.dequantized(), moved))
         entry["zero_point_rounding"] = {k: rounding[k] for k in ("fractional_groups", "max_shift", "mean_shift")}
     return tensors, entry
 

@@ -1,7 +1,8 @@
-"""The ``export`` stage's portable formats (``format: gguf`` / ``compressed-tensors``): the checkpoint written by
-:func:`~hf_optim.export.save_gguf` or :func:`~hf_optim.export.save_compressed_tensors`, next to its export record
-(the per-tensor error report) in ``hf_optim_export.json`` and its model card (``README.md``: the runtimes that load
-it without hf_optim, with code for each).
+"""The ``export`` stage's portable formats (``format: gguf`` / ``compressed-tensors`` / ``genai``): the checkpoint
+written by :func:`~hf_optim.export.save_gguf`, :func:`~hf_optim.export.save_compressed_tensors` or
+:func:`~hf_optim.export.save_genai`, next to its export record (the per-tensor error report) in
+``hf_optim_export.json`` and its model card (``README.md``: the runtimes that load it without hf_optim, with code
+for each).
 
 No ONNX graph is built and no task metric is measured: the record states, per tensor, the type written and its
 error against the weight hf_optim computes with (evaluate the result in the runtime that loads it).
@@ -42,6 +43,11 @@ def export_portable(model_dir: str | Path, output_dir: str | Path, config: Expor
             assembled.mkdir()
             report = save_gguf(src, assembled / GGUF_NAME, qtype=config.gguf_type)
             file_name = GGUF_NAME
+        elif config.format == "genai":
+            from .genai import save_genai
+
+            report = save_genai(src, assembled)
+            file_name = "model.onnx"
         else:
             from .compressed_tensors import save_compressed_tensors
 
