@@ -56,7 +56,8 @@ class GenaiConfig:
         lm_head (`str`, *optional*, defaults to ``"int8"``): the output head when hf_optim kept it in float (its
             default): ``int8`` (the builder's int8 ``MatMulNBits``, close to lossless and faster than fp32),
             ``int4`` (the builder's round-to-nearest int4, what its own int4 models use) or ``float`` (fp32, as
-            hf_optim computes it). A head hf_optim quantized is written from its grid whatever this says.
+            hf_optim computes it). A head tied to the input embeddings shares its table with them (quantized:
+            ``GatherBlockQuantized``). A head hf_optim quantized is written from its grid whatever this says.
         accuracy_level (`int`, *optional*, defaults to 4): ``MatMulNBits`` compute type: 4 (int8 activations,
             the fast CPU path), 3 (bf16), 2 (fp16) or 1 (fp32).
         execution_provider (`str`, *optional*, defaults to ``"cpu"``): the builder's ``-e``.
@@ -81,7 +82,10 @@ class GenaiConfig:
             raise ValueError(f"accuracy_level={self.accuracy_level!r}; use 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)")
 
     def interpreter(self) -> str:
-        return self.python or os.environ.get(GENAI_PYTHON_ENV) or sys.executable
+        python = self.python or os.environ.get(GENAI_PYTHON_ENV) or sys.executable
+        # a relative path names a file from here, not from the builder's scratch directory (no resolve(): a venv's
+        # python is a symlink whose target is not the venv)
+        return os.path.abspath(python) if os.sep in python else python
 
 
 def _block(grid: Grid, in_features: int, name: str) -> int:
@@ -227,16 +231,22 @@ def write_prequantized(model_or_dir: Any, out_dir: str | Path) -> dict[str, Any]
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    return {"bits": bits, "grids": grids, "tensors": report, "notes": notes}
+    tied = bool(getattr(config, "tie_word_embeddings", False)) and head_grid is None
+    return {"bits": bits, "grids": grids, "tensors": report, "notes": notes, "tied": tied}
 
 
 def builder_command(checkpoint: Path, out_dir: Path, cache_dir: Path, bits: int, config: GenaiConfig) -> list[str]:
     """The model builder's command line for a pre-quantized checkpoint."""
     extra = [f"accuracy_level={config.accuracy_level}", "hf_token=false"]
     if config.lm_head == "float":
-        extra.append("nodes_to_exclude=/lm_head/MatMul")
+        extra.append("nodes_to_exclude=/lm_head/MatMul,/model/embed_tokens/Gather")
     elif config.lm_head != f"int{bits}":  # the builder quantizes what is left float at -p's width
         extra.append(f"matmul_mixed_precision=last_matmul:{config.lm_head}")
+    if config.lm_head == "int8":
+        # RTN names the int8 head's initializers as a tied embedding's GatherBlockQuantized expects them (with the
+        # default method a tied model's graph references a missing initializer); the head is the only float MatMul
+        # left, so the method touches nothing else
+        extra.append("algo_config=rtn")
     precision = f"int{bits}"
     return [config.interpreter(), "-I", "-m", "onnxruntime_genai.models.builder", "-i", str(checkpoint),
             "-o", str(out_dir), "-p", precision, "-e", config.execution_provider, "-c", str(cache_dir),
@@ -345,6 +355,9 @@ def save_genai(model_or_dir: Any, out_dir: str | Path, config: GenaiConfig | Non
     blocks = {n: r["block_size"] for n, r in written["tensors"].items()}
     notes = list(written["notes"])
     head = "from hf_optim's grid" if "lm_head" in written["grids"] else config.lm_head
+    if written["tied"] and config.lm_head != "float":
+        notes.append(f"the input embeddings share the output head's {config.lm_head} table (round-to-nearest, "
+                     "the builder's own); lm_head 'float' keeps both in float")
     notes.append(f"built by onnxruntime-genai's model builder ({config.execution_provider}, accuracy_level "
                  f"{config.accuracy_level}, output head {head})")
     if config.verify:

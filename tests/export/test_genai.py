@@ -31,12 +31,12 @@ CASES = {
 LAYERS = 2 * 7
 
 
-def _save_quantized(path, scheme="int4_weight_only", **kwargs):
+def _save_quantized(path, scheme="int4_weight_only", tied=False, **kwargs):
     from hf_optim.quantize.apply import quantize_model_
     from hf_optim.quantize.gptq import gptq_quantize_
     from hf_optim.testing import tiny_llama, tiny_llama_tokenizer
 
-    model = tiny_llama(hidden_size=64, intermediate_size=96)
+    model = tiny_llama(hidden_size=64, intermediate_size=96, tie_word_embeddings=tied)
     config = QuantizeConfig(model="tiny-llama", scheme=scheme, **kwargs) if scheme != "none" else None
     if config is None:
         pass
@@ -124,12 +124,14 @@ def test_builder_command_and_interpreter(tmp_path, monkeypatch):
     cmd = builder_command(tmp_path / "c", tmp_path / "o", tmp_path / "cache", 4, GenaiConfig())
     assert cmd[:4] == ["/opt/genai/bin/python", "-I", "-m", "onnxruntime_genai.models.builder"]
     assert cmd[cmd.index("-p") + 1] == "int4" and cmd[cmd.index("-c") + 1] == str(tmp_path / "cache")
-    assert "accuracy_level=4" in cmd and "matmul_mixed_precision=last_matmul:int8" in cmd
+    assert "accuracy_level=4" in cmd and "matmul_mixed_precision=last_matmul:int8" in cmd and "algo_config=rtn" in cmd
     cmd = builder_command(tmp_path / "c", tmp_path / "o", tmp_path / "cache", 4,
                           GenaiConfig(lm_head="float", accuracy_level=1, python="py"))
-    assert cmd[0] == "py" and "nodes_to_exclude=/lm_head/MatMul" in cmd and "accuracy_level=1" in cmd
+    assert cmd[0] == "py" and "nodes_to_exclude=/lm_head/MatMul,/model/embed_tokens/Gather" in cmd and "accuracy_level=1" in cmd
     cmd = builder_command(tmp_path / "c", tmp_path / "o", tmp_path / "cache", 8, GenaiConfig())
     assert cmd[cmd.index("-p") + 1] == "int8" and not any(a.startswith("matmul_mixed") for a in cmd)
+    cmd = builder_command(tmp_path / "c", tmp_path / "o", tmp_path / "cache", 4, GenaiConfig(lm_head="int4"))
+    assert not any(a.startswith(("matmul_mixed", "algo_config", "nodes_to_exclude")) for a in cmd)
     with pytest.raises(ValueError, match="lm_head"):
         GenaiConfig(lm_head="int2")
 
@@ -170,9 +172,10 @@ def reference_fp32():
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, reference_fp32):
-    """(source, fp32 build: float head and fp32 compute, default build: int8 head and int8 compute)."""
+    """(source, fp32 build: float head and fp32 compute, default build: int8 head and int8 compute); the output
+    head tied to the input embeddings, as SmolLM2's is (the builder shares one table between them)."""
     tmp = tmp_path_factory.mktemp("genai")
-    src = _save_quantized(tmp / "quantized", **CASES["gptq-g32-asym-intzp"])
+    src = _save_quantized(tmp / "quantized", tied=True, **CASES["gptq-g32-asym-intzp"])
     exact = save_genai(src, tmp / "fp32", GenaiConfig(lm_head="float", accuracy_level=1, python=GENAI_PYTHON))
     fast = save_genai(src, tmp / "default", GenaiConfig(python=GENAI_PYTHON))
     return src, exact, fast
