@@ -17,7 +17,8 @@ Rows:
 - ``genai own int4`` / ``genai own int8``: onnxruntime-genai's builder on the float model, as its docs say
   (``python -m onnxruntime_genai.models.builder -i DIR -o OUT -p int4 -e cpu``): the anchors.
 Grids: round-to-nearest asymmetric with integer zero points at group 32 and at group 128 (576-input layers end in
-a partial group of 64), and with ``--gptq`` GPTQ (act-order) at group 128. The packaged float weights were
+a partial group of 64), and with ``--gptq`` GPTQ (act-order, integer zero points) at groups 32 and 128. The torch
+int4 kernel's speed is timed for the RTN grids only (a GPTQ grid of the same group size runs the same kernel). The packaged float weights were
 dequantized from a Q4_1 GGUF (asymmetric, group 32), so group-32 asymmetric RTN is nearly lossless on this model;
 group 128 is the honest int4 test. Decode speed: interleaved rounds (the genai rows, one worker call per round, in
 rotated order), medians. Perplexity: sliding window over the same BBC test tokens as ``scripts/bench_lm.py``
@@ -57,7 +58,10 @@ GRIDS = {
     "int4 g32 asym RTN": dict(_ASYM, group_size=32),
     "int4 g128 asym RTN": dict(_ASYM, group_size=128, partial_groups=True),
 }
-GPTQ_GRID = ("int4 g128 asym GPTQ", dict(_ASYM, group_size=128, partial_groups=True, method="gptq"))
+GPTQ_GRIDS = {
+    "int4 g32 asym GPTQ": dict(_ASYM, group_size=32, method="gptq"),
+    "int4 g128 asym GPTQ": dict(_ASYM, group_size=128, partial_groups=True, method="gptq"),
+}
 ANCHORS = {"genai own int4": "int4", "genai own int8": "int8"}
 
 
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tokens", type=int, default=4096, help="perplexity tokens (0: skip perplexity)")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--stride", type=int, default=256)
-    ap.add_argument("--gptq", action="store_true", help=f"add the grid {GPTQ_GRID[0]!r} (minutes of calibration)")
+    ap.add_argument("--gptq", action="store_true", help=f"add the grids {', '.join(GPTQ_GRIDS)} (minutes of "
+                    "calibration each)")
     ap.add_argument("--calibration-samples", type=int, default=32, help="GPTQ: chunks of 256 BBC train tokens")
     ap.add_argument("-o", "--output", help="result JSON")
     args = ap.parse_args(argv)
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = text_token_ids(tok, "bbc-news", "test", max(args.tokens, 64 * args.prompts))
     prompts = [text[:, 64 * i: 64 * (i + 1)] for i in range(args.prompts)]
     ppl_ids = text[:, : args.tokens] if args.tokens else None
-    grids = dict(GRIDS, **dict([GPTQ_GRID] if args.gptq else []))
+    grids = dict(GRIDS, **(GPTQ_GRIDS if args.gptq else {}))
     rows: dict[str, dict] = {}
     torch_models = {"torch fp32": AutoModelForCausalLM.from_pretrained(src).eval()}
     rows["torch fp32"] = {"size_mb": _size_mb(src / "model.safetensors")}
@@ -154,10 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
                        "new_tokens": args.new_tokens, "offset": next(offset)}
                 return _worker(args.genai_python, job, tmp)
 
-            variants = {n: (lambda m=m: _torch_speed(m, prompts, args.new_tokens)) for n, m in torch_models.items()}
+            timed = [n for n in torch_models if "GPTQ" not in n]
+            variants = {n: (lambda m=torch_models[n]: _torch_speed(m, prompts, args.new_tokens)) for n in timed}
             variants["genai"] = genai_round
             runs = interleaved(variants, args.rounds, warmup=1)
-            for name in torch_models:
+            for name in timed:
                 rows[name][key] = {"decode_tok_s": round(statistics.median(r["decode_tok_s"] for r in runs[name]), 1),
                                    "prefill_tok_s": round(statistics.median(r["prefill_tok_s"] for r in runs[name]),
                                                           1)}
@@ -170,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
                 rows[name]["tokens"] = per_round[-1]["tokens"]
             fp32 = rows["torch fp32"][key]["decode_tok_s"]
             for name, row in rows.items():
+                if key not in row:
+                    continue
                 row[key]["decode_vs_torch_fp32"] = round(row[key]["decode_tok_s"] / fp32, 2)
                 print(f"{key} {name}: {row[key]['decode_tok_s']} tok/s ({row[key]['decode_vs_torch_fp32']}x fp32)",
                       flush=True)
