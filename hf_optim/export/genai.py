@@ -318,9 +318,8 @@ def save_genai(model_or_dir: Any, out_dir: str | Path, config: GenaiConfig | Non
     weight-only Llama, its ``MatMulNBits`` holding hf_optim's own grid (RTN or GPTQ; int4 or int8).
 
     Args:
-        model_or_dir (`str`, `Path` or `PreTrainedModel`): an hf_optim checkpoint directory whose every decoder
-            Linear is ``int4_weight_only`` (or every one ``int8_weight_only``), or the model object plus its
-            tokenizer in the directory it came from.
+        model_or_dir (`str` or `Path`): an hf_optim checkpoint directory (with its tokenizer) whose every decoder
+            Linear is ``int4_weight_only`` (or every one ``int8_weight_only``).
         out_dir (`str` or `Path`): the output directory (``og.Model(out_dir)`` loads it).
         config ([`GenaiConfig`], *optional*): output head, accuracy level, interpreter with onnxruntime-genai.
 
