@@ -350,6 +350,10 @@ def save_genai(model_or_dir: Any, out_dir: str | Path, config: GenaiConfig | Non
             if "No module named" in tail and "onnxruntime_genai" in tail:
                 raise HfOptimError(f"{cmd[0]} has no onnxruntime-genai: `pip install onnxruntime-genai` there, or "
                                    f"set ${GENAI_PYTHON_ENV} to an interpreter that has it (`make anchors-genai`)")
+            if "cannot import name" in tail and "transformers" in tail:
+                raise HfOptimError(f"onnxruntime-genai's model builder needs a newer transformers than {cmd[0]} "
+                                   f"has (a 5.x release): set ${GENAI_PYTHON_ENV} to a separate environment with "
+                                   f"it (`make anchors-genai`)\n{tail[-500:]}")
             raise StageError(f"onnxruntime-genai's model builder failed (exit {proc.returncode}):\n{tail}")
     blocks = {n: r["block_size"] for n, r in written["tensors"].items()}
     notes = list(written["notes"])
