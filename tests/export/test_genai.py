@@ -136,10 +136,19 @@ def test_builder_command_and_interpreter(tmp_path, monkeypatch):
         GenaiConfig(lm_head="int2")
 
 
-def test_a_missing_interpreter_says_how_to_get_one(tmp_path):
+@pytest.mark.parametrize(("stderr", "match"), [
+    (None, GENAI_PYTHON_ENV),
+    ("ModuleNotFoundError: No module named 'onnxruntime_genai'", "has no onnxruntime-genai"),
+    ("ImportError: cannot import name 'Qwen3_5ForConditionalGeneration' from 'transformers'", "newer transformers"),
+])
+def test_an_interpreter_without_the_builder_says_how_to_get_one(tmp_path, stderr, match):
     src = _save_quantized(tmp_path / "m", group_size=32)
-    with pytest.raises(HfOptimError, match=GENAI_PYTHON_ENV):
-        save_genai(src, tmp_path / "out", GenaiConfig(python=str(tmp_path / "no-such-python")))
+    python = tmp_path / "python"
+    if stderr is not None:  # an interpreter whose builder fails the way such environments do
+        python.write_text(f"#!/bin/sh\necho \"{stderr}\" >&2\nexit 1\n")
+        python.chmod(0o755)
+    with pytest.raises(HfOptimError, match=match):
+        save_genai(src, tmp_path / "out", GenaiConfig(python=str(python)))
 
 
 # --- end to end: onnxruntime-genai's builder and runtime -----------------------------------------------------------
