@@ -63,8 +63,9 @@ def export_portable(model_dir: str | Path, output_dir: str | Path, config: Expor
                   "size_mb": round(sum(p.stat().st_size for p in files) / 2**20, 3),
                   "export_seconds": round(time.perf_counter() - t0, 2), "report": detail, **_origin(src)}
         _write_record(assembled, record)
-        record["card_sha256"] = _write_card(assembled)
-        _write_record(assembled, record)
+        if config.format != "genai":  # the cards describe from_pretrained / GGUF readers; genai: docs/formats.md
+            record["card_sha256"] = _write_card(assembled)
+            _write_record(assembled, record)
         os.replace(assembled, out)  # `out` is new or empty (checked by the caller)
     finally:
         shutil.rmtree(work, ignore_errors=True)
