@@ -126,9 +126,11 @@ anchors-llamacpp: .venv-anchors/.hf_optim-setup
 bench-gguf: setup anchors-llamacpp
 	$(BENCH_PY) scripts/bench_gguf.py --llama-python .venv-anchors/bin/python --threads 1 -o $(RESULTS)/bench_gguf.json
 
-# SmolLM2-135M on the CPU: hf_optim's torch and ONNX Runtime paths next to llama.cpp, 1 and 2 threads.
-bench-llm-cpu: setup anchors-llamacpp
-	$(BENCH_PY) scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --threads 1,2 --profile \
+# SmolLM2-135M on the CPU: hf_optim's torch, ONNX Runtime and onnxruntime-genai paths next to llama.cpp, 1 and 2
+# threads.
+bench-llm-cpu: setup anchors-llamacpp anchors-genai
+	$(BENCH_PY) scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --genai-python .venv-genai/bin/python \
+		--threads 1,2 --profile \
 		-o $(RESULTS)/bench_llm_cpu.json
 
 # onnxruntime-genai (its model builder and runtime), in a venv of its own (never needed by make test): the builder

@@ -1,8 +1,8 @@
 """SmolLM2-135M on a CPU, every path side by side in one run: hf_optim's torch and ONNX Runtime paths next to the
 runtimes LLM users pick, llama.cpp (through ``llama-cpp-python``), with perplexity, size and decode speed for each.
 
-    python scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --threads 1,2 --profile \\
-        -o scripts/results/bench_llm_cpu.json                                                   # make bench-llm-cpu
+    python scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --genai-python .venv-genai/bin/python \\
+        --threads 1,2 --profile -o scripts/results/bench_llm_cpu.json                            # make bench-llm-cpu
 
 Rows (``--rtn`` replaces GPTQ by round-to-nearest on the same grid, for a quick run):
 - ``hf_optim torch fp32``: the packaged float model, ``generate`` with the KV cache.
@@ -19,12 +19,15 @@ Rows (``--rtn`` replaces GPTQ by round-to-nearest on the same grid, for a quick 
 - ``llama.cpp Q8_0 / Q4_0 / Q4_K_M``: llama.cpp's own quantizer on hf_optim's F32 GGUF of the float weights, as
   llama.cpp's docs build them (convert, then ``llama-quantize``).
 - ``llama.cpp <- hf_optim GPTQ Q4_0``: hf_optim's GPTQ grid exported to GGUF (``save_gguf``) and run by llama.cpp.
+- ``genai <- hf_optim GPTQ`` (with ``--genai-python``): the same grid written by ``save_genai`` and run by
+  onnxruntime-genai's own generation loop (``scripts/_genai_worker.py``); ``genai own int4``: its model builder's
+  int4 from the float model with its defaults (the anchor, as its docs build it).
 
 Speed: the same 64-token prompts from the BBC test text, ``--new-tokens`` greedy tokens, decode tokens/s after the
 first token, medians over ``--rounds`` rounds, at each of ``--threads`` in turn; each round measures every hf_optim
-model (rotated order) and then runs the llama.cpp worker for one round, so load drift on a shared machine reaches
-every row. Batch 8 for the runtimes that batch (torch, ONNX Runtime). Perplexity: the first ``--tokens`` BBC test tokens, window 512,
-stride 256, the same ids in every runtime (tokenized here by transformers).
+model (rotated order) and then runs each anchor's worker for one round, so load drift on a shared machine reaches
+every row. Batch 8 for the runtimes that batch (torch, ONNX Runtime). Perplexity: the first ``--tokens`` BBC test
+tokens, window 512, stride 256, the same ids in every runtime (tokenized here by transformers).
 
 ``--profile`` adds where one decode step of the fastest hf_optim torch int4 row spends its time (torch profiler:
 int4/int8 matmul kernels, float matmuls, attention, other ops, and the rest = Python and framework overhead),
@@ -63,14 +66,18 @@ GRID = dict(scheme="int4_weight_only", group_size=32, symmetric=True)
 LLAMA_CPP_TYPES = ("q8_0", "q4_0", "q4_k_m")
 
 
-def _bench_gguf():
-    """scripts/bench_gguf.py: its llama.cpp worker and helpers are shared, not copied."""
+def _script(name: str):
+    """scripts/<name>.py (bench_gguf, bench_genai): their workers and helpers are shared, not copied."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_bench_gguf", Path(__file__).with_name("bench_gguf.py"))
+    spec = importlib.util.spec_from_file_location(f"_{name}", Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _bench_gguf():
+    return _script("bench_gguf")
 
 
 def _size_mb(path: Path) -> float:
@@ -227,8 +234,9 @@ def llama_rows(args, tok, tmp: Path, gguf: dict, prompts: list, threads: int, fi
     return {name: dict(r, path=models[name]) for name, r in json.loads(out.stdout).items()}
 
 
-def _measure(args, models: dict, batches: dict, prompt_lists: list, llama_job, threads: int) -> dict:
-    """Decode speed of every row at ``threads``: ``{name: {batch_1_decode_tok_s, ...}}`` plus llama.cpp's rows."""
+def _measure(args, models: dict, batches: dict, anchors: list, threads: int) -> dict:
+    """Decode speed of every row at ``threads``: ``{name: {batch_1_decode_tok_s, ...}}``, the anchors' rows too
+    (each anchor job runs one round of its worker after each round of hf_optim's models)."""
     torch.set_num_threads(threads)
     for m in models.values():
         _generate(m, batches[1][0], 2)  # warm-up
@@ -240,14 +248,14 @@ def _measure(args, models: dict, batches: dict, prompt_lists: list, llama_job, t
                                                 args.new_tokens, r + i).items():
                 for b, t in by_batch.items():
                     timings.setdefault(name, {}).setdefault(b, []).append(t)
-        if llama_job is not None:
-            for name, res in llama_job(threads, r).items():
+        for job in anchors:
+            for name, res in job(threads, r).items():
                 row = llama.setdefault(name, {"decode": [], "prefill": []})
                 row["decode"] += res["decode_tok_s"]
                 row["prefill"] += res["prefill_tok_s"]
-                llama_job.results.setdefault(name, {}).update(path=res["path"])
+                job.results.setdefault(name, {}).update(path=res["path"])
                 if res.get("perplexity"):
-                    llama_job.results[name]["perplexity"] = round(res["perplexity"], 4)
+                    job.results[name]["perplexity"] = round(res["perplexity"], 4)
         print(f"threads {threads}: round {r + 1}/{args.rounds} done", flush=True)
     out: dict = {}
     for name, by_batch in timings.items():
@@ -264,9 +272,50 @@ def _measure(args, models: dict, batches: dict, prompt_lists: list, llama_job, t
     return out
 
 
+def build_genai(args, src, tmp: Path, label: str) -> dict:
+    """onnxruntime-genai models: hf_optim's int4 grid written by ``save_genai``, and the builder's own int4 from
+    the float model (the anchor, with its defaults, as its docs build it); ``{name: model dir}``."""
+    from hf_optim.export.genai import GenaiConfig, save_genai
+
+    python = os.path.abspath(args.genai_python)
+    report = save_genai(tmp / "int4", tmp / "genai-int4", GenaiConfig(python=python))
+    dirs = {f"genai <- hf_optim {label}": str(report.path)}
+    out = tmp / "genai-own-int4"
+    subprocess.run([python, "-I", "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out), "-p",
+                    "int4", "-e", "cpu", "-c", str(tmp / "genai-cache")], cwd=tmp, capture_output=True, text=True,
+                   check=True, timeout=3600)
+    dirs["genai own int4"] = str(out)
+    return dirs
+
+
+def genai_job(args, tmp: Path, dirs: dict, prompts: list):
+    """``job(threads, round) -> {name: {decode_tok_s: [..], prefill_tok_s: [..]}}`` through bench_genai's worker;
+    ``job.perplexity()`` scores the same graphs on the perplexity tokens."""
+    bench = _script("bench_genai")
+    python = os.path.abspath(args.genai_python)
+
+    def job(threads, r):
+        res = bench._worker(python, {"models": dirs, "threads": threads, "prompts": prompts,
+                                     "new_tokens": args.new_tokens, "offset": r}, tmp)
+        job.versions = res.get("versions")
+        return {n: {"decode_tok_s": [v["decode_tok_s"]], "prefill_tok_s": [v["prefill_tok_s"]], "path": dirs[n]}
+                for n, v in res["rows"].items()}
+
+    def perplexity_of(tok, threads):
+        ids = text_token_ids(tok, "bbc-news", "test", args.tokens)[0].tolist()
+        res = bench._worker(python, {"models": dirs, "threads": threads, "prompts": None, "ppl_ids": ids,
+                                     "context": args.context, "stride": args.stride}, tmp)
+        return {n: round(v["perplexity"], 4) for n, v in res["rows"].items()}
+
+    job.perplexity = perplexity_of
+    job.results = {}
+    return job
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--llama-python", help="python of a venv with llama-cpp-python (without it: hf_optim rows only)")
+    ap.add_argument("--genai-python", help="python of a venv with onnxruntime-genai (make anchors-genai)")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts, each measured in turn")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--prompts", type=int, default=2, help="64-token prompts from the BBC test text")
@@ -293,20 +342,29 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-llm-cpu-") as tmp:
         tmp = Path(tmp)
         models, rows, gguf = build_hf_optim(args, src, tok, tmp)
-        llama_job = None
+        anchors = []
         if args.llama_python:
             def llama_job(threads, r):
-                first = not llama_job.results
-                return llama_rows(args, tok, tmp, gguf, prompt_lists, threads, first)
+                return llama_rows(args, tok, tmp, gguf, prompt_lists, threads, not llama_job.results)
             llama_job.results = {}
+            anchors.append(llama_job)
+        if args.genai_python:
+            dirs = build_genai(args, src, tmp, "RTN" if args.rtn else "GPTQ")
+            anchors.append(genai_job(args, tmp, dirs, prompt_lists))
         for threads in thread_counts:
             for name in [n for n in models if " ORT " in n]:  # ONNX Runtime fixes its threads per session
                 models[name] = load_causal_lm(rows[name]["path"], threads=threads)
-            speed[f"threads_{threads}"] = _measure(args, models, batches, prompt_lists, llama_job, threads)
+            speed[f"threads_{threads}"] = _measure(args, models, batches, anchors, threads)
         torch.set_num_threads(first_threads)
-        for name, res in (llama_job.results if llama_job else {}).items():
-            rows[name] = {"what": "llama.cpp (llama-cpp-python)", "size_mb": _size_mb(Path(res["path"])),
-                          "perplexity": res.get("perplexity")}
+        if args.genai_python and args.tokens:
+            for name, ppl in anchors[-1].perplexity(tok, first_threads).items():
+                anchors[-1].results[name]["perplexity"] = ppl
+        for job in anchors:
+            runtime = "llama.cpp (llama-cpp-python)" if job is anchors[0] and args.llama_python else \
+                "onnxruntime-genai (its own generation loop)"
+            for name, res in job.results.items():
+                rows[name] = {"what": runtime, "size_mb": _size_mb(Path(res["path"])),
+                              "perplexity": res.get("perplexity")}
         base = rows["hf_optim torch fp32"]
         for name, row in rows.items():
             row.pop("path", None)
