@@ -299,6 +299,19 @@ def lm_notes(data: dict) -> str:
     return "\n\n".join([intro, dtable, bullets])
 
 
+def llm_cpu_notes(data: dict) -> str:
+    """Where one decode step of hf_optim's fastest torch int4 row goes, against the memory-bandwidth bound."""
+    p = data.get("profile") or {}
+    if not p:
+        return ""
+    parts = ", ".join(f"{name} {v['share'] * 100:.0f} %" for name, v in p["by_family"].items())
+    return (f"Profile of `{p['row']}` ({p['threads']} thread, {p['new_tokens']} greedy tokens, "
+            f"{p['wall_s']} s): {parts}. It reads {p['weights_read_per_token_mb']} MB of weights per token; at the "
+            f"{p['copy_bandwidth_gb_s']} GB/s copy bandwidth measured in the same run that bounds decode at "
+            f"{p['bandwidth_bound_tok_s']} tok/s, against {p['measured_tok_s']} measured: the step is bound by "
+            f"per-op and Python overhead, not by memory.")
+
+
 def distill_lm_notes(data: dict) -> str:
     s = data.get("summary") or {}
     return (f"The distilled student's perplexity is {fmt(s.get('distilled_vs_lm_loss_perplexity'), 'x')} that of "
@@ -492,6 +505,26 @@ SECTIONS = {
                   ("vs torch fp32", "threads_2.decode_vs_torch_fp32", "x"), ("perplexity", "perplexity", ".2f"),
                   ("vs fp32 %", "perplexity_vs_fp32_pct", "+.1f"),
                   ("greedy prefix match", "greedy_prefix_match_vs_torch", "")]},
+    "bench_llm_cpu": {
+        "title": "SmolLM2-135M on the CPU: hf_optim's torch, ONNX Runtime and onnxruntime-genai paths next to "
+                 "llama.cpp, in one run",
+        "what": "`scripts/bench_llm_cpu.py` (`make bench-llm-cpu`): hf_optim's int4 grid is symmetric, group 32, "
+                "GPTQ with act-order on 32 x 256 BBC train tokens, the same grid in every hf_optim row (torch's "
+                "packed int4 kernel, ONNX Runtime `MatMulNBits` from the grid, GGUF Q4_0 for llama.cpp, "
+                "`save_genai` for onnxruntime-genai); `llama.cpp Q8_0 / Q4_0 / Q4_K_M` are llama.cpp's own "
+                "quantizer on the F32 GGUF of the same float weights, `genai own int4` the onnxruntime-genai "
+                "builder's own int4 with its defaults. Batch 1 (and 8 for torch and ONNX Runtime), 2 prompts of 64 "
+                "BBC test tokens, 32 greedy tokens, decode tokens/s after the first token, medians of 5 rounds, "
+                "each round every row (llama.cpp and onnxruntime-genai in their own processes); perplexity in each "
+                "runtime on the stratified BBC News test slice (4,096 tokens, window 512, stride 256).",
+        "threads": False, "notes": llm_cpu_notes,
+        "table": [("MB", "size_mb", ".1f"), ("perplexity", "perplexity", ".2f"),
+                  ("vs fp32", "perplexity_vs_fp32", "pct"),
+                  ("batch 1 tok/s, 1 thread", "threads_1.batch_1_decode_tok_s", ".1f"),
+                  ("vs torch fp32", "threads_1.batch_1_vs_torch_fp32", "x"),
+                  ("2 threads", "threads_2.batch_1_decode_tok_s", ".1f"),
+                  ("vs torch fp32", "threads_2.batch_1_vs_torch_fp32", "x"),
+                  ("batch 8 tok/s, 1 thread", "threads_1.batch_8_decode_tok_s", ".1f")]},
     "distill_lm": {
         "title": "Distilling SmolLM2-135M into a 10-layer student",
         "what": "`scripts/distill_lm.py`: a 10-layer student built by `make_student` from evenly spaced teacher "
@@ -514,7 +547,8 @@ ALIASES = {"bench_run_movie_sentiment_threads2": "bench_run_movie_sentiment", "b
            "bench_ort_grid_gptq": "bench_ort_grid"}
 ORDER = ["bench_run_movie_sentiment", "bench_run_movie_sentiment_threads2", "bench_export", "bench_export_threads1",
          "bench_quant_minilm", "bench_quant_kernels", "plan_teacher", "bench_prune", "distill_movie_sentiment",
-         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "bench_lm_kernels", "bench_ort_grid", "bench_gguf", "bench_genai", "distill_lm",
+         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "bench_lm_kernels",
+         "bench_ort_grid", "bench_gguf", "bench_genai", "bench_llm_cpu", "distill_lm",
          "check_extras"]
 
 
@@ -556,4 +590,19 @@ def genai_table(results: dict[str, dict]) -> str:
             f"tokens. `{data['command']}`; every column: [benchmarks](benchmarks.md#bench_genai).")
 
 
-SNIPPETS = {"optimum-comparison": optimum_comparison, "genai-table": genai_table}
+def llm_cpu_table(results: dict[str, dict]) -> str:
+    """docs/llm.md and the README: every CPU path for SmolLM2-135M side by side (bench_llm_cpu)."""
+    data = results["bench_llm_cpu"]
+    body = [[f"`{name}`", fmt(r.get("size_mb"), ".0f"), fmt(r.get("perplexity"), ".2f"),
+             fmt(get(r, "threads_1.batch_1_decode_tok_s"), ".1f"), fmt(get(r, "threads_2.batch_1_decode_tok_s"), ".1f")]
+            for name, r in rows_of(data)]
+    cpu = data.get("cpu") or {}
+    cores = cpu.get("available_cores") or cpu.get("logical_cores")
+    fp32 = (data.get("rows") or {}).get("hf_optim torch fp32") or {}
+    return (table(["SmolLM2-135M, batch 1", "MB", "perplexity", "decode tok/s, 1 thread", "2 threads"], body)
+            + "\n\n" + f"One run, {cpu.get('model', 'x86')} with {cores} cores; perplexity on 4,096 BBC News test "
+            f"tokens (fp32 {fmt(fp32.get('perplexity'), '.2f')}). `{data['command']}`; every column and the decode "
+            f"profile: [benchmarks](benchmarks.md#bench_llm_cpu).")
+
+
+SNIPPETS = {"optimum-comparison": optimum_comparison, "genai-table": genai_table, "llm-cpu-table": llm_cpu_table}
