@@ -334,23 +334,29 @@ def serve_table(data: dict) -> str:
 
 
 def serve_notes(data: dict) -> str:
-    hop = data.get("hop_overhead_ms") or {}
-    agree = data.get("agreement") or {}
-    lines = [f"- The HTTP/Ray hop adds {fmt(h.get('p50'), '.1f')} ms at the median ({fmt(h.get('p95'), '.1f')} ms "
-             f"at p95) to one request of `{name}` (1 client, Ray Serve with 1 replica minus in-process)."
-             for name, h in hop.items()]
-    for name in dict.fromkeys(r["artifact"] for _, r in rows_of(data)):
+    hop, agree, rows = data.get("hop_overhead_ms") or {}, data.get("agreement") or {}, dict(rows_of(data))
+    lines = ["- The HTTP/Ray hop (1 client, Ray Serve with 1 replica minus in-process) adds "
+             + ", ".join(f"{fmt(h.get('p50'), '.1f')} ms at the median ({fmt(h.get('p95'), '.1f')} ms at p95) to a "
+                         f"request of `{name}`" for name, h in hop.items()) + "."]
+    for name in dict.fromkeys(r["artifact"] for r in rows.values()):
+        r1, r2 = rows.get(f"{name}/serve_r1"), rows.get(f"{name}/serve_r2")
+        if r1 and r2:
+            lines.append(f"- `{name}`: a second replica gives {fmt(r2['requests_per_s'] / r1['requests_per_s'], 'x')} "
+                         f"the throughput of one.")
         served = [a for k, a in agree.items() if k.startswith(f"{name}/serve")]
         itself = agree.get(f"{name}/in_process_first_pass")
         if served and itself:
+            why = ("" if itself["same_label"] == 1 else " (where activations are quantized per call, the batch a "
+                   "text shares changes its answer)")
             lines.append(f"- `{name}` served against in-process: at least {min(a['same_label'] for a in served):.1%} "
                          f"the same label, class probabilities within {max(a['max_abs_prob_diff'] for a in served):.1e}"
                          f"; the in-process engine against its own first pass: {itself['same_label']:.1%}, within "
-                         f"{itself['max_abs_prob_diff']:.1e} (the batch a text shares changes its answer where "
-                         "activations are quantized per call).")
+                         f"{itself['max_abs_prob_diff']:.1e}{why}.")
     lines.append(f"- {data.get('requests')} requests per pass from {data.get('clients')} clients "
-                 f"({data.get('requests_1client')} with 1 client), {data.get('rounds')} interleaved rounds; the "
-                 "clients, the Ray processes and the replicas share the machine's cores.")
+                 f"({data.get('requests_1client')} with 1 client), {data.get('rounds')} interleaved rounds. The "
+                 "clients, Ray's HTTP proxy, the router and the replicas share the machine's cores: every served "
+                 "request costs CPU in three more processes that the in-process engine spends on the model, so on a "
+                 "machine this small the hop, not the model, limits a fast artifact's served rate.")
     return "\n".join(lines)
 
 
