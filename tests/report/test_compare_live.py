@@ -60,14 +60,16 @@ def stats_server():
 
 
 def _run_and_payload(tmp_path):
-    """A run whose teacher and export exist on disk; the recorded payload's two variants serve them, under other
-    names, plus a third variant that is no artifact of the run."""
+    """A run whose teacher and export exist on disk, and the payload recorded from `hf-optim serve` of a run's
+    teacher and export, its variants renamed (matching goes by fingerprint, not name) and given this run's
+    fingerprints, plus a third variant that is no artifact of the run."""
     run = write_run(tmp_path / "run", pipeline_report())
     teacher, export = _artifact(run / "teacher", "t"), _artifact(run / "export", "e")
     payload = copy.deepcopy(RECORDED)
-    fingerprints = [dir_fingerprint(teacher), dir_fingerprint(export), "dir:0123456789abcdef"]
-    for v, fp in zip(payload["variants"], fingerprints):
-        v["fingerprint"] = fp
+    assert [v["name"] for v in payload["variants"]] == ["teacher", "export"]
+    payload["variants"].append({**payload["variants"][1], "name": "other", "fingerprint": "dir:0123456789abcdef"})
+    for v, name, directory in zip(payload["variants"], ("fp32", "int8"), (teacher, export)):
+        v["name"], v["fingerprint"] = name, dir_fingerprint(directory)
     return run, payload
 
 
