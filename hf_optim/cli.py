@@ -261,12 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     _card_options(pu)
     pu.set_defaults(fn=cmd_push)
 
-    cp = sub.add_parser("compare", parents=[common], help="A/B table of two runs' reports",
+    cp = sub.add_parser("compare", parents=[common], help="A/B table of two runs' reports, or of a run and its "
+                        "live serving metrics",
                         description="Compare two runs artifact by artifact (matched by stage name) and final artifact "
                         "against final artifact: metric, latency p50/p95, batch-32 throughput, size, peak memory and "
-                        "cost per million requests (both priced alike).")
+                        "cost per million requests (both priced alike). With --serving URL: the live per-variant "
+                        "requests, errors, latency and throughput of an `hf-optim serve` application next to the "
+                        "run's offline numbers, variants matched to the run's artifacts by fingerprint.")
     cp.add_argument("run_a", help="run directory A (the reference)")
-    cp.add_argument("run_b", help="run directory B")
+    cp.add_argument("run_b", nargs="?", help="run directory B")
+    cp.add_argument("--serving", metavar="URL", help="an `hf-optim serve` application's URL (e.g. "
+                    "http://127.0.0.1:8000): its live per-variant metrics next to run A's offline ones")
     price_options(cp)
     cp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cp.set_defaults(fn=cmd_compare)

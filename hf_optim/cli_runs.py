@@ -171,10 +171,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .report.compare import compare_runs, render_comparison
     from .report.summary import load_report
 
+    if args.run_b is None and not args.serving:
+        raise HfOptimError("compare needs a second run directory or --serving URL")
     stored = (load_report(args.run_a).get("cost") or {}).get("settings")
-    cmp = compare_runs(args.run_a, args.run_b, report_config(args, stored))
-    text = json.dumps(cmp, indent=2) if args.json else render_comparison(cmp)
-    print(text)
+    config = report_config(args, stored)
+    out, texts = {}, []
+    if args.run_b is not None:
+        out["runs"] = compare_runs(args.run_a, args.run_b, config)
+        texts.append(render_comparison(out["runs"]))
+    if args.serving:
+        from .report.live import compare_live, fetch_serving_stats, render_live
+
+        out["serving"] = compare_live(args.run_a, fetch_serving_stats(args.serving), config)
+        texts.append(render_live(out["serving"]))
+    if args.json:  # two runs alone: the comparison itself, as before
+        print(json.dumps(out.get("runs") if args.serving is None else out, indent=2))
+    else:
+        print("\n\n".join(texts))
     return 0
 
 

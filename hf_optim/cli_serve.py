@@ -115,7 +115,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         url = f"http://{host}:{args.port}{config.route_prefix.rstrip('/')}"
         route = "/v1/generate" if config.variants[0].task_type == "causal-lm" else "/v1/classify"
         print(f"serving {', '.join(f'{v.name}={v.weight:g}' for v in config.variants)} at {url}")
-        print(f"  POST {url}{route}   GET {url}/healthz")
+        print(f"  POST {url}{route}   GET {url}/healthz   GET {url}/v1/stats")
+        print(f"  live numbers next to a run's: hf-optim compare RUN_DIR --serving {url}")
         if metrics_port:
             print(f"  metrics: http://127.0.0.1:{metrics_port}/metrics")
         print(f"  serve config: {path} (serve deploy {path})")

@@ -330,6 +330,61 @@ def distill_notes(data: dict) -> str:
             f"{live['teacher_forward_calls']}.")
 
 
+SERVE_MODES = {"in_process": "in-process engine (no HTTP, no Ray)", "serve_r1": "Ray Serve, 1 replica",
+               "serve_r2": "Ray Serve, 2 replicas", "in_process_1client": "in-process, 1 client",
+               "serve_r1_1client": "Ray Serve, 1 replica, 1 client"}
+
+
+def serve_table(data: dict) -> str:
+    """bench_serve: every artifact's modes, throughput against the in-process engine and latency percentiles."""
+    body = [[f"`{r['artifact']}`", SERVE_MODES.get(r["mode"], r["mode"]), fmt(r["clients"]),
+             fmt(r["requests_per_s"], ".1f"), fmt(r.get("vs_in_process"), "x"),
+             fmt(get(r, "latency_ms.p50"), ".1f"), fmt(get(r, "latency_ms.p95"), ".1f"),
+             fmt(get(r, "latency_ms.p99"), ".1f"), fmt(r.get("requests_per_s_runs"), ".1f")]
+            for _, r in rows_of(data)]
+    return table(["artifact", "mode", "clients", "requests/s", "vs in-process", "p50 ms", "p95 ms", "p99 ms",
+                  "requests/s per round"], body)
+
+
+def serve_notes(data: dict) -> str:
+    hop, agree, rows = data.get("hop_overhead_ms") or {}, data.get("agreement") or {}, dict(rows_of(data))
+    lines = ["- The HTTP/Ray hop (1 client, Ray Serve with 1 replica minus in-process) adds "
+             + ", ".join(f"{fmt(h.get('p50'), '.1f')} ms at the median ({fmt(h.get('p95'), '.1f')} ms at p95) to a "
+                         f"request of `{name}`" for name, h in hop.items()) + "."]
+    for name in dict.fromkeys(r["artifact"] for r in rows.values()):
+        r1, r2 = rows.get(f"{name}/serve_r1"), rows.get(f"{name}/serve_r2")
+        if r1 and r2:
+            lines.append(f"- `{name}`: a second replica gives {fmt(r2['requests_per_s'] / r1['requests_per_s'], 'x')} "
+                         f"the throughput of one.")
+        served = [a for k, a in agree.items() if k.startswith(f"{name}/serve")]
+        itself = agree.get(f"{name}/in_process_first_pass")
+        if served and itself:
+            why = ("" if itself["same_label"] == 1 else " (where activations are quantized per call, the batch a "
+                   "text shares changes its answer)")
+            lines.append(f"- `{name}` served against in-process: at least {min(a['same_label'] for a in served):.1%} "
+                         f"the same label, class probabilities within {max(a['max_abs_prob_diff'] for a in served):.1e}"
+                         f"; the in-process engine against its own first pass: {itself['same_label']:.1%}, within "
+                         f"{itself['max_abs_prob_diff']:.1e}{why}.")
+    lines.append(f"- {data.get('requests')} requests per pass from {data.get('clients')} clients "
+                 f"({data.get('requests_1client')} with 1 client), {data.get('rounds')} interleaved rounds. The "
+                 "clients, Ray's HTTP proxy, the router and the replicas share the machine's cores: every served "
+                 "request costs CPU in three more processes that the in-process engine spends on the model, so on a "
+                 "machine this small the hop, not the model, limits a fast artifact's served rate.")
+    return "\n".join(lines)
+
+
+def serve_overhead(results: dict[str, dict]) -> str:
+    """docs/serving.md: bench_serve's table and what the hop costs."""
+    data = results.get("bench_serve")
+    if not data:
+        return "No `scripts/results/bench_serve.json` yet."
+    cpu = data.get("cpu") or {}
+    return (serve_table(data) + "\n\n" + serve_notes(data) + "\n\n" +
+            f"{cpu.get('model', 'x86')} with {cpu.get('available_cores') or cpu.get('logical_cores')} cores, "
+            f"{threads_text(data)} per engine; `{data['command']}`; every file: "
+            "[docs/benchmarks.md](benchmarks.md#bench_serve).")
+
+
 def plan_notes(data: dict) -> str:
     d = data.get("decision") or {}
     return (f"Budgets: {', '.join(f'{k} {v}' for k, v in (data.get('budgets') or {}).items() if k not in ('kind', 'version') and v is not None)}. "
@@ -433,6 +488,14 @@ SECTIONS = {
                 "threads, every mode in the same run (interleaved rounds, medians, tuned allocator); then a stream "
                 "with repeated inputs, with and without the result cache.",
         "table": inference_table, "notes": inference_notes},
+    "bench_serve": {
+        "title": "Serving through Ray Serve vs the in-process engine: a run's FP32 teacher and its final artifact",
+        "what": "`scripts/bench_serve.py`: closed-loop clients on localhost send one movie-sentiment test sentence "
+                "per request to each artifact in-process (the same `InferenceEngine` settings, no HTTP, no Ray) and "
+                "through a local Ray Serve application (`hf_optim.serving`, HTTP keep-alive) with 1 and 2 replicas; "
+                "every application deployed first, modes in interleaved rounds, medians. Latency is what the "
+                "client measured, queueing behind the other clients included.",
+        "table": serve_table, "notes": serve_notes},
     "bench_lm": {
         "title": "SmolLM2-135M: weight quantization, perplexity and decode speed (PyTorch)",
         "what": "`scripts/bench_lm.py`: every variant quantized from the packaged model and scored on the same "
@@ -547,8 +610,8 @@ ALIASES = {"bench_run_movie_sentiment_threads2": "bench_run_movie_sentiment", "b
            "bench_ort_grid_gptq": "bench_ort_grid"}
 ORDER = ["bench_run_movie_sentiment", "bench_run_movie_sentiment_threads2", "bench_export", "bench_export_threads1",
          "bench_quant_minilm", "bench_quant_kernels", "plan_teacher", "bench_prune", "distill_movie_sentiment",
-         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_lm", "bench_lm_kernels",
-         "bench_ort_grid", "bench_gguf", "bench_genai", "bench_llm_cpu", "distill_lm",
+         "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_serve", "bench_lm",
+         "bench_lm_kernels", "bench_ort_grid", "bench_gguf", "bench_genai", "bench_llm_cpu", "distill_lm",
          "check_extras"]
 
 
@@ -605,4 +668,5 @@ def llm_cpu_table(results: dict[str, dict]) -> str:
             f"profile: [benchmarks](benchmarks.md#bench_llm_cpu).")
 
 
-SNIPPETS = {"optimum-comparison": optimum_comparison, "genai-table": genai_table, "llm-cpu-table": llm_cpu_table}
+SNIPPETS = {"optimum-comparison": optimum_comparison, "genai-table": genai_table, "serve-overhead": serve_overhead,
+            "llm-cpu-table": llm_cpu_table}

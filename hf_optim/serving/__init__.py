@@ -25,6 +25,7 @@ _LAZY = {
     "serve_config_file": "hf_optim.serving.app",
     "METRICS": "hf_optim.serving.metrics",
     "ArtifactModel": "hf_optim.serving.replica",
+    "LiveStats": "hf_optim.serving.stats",
 }
 
 __all__ = ["ServeConfig", "VariantConfig", "parse_split", *_LAZY]

@@ -7,7 +7,9 @@ Routes (JSON in, JSON out; every response names ``variant`` and ``fingerprint``,
   probabilities per text;
 * ``POST /v1/generate`` ``{"prompt": "...", "max_new_tokens": 32, "key": ...}``: a greedy continuation
   (causal-LM applications);
-* ``GET /healthz``: the application, its variants, weights and fingerprints.
+* ``GET /healthz``: the application, its variants, weights and fingerprints;
+* ``GET /v1/stats``: per variant, requests, errors, latency percentiles and throughput of this router
+  (:class:`~hf_optim.serving.stats.LiveStats`; ``hf-optim compare RUN --serving URL`` reads it).
 
 A request with a ``key`` always goes to the same variant (a hash of the key against the weights); one without goes
 by chance. Errors: 400 (not JSON), 404 (a route this application's task does not serve), 413 (too many texts or
@@ -29,6 +31,7 @@ from ray import serve
 
 from .config import ServeConfig
 from .replica import error_reply
+from .stats import STATS_ROUTE, LiveStats
 
 __all__ = ["Router", "api", "pick_variant"]
 
@@ -98,6 +101,7 @@ class Router:
         from .metrics import make_metrics
 
         self.metrics = make_metrics("router")
+        self.stats = LiveStats([v.to_dict() for v in self.config.variants])
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -106,6 +110,10 @@ class Router:
                 "variants": [{"name": v.name, "weight": v.weight, "share": round(v.weight / total, 6),
                               "fingerprint": v.fingerprint, "artifact": v.artifact}
                              for v in self.config.variants]}
+
+    @api.get(STATS_ROUTE)
+    async def live_stats(self) -> dict:
+        return {"application": self.config.name, "task_type": self.task_type, **self.stats.snapshot()}
 
     @api.post("/v1/classify")
     async def classify(self, request: Request) -> JSONResponse:
@@ -167,7 +175,9 @@ class Router:
         tags = {"variant": variant, "route": route}
         m = self.metrics
         m["hf_optim_serve_requests"].inc(tags={**tags, "status": str(status)})
-        m["hf_optim_serve_latency_ms"].observe((time.perf_counter() - start) * 1e3, tags=tags)
+        latency_ms = (time.perf_counter() - start) * 1e3
+        m["hf_optim_serve_latency_ms"].observe(latency_ms, tags=tags)
+        self.stats.record(variant, status, latency_ms, n)
         if error:
             m["hf_optim_serve_errors"].inc(tags={**tags, "reason": error["reason"]})
         else:

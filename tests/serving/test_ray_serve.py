@@ -148,6 +148,29 @@ def test_metrics_endpoint_exposes_the_documented_series(served):
     assert 'application="ab"' in text and 'reason="invalid"' in text and 'status="503"' in text
 
 
+def test_compare_reads_the_live_per_variant_numbers_next_to_the_offline_ones(served, capsys):
+    from hf_optim.cli import main
+
+    from ..report.helpers import eval_stage, write_run
+
+    run = write_run(served["root"], {"recipe": "ab", "status": "complete", "stages": [
+        eval_stage("eval-a", "a", 0.5, 3.0, 300.0, 1.0), eval_stage("eval-b", "b", 0.6, 2.0, 400.0, 1.0)]})
+    before = {v["name"]: v["requests"] for v in json.loads(urllib.request.urlopen(
+        served["url"] + "/v1/stats", timeout=30).read())["variants"]}
+    for i in range(20):
+        assert _post(served["url"] + "/v1/classify", {"texts": [TEXTS[i]], "key": f"c{i}"})[0] == 200
+    assert main(["compare", str(run), "--serving", served["url"], "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["serving"]["rows"]
+    fingerprints = {v.name: v.fingerprint for v in served["config"].variants}
+    assert [(r["artifact"], r["variant"]["name"]) for r in rows] == [("a", "a"), ("b", "b")]  # by fingerprint
+    assert [r["variant"]["fingerprint"] for r in rows] == [fingerprints["a"], fingerprints["b"]]
+    assert sum(r["variant"]["requests"] - before[r["variant"]["name"]] for r in rows) == 20  # each counted once
+    live = rows[0]["variant"]
+    assert live["latency_ms"]["p50"] > 0 and live["texts_per_s"] > 0 and rows[0]["offline"]["value"] == 0.5
+    assert main(["compare", str(run), "--serving", served["url"]]) == 0
+    assert "| a | 0.5000 | 3.00 | 4.50 | 300.0 | a |" in capsys.readouterr().out
+
+
 def test_a_killed_replica_is_replaced_and_no_request_is_lost(served):
     url = served["url"] + "/v1/classify"
     handle = serve.get_deployment_handle("variant-a", app_name="ab")
