@@ -178,7 +178,9 @@ def quantize_dir(model_dir: str | Path, output_dir: str | Path, config: Quantize
         else:
             texts = _texts(spec, config.calibration_split, config.calibration_samples)
             batches = list(_batches(tokenizer, texts, config.batch_size, config.max_length))
-        metrics.update(gptq_quantize_(model, batches, config, progress=progress))
+        cost: dict[str, Any] = {}
+        metrics.update(gptq_quantize_(model, batches, config, progress=progress, cost=cost))
+        metrics["calibration"] = cost  # wall seconds per phase, threads, peak memory: shown next to the gain
     elif SCHEMES[config.scheme].data == "calibration":
         texts = _texts(spec, config.calibration_split, config.calibration_samples)
         ranges = calibrate(model, list(_batches(tokenizer, texts, config.batch_size, config.max_length)),

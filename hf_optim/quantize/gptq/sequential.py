@@ -27,6 +27,7 @@ from ..config import DEFAULT_EXCLUDE, QuantizeConfig
 from ..modules import module_for_scheme
 from ..schemes import SCHEMES, WEIGHT_ONLY_SCHEMES
 from .algorithm import gptq_quantize_weight
+from .calibration import PhaseTimer, calibration_threads, peak_rss_mb
 from .tune import inputs_of, output_head, tune_layer_qparams, tune_model_qparams
 
 __all__ = ["gptq_quantize_", "decoder_layers"]
@@ -122,6 +123,7 @@ class _Sequential:
     done: list[str] = dataclasses.field(default_factory=list)
     errors: list[float] = dataclasses.field(default_factory=list)
     tuned: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    timer: PhaseTimer = dataclasses.field(default_factory=PhaseTimer)
 
     @property
     def scheme(self):
@@ -131,22 +133,25 @@ class _Sequential:
                        float_hidden: list[torch.Tensor] | None) -> Inputs:
         """Quantize ``linears`` (the target Linears of ``layer``) in place; the next layer's inputs."""
         cfg, group_size = self.config, self.config.effective_group_size
-        hessians, float_out = _run_collecting_hessians(layer, linears, inputs)
-        param = {name: name[len(prefix) + 1:] + ".weight" for name in linears}  # the weight's name in the layer
-        weights = {param[name]: gptq_quantize_weight(
-            lin.weight, hessians[name], self.scheme.weight_bits, group_size, cfg.symmetric, cfg.gptq_damp,
-            partial=cfg.partial_groups, clip_search=cfg.gptq_clip_search, act_order=cfg.gptq_act_order,
-            refit=cfg.gptq_refit, integer_zero_points=cfg.integer_zero_points) for name, lin in linears.items()}
-        hessians.clear()
+        with self.timer("gptq"):
+            hessians, float_out = _run_collecting_hessians(layer, linears, inputs)
+            param = {name: name[len(prefix) + 1:] + ".weight" for name in linears}  # the weight's name in the layer
+            weights = {param[name]: gptq_quantize_weight(
+                lin.weight, hessians[name], self.scheme.weight_bits, group_size, cfg.symmetric, cfg.gptq_damp,
+                partial=cfg.partial_groups, clip_search=cfg.gptq_clip_search, act_order=cfg.gptq_act_order,
+                refit=cfg.gptq_refit, integer_zero_points=cfg.integer_zero_points) for name, lin in linears.items()}
+            hessians.clear()
         if cfg.gptq_tune_steps:
-            self.tuned.append(tune_layer_qparams(layer, weights, inputs, float_hidden, group_size,
-                                                 cfg.gptq_tune_steps, cfg.gptq_tune_lr, cfg.integer_zero_points))
+            with self.timer("layer_tuning"):
+                self.tuned.append(tune_layer_qparams(layer, weights, inputs, float_hidden, group_size,
+                                                     cfg.gptq_tune_steps, cfg.gptq_tune_lr, cfg.integer_zero_points))
         cls = module_for_scheme(self.config.scheme)
         for name, lin in linears.items():
             q, scale, zero = weights[param[name]]
             set_module(self.model, name, cls.from_quantized(q, scale, zero, lin.bias, group_size=group_size))
             self.done.append(name)
-        return self._advance(layer, inputs, float_out)
+        with self.timer("gptq"):
+            return self._advance(layer, inputs, float_out)
 
     def _advance(self, layer: nn.Module, inputs: Inputs, reference: list[torch.Tensor]) -> Inputs:
         """The quantized layer's outputs as the next layer's inputs; records their error vs ``reference``."""
@@ -173,6 +178,16 @@ class _Sequential:
         if cfg.embedding_bits:
             quantize_embeddings_(self.model, cfg.embedding_bits, cfg.embedding_group_size, cfg.symmetric)
         return len(rest)
+
+    def cost(self, threads: int, e2e: dict[str, float] | None) -> dict[str, Any]:
+        """What the calibration took: wall seconds per phase (``gptq``: the float layers' forward passes, the
+        Hessians, the solve and the quantized layers' outputs; ``float_targets``: the float model's hidden
+        states the layer tuning fits), threads and the process's peak memory."""
+        out = {"seconds": round(self.timer.total(), 2), **{f"{k}_s": round(v, 2) for k, v in self.timer.seconds.items()},
+               "threads": threads, "peak_rss_mb": peak_rss_mb()}
+        if e2e is not None:
+            out.update({k: v for k, v in e2e.items() if k.startswith("teacher_")})
+        return out
 
     def summary(self, tokens: int, rounded: int, e2e: dict[str, float] | None) -> dict[str, Any]:
         cfg = self.config
@@ -214,7 +229,7 @@ def _config_from_arguments(scheme: str = "int4_weight_only", group_size: int | N
 @torch.no_grad()
 def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                    config: QuantizeConfig | str | None = None, *, progress: bool = False,
-                   **kwargs: Any) -> dict[str, Any]:
+                   cost: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Quantize the decoder layers' Linear weights of a causal LM with GPTQ, in place, layer by layer.
 
     Args:
@@ -228,6 +243,9 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             ``act_order=True``, ``tune_steps=40`` ...; the form before this one) is deprecated and still read,
             with a ``FutureWarning``, until the next release.
         progress (`bool`, *optional*, defaults to `False`): progress bars over the layers and the tuning steps.
+        cost (`dict`, *optional*): filled with what the calibration took: wall seconds in all and per phase,
+            threads, peak memory (see :mod:`~hf_optim.quantize.gptq.calibration` for the threads and what is
+            computed once). Kept out of the returned summary, which depends on the inputs alone.
 
     Returns:
         `dict`: calibration tokens, layers and modules quantized, mean relative output error of the layers.
@@ -241,38 +259,53 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
         raise TypeError(f"gptq_quantize_ takes a QuantizeConfig; set {', '.join(kwargs)} on the config instead")
     if not SCHEMES[config.scheme].weight_only:
         raise ValueError(f"GPTQ applies to {' / '.join(WEIGHT_ONLY_SCHEMES)}, not {config.scheme!r}")
+    with calibration_threads() as threads:
+        summary, run, e2e = _gptq_quantize(model, batches, config, progress)
+    if cost is not None:
+        cost.update(run.cost(threads, e2e))
+    return summary
+
+
+def _gptq_quantize(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], config: QuantizeConfig,
+                   progress: bool) -> tuple[dict[str, Any], _Sequential, dict[str, float] | None]:
     targets = dict(_targets(model, config.include, config.exclude, config.lm_head))
     if not config.partial_groups:
         check_group_sizes(targets.items(), config.effective_group_size)
     layers = decoder_layers(model)
-    # End-to-end tuning compares against the float model's logits: its output head and what it feeds it.
-    float_head = output_head(model) if config.gptq_e2e_steps else None
-    head_inputs = inputs_of(model, float_head, batches) if config.gptq_e2e_steps else None
-    # Inputs of the first layer (hidden states + the keyword arguments the model passes to every layer).
-    inputs: Inputs = inputs_of(model, layers[0], batches, with_kwargs=True)
+    timer = PhaseTimer()
+    with timer("float_targets"):
+        # End-to-end tuning compares against the float model's logits: its output head and what it feeds it.
+        float_head = output_head(model) if config.gptq_e2e_steps else None
+        head_inputs = inputs_of(model, float_head, batches) if config.gptq_e2e_steps else None
+    with timer("gptq"):
+        # Inputs of the first layer (hidden states + the keyword arguments the model passes to every layer).
+        inputs: Inputs = inputs_of(model, layers[0], batches, with_kwargs=True)
     if not inputs:
         raise ValueError("GPTQ calibration got no batches")
     tokens = sum(int(b["input_ids"].numel()) for b in batches)
-    run = _Sequential(model, config)
-    # Tuning follows the float model: its hidden states are carried next to the quantized model's.
+    run = _Sequential(model, config, timer=timer)
+    # Tuning follows the float model: its hidden states are carried next to the quantized model's, each layer's
+    # computed once (not per tuning step).
     float_hidden = [_hidden(a, k) for a, k in inputs] if config.gptq_tune_steps else None
     names = _layer_names(model, layers)
     for layer in progress_bar(layers, desc="GPTQ layers", enabled=progress, unit="layer"):
         prefix = names[id(layer)]
         linears = {n: m for n, m in targets.items() if n.startswith(prefix + ".")}
         if float_hidden is not None:
-            float_hidden = [_run(layer, *_with_hidden(a, k, h)) for (a, k), h in zip(inputs, float_hidden)]
+            with run.timer("float_targets"):
+                float_hidden = [_run(layer, *_with_hidden(a, k, h)) for (a, k), h in zip(inputs, float_hidden)]
         if linears:
             inputs = run.quantize_layer(layer, prefix, linears, inputs, float_hidden)
         else:
             inputs = [_with_hidden(a, k, _run(layer, a, k)) for a, k in inputs]
     rounded = run.round_the_rest(targets)
     # Last, so it also makes up for the rounded-to-nearest head and embeddings.
-    e2e = tune_model_qparams(model, batches, head_inputs, config.gptq_e2e_steps, config.gptq_e2e_lr, float_head,
-                             progress, config.integer_zero_points) if config.gptq_e2e_steps else None
+    with run.timer("e2e_tuning"):
+        e2e = tune_model_qparams(model, batches, head_inputs, config.gptq_e2e_steps, config.gptq_e2e_lr, float_head,
+                                 progress, config.integer_zero_points) if config.gptq_e2e_steps else None
     del float_head, head_inputs
     describe_(model, config.scheme, group_size=config.effective_group_size,
               symmetric=None if config.symmetric else False, method="gptq", calibration_tokens=tokens,
               partial_groups=config.partial_groups or None)
     logger.info("GPTQ: %d modules in %d layers on %d calibration tokens", len(run.done), len(run.errors), tokens)
-    return run.summary(tokens, rounded, e2e)
+    return run.summary(tokens, rounded, e2e), run, e2e

@@ -18,6 +18,7 @@ from ...console import progress as progress_bar
 from ...distill.losses import soft_kl
 from .. import kernels
 from ..modules import WeightOnlyLinear
+from .calibration import CACHE, TeacherLogits
 
 __all__ = ["tune_layer_qparams", "tune_model_qparams", "output_head", "inputs_of"]
 
@@ -46,19 +47,24 @@ def _shifted(zero: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Ten
     return zero if zero is None or shift is None else zero + shift
 
 
-def _adam(params: list[torch.Tensor], loss: Callable[[int], torch.Tensor], batches: int, steps: Iterable[int],
-          lr: float) -> tuple[float, float]:
-    """Adam on ``params``, one batch per step (``loss(i)``); the summed loss over all batches before and after."""
-    with torch.no_grad():
-        before = sum(float(loss(i)) for i in range(batches))
+def _adam(params: list[torch.Tensor], grid: Callable[[], dict], loss: Callable[[int, dict], torch.Tensor],
+          batches: int, steps: Iterable[int], lr: float) -> tuple[float, float]:
+    """Adam on ``params``, one batch per step (``loss(i, grid())``); the summed loss over all batches before and
+    after. ``grid()`` builds the tensors that depend on ``params``; the passes over all batches build it once
+    (the same values for every batch) unless :data:`~.calibration.CACHE` is off."""
+
+    def total() -> float:
+        with torch.no_grad():
+            fixed = grid() if CACHE.enabled else None
+            return sum(float(loss(i, fixed if fixed is not None else grid())) for i in range(batches))
+
+    before = total()
     opt = torch.optim.Adam(params, lr=lr)
     for step in steps:
         opt.zero_grad()
-        loss(step % batches).backward()
+        loss(step % batches, grid()).backward()
         opt.step()
-    with torch.no_grad():
-        after = sum(float(loss(i)) for i in range(batches))
-    return before, after
+    return before, total()
 
 
 @torch.enable_grad()
@@ -84,17 +90,19 @@ def tune_layer_qparams(layer: nn.Module, weights: dict[str, tuple[torch.Tensor, 
     logm, shift = _grid_offsets({n: s for n, (_, s, _) in weights.items()},
                                 {} if integer_zero_points else {n: z for n, (_, _, z) in weights.items()})
 
-    def loss(i: int) -> torch.Tensor:
-        params = {n: kernels.dequantize_weight(q, s * logm[n].exp(), zero_point=_shifted(z, shift.get(n)),
-                                               group_size=group_size)
-                  for n, (q, s, z) in weights.items()}
+    def grid() -> dict[str, torch.Tensor]:
+        return {n: kernels.dequantize_weight(q, s * logm[n].exp(), zero_point=_shifted(z, shift.get(n)),
+                                             group_size=group_size)
+                for n, (q, s, z) in weights.items()}
+
+    def loss(i: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
         args, kwargs = inputs[i]
         out = functional_call(layer, params, args, kwargs)
         out = out[0] if isinstance(out, (tuple, list)) else out
         return (out - targets[i]).pow(2).mean()
 
     with _frozen(layer):
-        before, after = _adam([*logm.values(), *shift.values()], loss, len(inputs), range(steps), lr)
+        before, after = _adam([*logm.values(), *shift.values()], grid, loss, len(inputs), range(steps), lr)
     if after < before:
         with torch.no_grad():
             for n, (q, s, z) in list(weights.items()):
@@ -153,7 +161,8 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
     batches lowers. ``progress`` shows a bar over the steps; ``integer_zero_points``: only the scales move.
 
     Returns:
-        `dict`: ``loss_before`` and ``loss_after`` (mean KL over the batches; equal when nothing was kept).
+        `dict`: ``loss_before`` and ``loss_after`` (mean KL over the batches; equal when nothing was kept), and
+        what the float model's logits cost (:meth:`~.calibration.TeacherLogits.stats`).
     """
     from torch.func import functional_call
 
@@ -163,17 +172,20 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
                                 {n: None if m.symmetric or integer_zero_points else m.weight_zero_point
                                  for n, m in mods.items()})
 
-    def loss(i: int) -> torch.Tensor:
+    def grid() -> dict[str, torch.Tensor]:
         over = {f"{n}.weight_scale": m.weight_scale * logm[n].exp() for n, m in mods.items()}
         over.update({f"{n}.weight_zero_point": mods[n].weight_zero_point + d for n, d in shift.items()})
-        with torch.no_grad():
-            teacher = head(teacher_head_inputs[i])
+        return over
+
+    def loss(i: int, over: dict[str, torch.Tensor]) -> torch.Tensor:
         student = functional_call(model, over, (), {**batches[i], "use_cache": False}).logits
-        return soft_kl(student, teacher, mask=batches[i].get("attention_mask"))
+        return soft_kl(student, teacher(i), mask=batches[i].get("attention_mask"))
 
     steps_bar = progress_bar(range(steps), desc="GPTQ end-to-end tuning", enabled=progress, unit="step")
-    with _frozen(model):
-        before, after = _adam([*logm.values(), *shift.values()], loss, len(batches), steps_bar, lr)
+    # the float model's logits: one head matmul per batch instead of one per use (~3 uses per batch)
+    with _frozen(model), TeacherLogits(lambda i: head(teacher_head_inputs[i])) as teacher:
+        before, after = _adam([*logm.values(), *shift.values()], grid, loss, len(batches), steps_bar, lr)
+        cache = teacher.stats()
     before, after = before / len(batches), after / len(batches)
     if after < before:
         with torch.no_grad():
@@ -181,4 +193,4 @@ def tune_model_qparams(model: nn.Module, batches: Sequence[dict[str, torch.Tenso
                 m.weight_scale.mul_(logm[n].exp())
             for n, d in shift.items():
                 mods[n].weight_zero_point.add_(d)
-    return {"loss_before": before, "loss_after": min(before, after)}
+    return {"loss_before": before, "loss_after": min(before, after), **cache}
