@@ -23,7 +23,7 @@ from .card_meta import (TRAINING_KINDS, CardConfig, base_model_relation, hub_dat
                         methods_in_config, quantization_tags)
 from .card_runtimes import (PORTABLE, limitation_lines, needs_lines, pruned_lines, runtime_facts, runtime_tags,
                             usage_lines, weights_lines)
-from .markdown import fmt, money, table
+from .markdown import calibration_cost, fmt, money, table
 from .summary import lineage, lineage_text, summarize
 
 __all__ = ["check_artifact", "build_model_card", "write_model_card", "artifact_format", "card_is_generated",
@@ -143,6 +143,8 @@ def _results(row: dict[str, Any], base: dict[str, Any] | None, cost: dict[str, A
         if mine:
             rows.append(["cost / 1M requests (batch 32)", money(mine["cost_per_million"], currency)]
                         + ([money(base_cost["cost_per_million"], currency)] if base and base_cost else []))
+    if row.get("calibration"):  # what making it took, next to what it measures
+        rows.append(["calibration", calibration_cost(row["calibration"])] + (["—"] if base else []))
     return table(header, rows)
 
 

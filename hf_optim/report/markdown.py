@@ -138,12 +138,39 @@ def _cost(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+_CALIBRATION_PHASES = (("gptq_s", "GPTQ"), ("layer_tuning_s", "layer tuning"), ("e2e_tuning_s", "end-to-end tuning"))
+
+
+def calibration_cost(c: dict[str, Any]) -> str:
+    """``"812 s of calibration (GPTQ 120 s, layer tuning 300 s, end-to-end tuning 380 s; 2 threads)"``."""
+    def secs(x: float) -> str:
+        return f"{x:,.0f} s" if x >= 100 else f"{x:.1f} s"
+
+    parts = [f"{label} {secs(c[k])}" for k, label in _CALIBRATION_PHASES if isinstance(c.get(k), (int, float))]
+    threads = c.get("threads")
+    detail = ", ".join(parts) + (f"; {threads} thread{'s' if threads != 1 else ''}" if threads else "")
+    return f"{secs(c.get('seconds') or 0.0)} of calibration" + (f" ({detail})" if detail else "")
+
+
+def _calibration(report: dict[str, Any]) -> list[str]:
+    """Calibrated artifacts: the time their calibration took next to the quality it reached."""
+    rows = report["artifacts"]
+    base = next((r for r in rows if r.get("baseline")), None)
+    metric = rows[0]["metric"]
+    lines = [f"- **{r['artifact']}**: {metric} {fmt(r.get('value'), '.4f')} "
+             f"({_delta(r.get('value'), base and base.get('value'), metric)} vs baseline) after "
+             f"{calibration_cost(r['calibration'])}" for r in rows if r.get("calibration")]
+    return ["Calibration cost next to the quality it bought:", "", *lines, ""] if lines else []
+
+
 def _stages(report: dict[str, Any]) -> list[str]:
     rows = []
     for st in report.get("stages", []):
         m = st.get("metrics") or {}
         metric = m.get("metric")
         key = f"{metric} {m[metric]:.4f}" if metric and isinstance(m.get(metric), (int, float)) else ""
+        if not key and m.get("calibration"):
+            key = calibration_cost(m["calibration"])
         if st.get("error"):
             key = st["error"].replace("|", "\\|")
         rows.append([st["name"], st.get("kind", ""), st.get("status", ""), fmt(st.get("seconds"), ",.1f"), key])
@@ -182,7 +209,7 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str] | None, plots_
                   + f". Latency is per request at batch size 1, throughput at batch size {throughput_batch(rows)}. "
                   f"Pareto: no other artifact has both a better {metric} "
                   f"({'higher' if higher_is_better(metric) else 'lower'} is better) and a lower p50 latency.", ""]
-        lines += _artifact_table(report) + [""]
+        lines += _artifact_table(report) + [""] + _calibration(report)
         generation = _generation_table(report)
         if generation:
             lines += ["## Generation", "",

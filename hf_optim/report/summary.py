@@ -51,6 +51,7 @@ def artifact_table(stages: list[dict]) -> list[dict]:
         stages (`list[dict]`): the ``stages`` of a run's ``report.json`` (each with ``name`` and ``metrics``).
     """
     rows = []
+    by_name = {st.get("name"): st for st in stages}
     for st in stages:
         m = st.get("metrics") or {}
         if "model_stage" not in m or "metric" not in m:
@@ -70,6 +71,10 @@ def artifact_table(stages: list[dict]) -> list[dict]:
                 b = key.split("_", 1)[1]
                 rows[-1][f"ttft_ms_b{b}"] = g.get("ttft_ms")
                 rows[-1][f"decode_tokens_per_s_b{b}"] = g.get("decode_tokens_per_s")
+        # what the artifact's own calibration (GPTQ and its tuning) cost, to show next to what it bought
+        calibration = ((by_name.get(m["model_stage"]) or {}).get("metrics") or {}).get("calibration")
+        if calibration:
+            rows[-1]["calibration"] = calibration
     return rows
 
 

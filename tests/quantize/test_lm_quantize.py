@@ -299,6 +299,11 @@ def test_quantize_dir_gptq_calibrates_on_text(tiny_llama_dir, tmp_path):
     assert metrics["tune_steps"] == 4 and 0 <= metrics["tune_loss_reduction_mean"] < 1
     assert metrics["e2e_steps"] == 4 and 0 <= metrics["e2e_kl_after"] <= metrics["e2e_kl_before"]
     assert metrics["modules_quantized"] == 14 and metrics["logits_sqnr_db"] > 15
+    cost = metrics["calibration"]  # what the calibration took, per phase
+    assert cost["threads"] == torch.get_num_threads() and cost["peak_rss_mb"] > 0
+    assert all(cost[k] >= 0 for k in ("gptq_s", "layer_tuning_s", "e2e_tuning_s", "float_targets_s"))
+    assert cost["seconds"] >= cost["gptq_s"] + cost["layer_tuning_s"] + cost["e2e_tuning_s"]
+    assert cost["teacher_batches_computed"] == 2  # the float model's logits once per calibration batch
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
     assert isinstance(model.model.layers[0].self_attn.q_proj, Int4WeightOnlyLinear)
     assert model.config.quantization_config.provenance["method"] == "gptq"
@@ -596,3 +601,41 @@ def test_integer_zero_points_stay_integers(method):
     assert errors[True] < 1.5 * errors[False]
     with pytest.raises(ConfigError, match="integer_zero_points"):
         QuantizeConfig(model="m", scheme="int4_weight_only", integer_zero_points=True)
+
+
+@pytest.mark.parametrize("budget", ["memory", "disk"])
+def test_reusing_the_float_targets_gives_the_same_quantized_model(budget, monkeypatch):
+    """The float model's logits computed once (held in memory or spilled to a temporary directory) and the grid
+    dequantized once per loss pass: every tensor equals the recompute-every-time path's, at a fraction of the
+    teacher's forward passes."""
+    from hf_optim.quantize.gptq import calibration
+
+    cal = _calibration(n=3)
+    cfg = _gptq(symmetric=False, lm_head=True, gptq_tune_steps=4, gptq_e2e_steps=5)
+    models, costs = {}, {}
+    for enabled in (False, True):
+        monkeypatch.setattr(calibration.CACHE, "enabled", enabled)
+        monkeypatch.setattr(calibration.CACHE, "memory_bytes", 0 if budget == "disk" else 1 << 30)
+        models[enabled], costs[enabled] = _llama(), {}
+        gptq_quantize_(models[enabled], cal, cfg, cost=costs[enabled])
+    off, on = models[False].state_dict(), models[True].state_dict()
+    assert off.keys() == on.keys() and all(torch.equal(off[k], on[k]) for k in off)
+    assert costs[True]["teacher_batches_computed"] == 3 and costs[False]["teacher_batches_computed"] == 3 + 5 + 3
+    assert costs[True]["teacher_cache_disk_mb" if budget == "disk" else "teacher_cache_memory_mb"] >= 0
+
+
+def test_calibration_threads_follow_the_caller_unless_asked(monkeypatch):
+    from hf_optim.quantize.gptq.calibration import THREADS_ENV, calibration_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    with calibration_threads() as n:
+        assert n == before                      # the caller's choice (OMP_NUM_THREADS, set_num_threads) stands
+    monkeypatch.setenv(THREADS_ENV, "1")
+    with calibration_threads() as n:
+        assert n == torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before    # restored
+    monkeypatch.setenv(THREADS_ENV, "0")
+    with pytest.raises(ValueError, match=THREADS_ENV):
+        with calibration_threads():
+            pass

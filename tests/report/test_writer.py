@@ -185,6 +185,27 @@ def test_lm_runs_get_a_generation_table(tmp_path):
     assert "## Generation" not in (tmp_path / "cls" / "report.md").read_text()
 
 
+def test_the_calibration_cost_is_shown_next_to_the_quality(tmp_path):
+    from hf_optim.report.summary import artifact_table
+
+    from .helpers import eval_stage, stage
+
+    gptq = stage("gptq", "quantize", 812.0, model="builtin:smollm2-135m", scheme="int4_weight_only", method="gptq")
+    gptq["metrics"] = {"calibration": {"seconds": 800.4, "gptq_s": 120.2, "layer_tuning_s": 300.0,
+                                       "e2e_tuning_s": 379.9, "float_targets_s": 0.3, "threads": 2}}
+    stages = [eval_stage("eval-fp32", "builtin:smollm2-135m", 21.6, 1, 1, 500.0, metric="perplexity"), gptq,
+              eval_stage("eval-gptq", "gptq", 22.5, 1, 1, 100.0, metric="perplexity")]
+    report = {"recipe": "lm", "fingerprint": "x", "status": "complete", "stages": stages,
+              "artifacts": artifact_table(stages)}
+    assert report["artifacts"][1]["calibration"]["seconds"] == 800.4 and "calibration" not in report["artifacts"][0]
+    run_dir = write_run(tmp_path / "run", report)
+    write_report(run_dir)
+    md = (run_dir / "report.md").read_text()
+    cost = "800 s of calibration (GPTQ 120 s, layer tuning 300 s, end-to-end tuning 380 s; 2 threads)"
+    assert f"- **gptq**: perplexity 22.5000 (+0.900 vs baseline) after {cost}" in md
+    assert f"| gptq | quantize | ran | 812.0 | {cost} |" in md
+
+
 def test_report_records_the_hf_optim_versions(tmp_path):
     from hf_optim import __version__
 

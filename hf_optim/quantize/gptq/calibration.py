@@ -111,8 +111,8 @@ class TeacherLogits:
     use and kept within the budgets of ``settings`` (see :class:`CalibrationCache`). Use as a context manager: the
     temporary directory is removed at exit."""
 
-    def __init__(self, compute: Callable[[int], torch.Tensor], settings: CalibrationCache = CACHE):
-        self.compute, self.settings = compute, settings
+    def __init__(self, compute: Callable[[int], torch.Tensor], settings: CalibrationCache | None = None):
+        self.compute, self.settings = compute, settings or CACHE
         self.memory: dict[int, torch.Tensor] = {}
         self.disk: dict[int, str] = {}
         self.memory_bytes = self.disk_bytes = self.computed = 0
