@@ -520,6 +520,19 @@ SECTIONS = {
                   ("zero-point rounding: weight change", "zero_point_rounding.weight_rel_error", "pct"),
                   ("model MB", "size_mb", ".0f"), ("decode tok/s", "decode_tokens_per_s", ".1f"),
                   ("TTFT ms", "ttft_ms", ".0f")]},
+    "bench_calibration": {
+        "title": "GPTQ + tuning's calibration cost on SmolLM2-135M: the float model's targets reused or recomputed",
+        "what": "`scripts/bench_calibration.py`: the `int4-gptq` stage of `recipes/smollm2-int4.yaml` made small "
+                "(int4 group 128 asymmetric, act-order, lm_head int4, embeddings int8; 16 x 128 BBC train tokens in "
+                "batches of 4, 5 layer-tuning and 5 end-to-end tuning steps). `cache-off` recomputes the float "
+                "model's logits at every use and dequantizes the grid per batch in the loss passes (the behaviour "
+                "before the cache), `cache-on` computes them once; 1 and 2 threads, interleaved, each from a fresh "
+                "copy of the float model. Wall seconds per phase and CPU seconds of the process; perplexity on the "
+                "stratified BBC News test slice (4,096 tokens, window 512, stride 256).",
+        "table": [("threads", "threads", ""), ("wall s", "seconds", ".1f"), ("GPTQ s", "gptq_s", ".1f"),
+                  ("layer tuning s", "layer_tuning_s", ".1f"), ("end-to-end tuning s", "e2e_tuning_s", ".1f"),
+                  ("CPU s", "cpu_s", ".1f"), ("perplexity", "perplexity", ".3f"),
+                  ("identical to cache-off", "identical_to_cache_off", "")]},
     "bench_lm_kernels": {
         "title": "SmolLM2-135M weight-only int8 / int4 in torch: packed CPU kernels on and off",
         "what": "`scripts/bench_lm_kernels.py`: greedy decode with the KV cache after 64-token prompts, 32 new "
@@ -611,7 +624,7 @@ ALIASES = {"bench_run_movie_sentiment_threads2": "bench_run_movie_sentiment", "b
 ORDER = ["bench_run_movie_sentiment", "bench_run_movie_sentiment_threads2", "bench_export", "bench_export_threads1",
          "bench_quant_minilm", "bench_quant_kernels", "plan_teacher", "bench_prune", "distill_movie_sentiment",
          "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_serve", "bench_lm",
-         "bench_lm_kernels", "bench_ort_grid", "bench_gguf", "bench_genai", "bench_llm_cpu", "distill_lm",
+         "bench_lm_kernels", "bench_ort_grid", "bench_gguf", "bench_calibration", "bench_genai", "bench_llm_cpu", "distill_lm",
          "check_extras"]
 
 
