@@ -26,8 +26,7 @@ def test_the_benchmarks_are_all_here():
     assert {p.stem for p in BENCHMARKS} == {
         "bench_calibration", "bench_export", "bench_genai", "bench_gguf", "bench_inference", "bench_llm_cpu",
         "bench_lm", "bench_lm_kernels", "bench_ort_grid", "bench_prune", "bench_quant_kernels", "bench_quant_minilm",
-        "bench_run", "bench_serve",
-        "bench_skip_layernorm", "check_extras", "distill_lm", "distill_movie_sentiment"}
+        "bench_run", "bench_serve", "bench_skip_layernorm", "check_extras", "distill_lm", "distill_movie_sentiment"}
 
 
 @pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.stem)
