@@ -204,6 +204,9 @@ def test_the_calibration_cost_is_shown_next_to_the_quality(tmp_path):
     cost = "800 s of calibration (GPTQ 120 s, layer tuning 300 s, end-to-end tuning 380 s; 2 threads)"
     assert f"- **gptq**: perplexity 22.5000 (+0.900 vs baseline) after {cost}" in md
     assert f"| gptq | quantize | ran | 812.0 | {cost} |" in md
+    from hf_optim.report.card import _results  # the model card's results table has the same line
+
+    assert f"| calibration | {cost} | — |" in "\n".join(_results(report["artifacts"][1], report["artifacts"][0], None, ""))
 
 
 def test_report_records_the_hf_optim_versions(tmp_path):
