@@ -4,7 +4,8 @@
   of its scales (:func:`refit_qparams`);
 * :mod:`.tune`: tuning the chosen grid per layer (:func:`tune_layer_qparams`) and end to end
   (:func:`tune_model_qparams`);
-* :mod:`.sequential`: the layer-by-layer driver over a causal LM (:func:`gptq_quantize_`).
+* :mod:`.sequential`: the layer-by-layer driver over a causal LM (:func:`gptq_quantize_`);
+* :mod:`.calibration`: the calibration's threads, its time per phase, and the float model's targets computed once.
 """
 
 from __future__ import annotations
