@@ -10,6 +10,7 @@ import torch
 import yaml
 
 import hf_optim  # noqa: F401 - registers the loader
+from hf_optim.compat import has_optimum
 from hf_optim.errors import ConfigError
 from hf_optim.quantize import QuantizeConfig, kernels
 from hf_optim.quantize.apply import quantize_model_
@@ -334,6 +335,33 @@ def test_lm_recipe_quantizes_and_evaluates(tiny_llama_dir, tmp_path):
     # random tiny weights: quantization moves perplexity, but not wildly
     assert abs(stages["eval-token"]["perplexity"] / stages["eval-fp32"]["perplexity"] - 1) < 0.05
     assert abs(stages["eval-gptq"]["perplexity"] / stages["eval-fp32"]["perplexity"] - 1) < 0.3
+
+
+@pytest.mark.skipif(not has_optimum(), reason="ORTModelForCausalLM needs optimum-onnx (primary stack)")
+def test_lm_recipe_ends_with_the_gptq_grid_in_matmulnbits(tiny_llama_dir, tmp_path):
+    """The smollm2-int4 recipe's last stages: GPTQ + layer tuning with integer zero points (lm_head int4, embeddings
+    int8), exported to ONNX Runtime with that grid unchanged (``method: checkpoint``), evaluated."""
+    from hf_optim.recipe import Recipe
+    from hf_optim.runner import run
+
+    ev = {"kind": "evaluate", "lm_tokens": 256, "context": 64, "stride": 32, "prompt_tokens": 8, "new_tokens": 4,
+          "generate_batch_sizes": [1], "generate_repeats": 1, "measure_memory": False}
+    recipe = Recipe.from_dict({"name": "lm", "corpus": "bbc-news", "stages": [
+        {"name": "gptq", "kind": "quantize", "model": str(tiny_llama_dir), "scheme": "int4_weight_only",
+         "group_size": 64, "partial_groups": True, "symmetric": False, "integer_zero_points": True, "method": "gptq",
+         "gptq_tune_steps": 2, "gptq_e2e_steps": 0, "calibration_samples": 4, "max_length": 32, "batch_size": 2,
+         "lm_head": True, "embeddings": "int8"},
+        {"name": "eval-gptq", "model": "gptq", **ev},
+        {"name": "ort", "kind": "export", "model": "gptq", "task_type": "causal-lm", "optimization": "none",
+         "quantization": "int4", "method": "checkpoint", "accuracy_level": 4, "max_metric_drop": 0.05},
+        {"name": "eval-ort", "model": "ort", **ev}]})
+    result = run(recipe, tmp_path / "run", progress=False)
+    stages = {s["name"]: s["metrics"] for s in result.report["stages"]}
+    grid = json.loads((tmp_path / "run" / "ort" / "hf_optim_export.json").read_text())["checkpoint_grid"]
+    assert grid["matmuls"] == 15  # 2 layers x 7 projections + the head, every one from the GPTQ grid
+    assert grid["zero_point_rounding"]["fractional_groups"] == 0 and grid["zero_point_rounding"]["max_shift"] == 0
+    # the same grid in both runtimes: ONNX Runtime's int8 compute moves perplexity by well under a percent here
+    assert abs(stages["eval-ort"]["perplexity"] / stages["eval-gptq"]["perplexity"] - 1) < 0.01
 
 
 def test_clip_search_lowers_rounding_error_and_helps_gptq():
