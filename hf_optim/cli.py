@@ -138,8 +138,9 @@ _EVAL_OPTIONS = ["split", "max_samples", "latency_samples", "throughput_samples"
 _PLAN_OPTIONS = ["candidates", "prefer", "split", "max_samples", "latency_samples", "throughput_samples",
                  "measure_memory", "work_dir"]
 _BUDGETS = ["max_size_mb", "max_latency_ms", "min_speedup", "max_metric_drop"]
-_EXPORT_OPTIONS = ["format", "gguf_type", "task_type", "backend", "optimization", "quantization", "per_channel",
-                   "group_size", "symmetric", "method", "embeddings", "split_skip_layernorm", "calibration_samples"]
+_EXPORT_OPTIONS = ["format", "gguf_type", "pad_uneven", "task_type", "backend", "optimization", "quantization",
+                   "per_channel", "group_size", "symmetric", "method", "embeddings", "split_skip_layernorm",
+                   "calibration_samples"]
 _NO_MEMORY = {"measure_memory": "--no-memory"}
 _NO_MEMORY_HELP = {"measure_memory": "skip the peak-memory probe (in a fresh process)"}
 _MODEL_HELP = "a model directory (from_pretrained loads it) or a Hub model id (org/name)"

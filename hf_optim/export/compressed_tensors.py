@@ -26,7 +26,8 @@ import torch.nn as nn
 
 from ..quantize import kernels
 from ..quantize.modules import QuantEmbedding, QuantLinear, WeightOnlyLinear
-from .weights import ExportReport, Grid, error_stats, grid_of, load_model, model_dir, plain_config, source_of
+from .padding import plain_model
+from .weights import ExportReport, Grid, error_stats, grid_of, model_dir, source_of
 
 __all__ = ["save_compressed_tensors", "pack_to_int32"]
 
@@ -120,8 +121,8 @@ def quantization_config(groups: dict[tuple, list[str]], formats: dict[tuple, str
             "kv_cache_scheme": None, "global_compression_ratio": None}
 
 
-def save_compressed_tensors(model_or_dir: Any, out_dir: str | Path, *,
-                            int8_format: str = "pack-quantized") -> ExportReport:
+def save_compressed_tensors(model_or_dir: Any, out_dir: str | Path, *, int8_format: str = "pack-quantized",
+                            pad_uneven: bool = False) -> ExportReport:
     """Write an hf_optim weight-only checkpoint as a compressed-tensors checkpoint (weights, config, tokenizer).
 
     Args:
@@ -132,10 +133,13 @@ def save_compressed_tensors(model_or_dir: Any, out_dir: str | Path, *,
         int8_format (`str`, *optional*, defaults to ``"pack-quantized"``): layout of int8 layers:
             ``pack-quantized`` (four values per int32; what vLLM's weight-only kernels read) or
             ``naive-quantized`` (plain int8 tensors).
+        pad_uneven (`bool`, *optional*, defaults to `False`): pad a Llama or BERT model pruned to different sizes
+            per layer (or, for BERT, with pruned heads) with zero units to the sizes one plain config states (see
+            :mod:`~hf_optim.export.padding`): the same outputs, as large as the widest layer.
 
     A float model (pruned or not) is written as a plain dense checkpoint when one config describes every layer's
-    shapes; layers pruned to different sizes raise ``ValueError`` (only hf_optim loads those). Quantized embedding
-    tables are written dequantized (compressed-tensors quantizes Linear layers).
+    shapes; layers pruned to different sizes raise ``ValueError`` without ``pad_uneven`` (only hf_optim loads
+    those). Quantized embedding tables are written dequantized (compressed-tensors quantizes Linear layers).
 
     Returns:
         [`~hf_optim.export.weights.ExportReport`]: per quantized layer its bits, whether its integer values were
@@ -148,9 +152,8 @@ def save_compressed_tensors(model_or_dir: Any, out_dir: str | Path, *,
     from .gguf_vocab import load_tokenizer
 
     source_dir = model_dir(model_or_dir)
-    model = load_model(model_or_dir)
-    config = plain_config(model)
-    notes: list[str] = []
+    model, config, padding = plain_model(model_or_dir, pad_uneven)
+    notes: list[str] = [padding.note()] if padding else []
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, (QuantLinear, QuantEmbedding))}
     for name, module in quantized.items():
         if isinstance(module, QuantLinear) and not isinstance(module, WeightOnlyLinear):
@@ -198,4 +201,5 @@ def save_compressed_tensors(model_or_dir: Any, out_dir: str | Path, *,
     if tok is not None:
         tok.save_pretrained(out_dir)
     fmt = config.quantization_config["format"] if groups else "dense"
-    return ExportReport(path=out_dir, format=f"compressed-tensors {fmt}", tensors=report, notes=notes)
+    return ExportReport(path=out_dir, format=f"compressed-tensors {fmt}", tensors=report, notes=notes,
+                        padding=padding.to_dict() if padding else None)

@@ -104,6 +104,12 @@ class ExportConfig(StageConfig):
         gguf_type (`str`, *optional*, defaults to ``"q8_0"``): ``gguf``: GGML type of the decoder weights:
             ``q8_0``, ``q4_0``, ``q4_1``, ``f16``, ``f32`` or ``auto`` (the type that holds each tensor's hf_optim
             grid exactly).
+        pad_uneven (`bool`, *optional*, defaults to `False`): ``compressed-tensors`` / ``gguf``: a Llama or BERT
+            model pruned to different sizes per layer (or BERT with pruned heads), which no plain config describes,
+            is padded with zero units (zero weights in and out: the outputs do not change) to the widest layer's
+            sizes (BERT: its heads back to the config's), so the checkpoint loads anywhere without hf_optim; it is
+            as large as the widest layer, and the record and the card state the padding's share. For the speed of
+            the pruning, use the hf_optim checkpoint or ``format: onnx``.
     """
 
     kind = "export"
@@ -135,6 +141,7 @@ class ExportConfig(StageConfig):
     split_skip_layernorm: Literal["auto", "on", "off"] = added_field("on", legacy="auto")
     format: Literal["onnx", "gguf", "compressed-tensors", "genai"] = added_field("onnx")
     gguf_type: Literal["q8_0", "q4_0", "q4_1", "f16", "f32", "auto"] = added_field("q8_0")
+    pad_uneven: bool = added_field(False)
 
     def __post_init__(self) -> None:
         # YAML 1.1 reads an unquoted on / off as a boolean
@@ -175,6 +182,11 @@ class ExportConfig(StageConfig):
             self._fail("quantization", "static int8 is offered for classifiers only; use 'dynamic' or 'int4'")
         if self.gguf_type != "q8_0" and self.format != "gguf":
             self._fail("gguf_type", f"applies to format: gguf, not {self.format!r}; remove it")
+        if self.pad_uneven and self.format not in ("compressed-tensors", "gguf"):
+            self._fail("pad_uneven", f"applies to format: compressed-tensors or gguf (checkpoints whose config "
+                       f"states one size for every layer), not {self.format!r}: "
+                       + ("ONNX keeps each pruned layer's own size; remove it" if self.format == "onnx" else
+                          "remove it"))
 
 
 @dataclasses.dataclass

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from .ggml_blocks import QTYPES, decode, encode, exact_qtype
-from .weights import ExportReport, error_stats, float_weight, grid_of, load_model, model_dir, plain_config, source_of
+from .padding import plain_model
+from .weights import ExportReport, error_stats, float_weight, grid_of, model_dir, source_of
 
 __all__ = ["save_gguf"]
 
@@ -115,7 +116,7 @@ def _write_weight(writer, name: str, module: nn.Module, perm: int | None, qtype:
 
 
 def save_gguf(model_or_dir: Any, out_path: str | Path, *, qtype: str = "q8_0", head_qtype: str | None = None,
-              tokenizer: Any = None) -> ExportReport:
+              tokenizer: Any = None, pad_uneven: bool = False) -> ExportReport:
     """Write a Llama-family causal LM (float, hf_optim-quantized or uniformly pruned) as a GGUF file.
 
     Args:
@@ -130,6 +131,8 @@ def save_gguf(model_or_dir: Any, out_path: str | Path, *, qtype: str = "q8_0", h
         tokenizer (`PreTrainedTokenizerBase` or `str`, *optional*): the tokenizer (or its directory); defaults to
             the one saved with ``model_or_dir``. Byte-level BPE tokenizers (GPT-2 / SmolLM2 style) are written with
             their merges, token types, special ids and chat template; others as ``"none"`` (no vocabulary).
+        pad_uneven (`bool`, *optional*, defaults to `False`): layers pruned to different sizes are padded with
+            zero units to the widest (see :mod:`~hf_optim.export.padding`) instead of refused.
 
     Returns:
         [`~hf_optim.export.weights.ExportReport`]: the path, the type and error of every tensor, the tokenizer
@@ -146,12 +149,11 @@ def save_gguf(model_or_dir: Any, out_path: str | Path, *, qtype: str = "q8_0", h
     from .gguf_vocab import add_tokenizer, load_tokenizer
 
     source_dir = model_dir(model_or_dir)
-    model = load_model(model_or_dir)
+    model, config, padding = plain_model(model_or_dir, pad_uneven)
     if getattr(model.config, "model_type", None) != "llama":
         raise ValueError(f"GGUF export supports Llama-family causal LMs (model_type 'llama'), got "
                          f"{getattr(model.config, 'model_type', None)!r}")
-    config = plain_config(model)
-    notes: list[str] = []
+    notes: list[str] = [padding.note()] if padding else []
     tok = load_tokenizer(tokenizer if tokenizer is not None else source_dir)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,4 +188,5 @@ def save_gguf(model_or_dir: Any, out_path: str | Path, *, qtype: str = "q8_0", h
         notes.append(f"{len(regridded)} quantized tensor(s) re-quantized onto the GGML grid (their grid does not "
                      f"fit {qtype}); errors per tensor in `tensors`: {', '.join(regridded[:4])}"
                      + (" ..." if len(regridded) > 4 else ""))
-    return ExportReport(path=out_path, format=f"gguf {qtype}", tensors=report, notes=notes, tokenizer=tok_model)
+    return ExportReport(path=out_path, format=f"gguf {qtype}", tensors=report, notes=notes, tokenizer=tok_model,
+                        padding=padding.to_dict() if padding else None)

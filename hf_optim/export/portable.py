@@ -41,7 +41,7 @@ def export_portable(model_dir: str | Path, output_dir: str | Path, config: Expor
             from .gguf import save_gguf
 
             assembled.mkdir()
-            report = save_gguf(src, assembled / GGUF_NAME, qtype=config.gguf_type)
+            report = save_gguf(src, assembled / GGUF_NAME, qtype=config.gguf_type, pad_uneven=config.pad_uneven)
             file_name = GGUF_NAME
         elif config.format == "genai":
             from .genai import save_genai
@@ -51,7 +51,7 @@ def export_portable(model_dir: str | Path, output_dir: str | Path, config: Expor
         else:
             from .compressed_tensors import save_compressed_tensors
 
-            report = save_compressed_tensors(src, assembled)
+            report = save_compressed_tensors(src, assembled, pad_uneven=config.pad_uneven)
             file_name = None
         files = [p for p in assembled.rglob("*") if p.is_file()]
         detail = report.to_dict()
@@ -99,7 +99,9 @@ def _write_card(directory: Path) -> str:
 
 def portable_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """The stage metrics of a portable export: what was written, its size and its largest weight error."""
+    padding = record["report"].get("padding")
     return {"export_format": record["export_format"], "written": record["written"],
             "max_abs_error": record["max_abs_error"], "tensors_written": record["tensors_written"],
             "notes": record["report"]["notes"], "size_mb": record["size_mb"],
-            "export_seconds": record["export_seconds"]}
+            "export_seconds": record["export_seconds"],
+            **({"padding_share": padding["share"]} if padding else {})}

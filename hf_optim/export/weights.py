@@ -29,6 +29,8 @@ class ExportReport:
             target's precision), ``max_abs_error`` / ``mean_abs_error`` against the weight hf_optim computes with.
         notes (`list[str]`): what could not be carried over exactly.
         tokenizer (`str`, *optional*): GGUF only: the ``tokenizer.ggml.model`` written (``"gpt2"`` or ``"none"``).
+        padding (`dict`, *optional*): a zero-padded export's :class:`~hf_optim.export.padding.Padding` (each
+            layer's sizes before, the sizes after, how many parameters are padding and their share).
     """
 
     path: Path
@@ -36,6 +38,7 @@ class ExportReport:
     tensors: dict[str, dict[str, Any]]
     notes: list[str]
     tokenizer: str | None = None
+    padding: dict[str, Any] | None = None
 
     @property
     def max_abs_error(self) -> float:
@@ -187,7 +190,10 @@ def _no_plain_config(model: nn.Module, sizes: list[dict[str, int]], why: str) ->
     return ConfigError(
         f"this pruned model has no plain {arch} (per layer: {_sizes_text(sizes)}): {why}, so this checkpoint needs "
         "hf_optim to load. Publish the hf_optim checkpoint itself (its readers `pip install hf-optim`, then `import "
-        f"hf_optim` before `from_pretrained`), or {fix} and export again", field="model")
+        f"hf_optim` before `from_pretrained`), or {fix} and export again, or export it zero-padded (`hf-optim "
+        "export DIR -o OUT --format compressed-tensors --pad-uneven`, the export stage's `pad_uneven: true`): every "
+        "layer padded with zero units to the widest, a plain checkpoint that loads anywhere with the same outputs, "
+        "as large as the widest layer", field="model")
 
 
 def plain_config(model: nn.Module):
