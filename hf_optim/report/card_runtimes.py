@@ -26,6 +26,9 @@ RUNTIMES = {
 }
 PORTABLE = tuple(RUNTIMES)
 ASYMMETRIC_ISSUE = "https://github.com/vllm-project/llm-compressor/issues/1618"
+_PAD_EXPORT = ("`hf-optim export DIR -o OUT --format compressed-tensors --pad-uneven` writes a plain checkpoint of "
+               "it padded with zero units (the same outputs; as large as the widest layer) that loads without "
+               "hf-optim.")
 _NO_VOCAB = ("The file holds no vocabulary (the source model's tokenizer is not a byte-level BPE, the kind GGUF "
              "stores): runtimes take token ids, so tokenize with the source model's tokenizer.")
 
@@ -38,7 +41,8 @@ def runtime_facts(path: Path, fmt: str, config: dict[str, Any]) -> dict[str, Any
     record = export_record(path) or {}
     report = record.get("report") or {}
     facts: dict[str, Any] = {"notes": list(report.get("notes") or []), "tensors": report.get("tensors") or {},
-                             "source_methods": list(record.get("source_methods") or [])}
+                             "source_methods": list(record.get("source_methods") or []),
+                             "padding": report.get("padding"), "size_mb": record.get("size_mb")}
     if fmt == "gguf":
         files = gguf_files(path)
         name = record.get("file_name") if record.get("file_name") in {f.name for f in files} else None
@@ -106,10 +110,11 @@ def pruned_lines(config: dict[str, Any]) -> list[str]:
     if len(set(sizes)) > 1:
         return [f"Pruned to different sizes per layer ({per_layer}). A {arch} states one size for every layer, so "
                 "no plain Transformers checkpoint holds this model: hf-optim's loader rebuilds each layer from the "
-                "shapes `config.json` records.", ""]
+                f"shapes `config.json` records. {_PAD_EXPORT}", ""]
     if config.get("model_type") != "llama" and sizes[0][0] != config.get("num_attention_heads"):
         return [f"Pruned attention heads ({per_layer}). A {arch} derives the head size from `hidden_size / "
-                "num_attention_heads`, so it cannot state pruned heads: only hf-optim's loader rebuilds them.", ""]
+                f"num_attention_heads`, so it cannot state pruned heads: only hf-optim's loader rebuilds them. "
+                f"{_PAD_EXPORT}", ""]
     return [f"Pruned to the same sizes in every layer ({sizes[0][0]} heads, FFN {sizes[0][1]}), which the model's own "
             "config can state: `hf-optim export DIR -o OUT --format compressed-tensors` writes a checkpoint of it that "
             "loads without hf-optim.", ""]
@@ -140,7 +145,19 @@ def needs_lines(fmt: str, facts: dict[str, Any]) -> list[str]:
                 f"checkpoints yet (upstream: [llm-compressor#1618]({ASYMMETRIC_ISSUE})); a symmetric export loads in "
                 "both (see [How to use](#how-to-use)).", ""]
     runtimes = RUNTIMES[fmt] + (["vLLM"] if fmt == "transformers" and facts.get("causal_lm") else [])
-    return [f"> **Loads without hf-optim** in {_join(runtimes)}: see [How to use](#how-to-use).", ""]
+    padded = [f"> Zero-padded: {_padding_text(facts['padding'], facts.get('size_mb'))}. It loads anywhere; it is "
+              "as large as the widest layer; for the speed of the pruning use hf-optim or ONNX."] \
+        if facts.get("padding") else []
+    return [f"> **Loads without hf-optim** in {_join(runtimes)}: see [How to use](#how-to-use).",
+            *([">", *padded] if padded else []), ""]
+
+
+def _padding_text(padding: dict[str, Any], size_mb: float | None) -> str:
+    sizes = ", ".join(f"`{k}` {v}" for k, v in padding["padded_to"].items())
+    size = f" of this {size_mb:.3g} MB checkpoint" if size_mb else ""
+    return (f"every layer padded with zero units to the same sizes ({sizes}); {padding['padding_parameters']:,} of "
+            f"{padding['parameters']:,} parameters{size} ({padding['share']:.1%}) are padding, which adds nothing "
+            "to the outputs")
 
 
 def _join(items: list[str]) -> str:
@@ -175,7 +192,14 @@ def weights_lines(fmt: str, facts: dict[str, Any]) -> list[str]:
                 f"{'group ' + str(g['group_size']) if g.get('group_size') else 'per channel'}, `{g.get('format')}`"
                 for g in facts["grids"]]
         out += ["", "Linear layers listed in `config.json`'s `ignore` (the output head) stay in float."]
-    if "prune" in facts.get("source_methods", []) and fmt in ("transformers", "compressed-tensors", "gguf"):
+    if facts.get("padding"):
+        per_layer = "; ".join(f"layer {i}: " + ", ".join(f"{k} {v}" for k, v in layer.items())
+                              for i, layer in enumerate(facts["padding"]["layers"]))
+        out += ["", f"Structurally pruned to different sizes per layer ({per_layer}), then "
+                f"{_padding_text(facts['padding'], facts.get('size_mb'))}: zero rows in the weights into each "
+                "padded unit, zero columns in the weights out of it. The model's own config states the padded "
+                "sizes, so the runtimes above build it without hf_optim."]
+    elif "prune" in facts.get("source_methods", []) and fmt in ("transformers", "compressed-tensors", "gguf"):
         sizes = ", ".join(f"`{k}` {v}" for k, v in facts.get("sizes", {}).items())
         out += ["", f"Structurally pruned to the same sizes in every layer ({sizes or 'see the metadata'}); the "
                 "model's own config states them, so the runtimes above build it without hf_optim."]

@@ -240,10 +240,12 @@ def test_layers_pruned_to_different_sizes_say_exactly_what_readers_need(arch, ti
     message = str(error.value)
     assert layers in message and "needs hf_optim to load" in message and "pip install hf-optim" in message
     assert "import hf_optim` before `from_pretrained`" in message and fix in message
+    assert "--format compressed-tensors --pad-uneven`, the export stage's `pad_uneven: true`" in message
     assert not (tmp_path / "ct").exists()
     card = build_model_card(src, card=CardConfig())
     assert "Loading needs hf-optim" in card and "Pruned to different sizes per layer" in card
     assert layers.replace(" (2 key/value)", "").replace(" (1 key/value)", "") in card
+    assert "`hf-optim export DIR -o OUT --format compressed-tensors --pad-uneven` writes a plain checkpoint" in card
 
 
 @pytest.mark.multiprocess
