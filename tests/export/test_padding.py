@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hf_optim.errors import ConfigError
-from hf_optim.export import ExportConfig, export_model
+from hf_optim.export import ExportConfig
 from hf_optim.export.padding import _padded, pad_layers_
 from hf_optim.export.weights import grid_of, load_model
 from hf_optim.prune.structure import prune_structured_
