@@ -162,7 +162,9 @@ def _layer_plan(model: nn.Module, target: dict[str, int], head_dim: int, hidden:
 
 
 def _parameters(model: nn.Module) -> int:
-    return sum(t.numel() for n, t in model.state_dict().items() if n.endswith((".weight", ".bias")))
+    """Weights and biases, a quantized Linear's stored as integers counted one per weight."""
+    stored = sum(m.out_features * m.in_features for m in model.modules() if isinstance(m, QuantLinear))
+    return stored + sum(p.numel() for p in model.parameters())
 
 
 def pad_layers_(model: nn.Module) -> Padding | None:

@@ -152,8 +152,11 @@ def needs_lines(fmt: str, facts: dict[str, Any]) -> list[str]:
             *([">", *padded] if padded else []), ""]
 
 
+_CONFIG_NAMES = {"heads": "num_attention_heads", "kv_heads": "num_key_value_heads", "ffn": "intermediate_size"}
+
+
 def _padding_text(padding: dict[str, Any], size_mb: float | None) -> str:
-    sizes = ", ".join(f"`{k}` {v}" for k, v in padding["padded_to"].items())
+    sizes = ", ".join(f"`{_CONFIG_NAMES.get(k, k)}` {v}" for k, v in padding["padded_to"].items())
     size = f" of this {size_mb:.3g} MB checkpoint" if size_mb else ""
     return (f"every layer padded with zero units to the same sizes ({sizes}); {padding['padding_parameters']:,} of "
             f"{padding['parameters']:,} parameters{size} ({padding['share']:.1%}) are padding, which adds nothing "
@@ -193,9 +196,10 @@ def weights_lines(fmt: str, facts: dict[str, Any]) -> list[str]:
                 for g in facts["grids"]]
         out += ["", "Linear layers listed in `config.json`'s `ignore` (the output head) stay in float."]
     if facts.get("padding"):
-        per_layer = "; ".join(f"layer {i}: " + ", ".join(f"{k} {v}" for k, v in layer.items())
-                              for i, layer in enumerate(facts["padding"]["layers"]))
-        out += ["", f"Structurally pruned to different sizes per layer ({per_layer}), then "
+        per_layer = "; ".join(f"layer {i}: {s.get('heads')} heads"
+                              + (f" ({s['kv_heads']} key/value)" if "kv_heads" in s else "") + f", FFN {s.get('ffn')}"
+                              for i, s in enumerate(facts["padding"]["layers"]))
+        out += [f"Structurally pruned to different sizes per layer ({per_layer}), then "
                 f"{_padding_text(facts['padding'], facts.get('size_mb'))}: zero rows in the weights into each "
                 "padded unit, zero columns in the weights out of it. The model's own config states the padded "
                 "sizes, so the runtimes above build it without hf_optim."]
@@ -203,8 +207,9 @@ def weights_lines(fmt: str, facts: dict[str, Any]) -> list[str]:
         sizes = ", ".join(f"`{k}` {v}" for k, v in facts.get("sizes", {}).items())
         out += ["", f"Structurally pruned to the same sizes in every layer ({sizes or 'see the metadata'}); the "
                 "model's own config states them, so the runtimes above build it without hf_optim."]
-    if facts.get("notes"):
-        out += ["", "Export notes:", "", *(f"- {n}" for n in facts["notes"])]
+    notes = [n for n in facts.get("notes", []) if not (facts.get("padding") and n.startswith("zero-padded"))]
+    if notes:  # the padding's own note is the paragraph above
+        out += ["", "Export notes:", "", *(f"- {n}" for n in notes)]
     return ["## Weights", "", *out, ""] if out else []
 
 

@@ -85,6 +85,9 @@ def test_weight_only_grids_are_padded_exactly(scheme, kw, monkeypatch):
     ref = _logits(model, ids)
     padding = pad_layers_(model)
     assert padding.padded_to == {"heads": 4, "kv_heads": 2, "ffn": 64} and padding.max_abs_error == 0
+    # layer 0's FFN gains 32 neurons (3 x 32 x 32 weights), layer 1 a key/value group of head size 8 with its 2
+    # query heads (q and o: 16 x 32 each, k and v: 8 x 32 each)
+    assert padding.padding_parameters == 3 * 32 * 32 + (16 + 8 + 8 + 16) * 32
     for module in model.modules():
         if isinstance(module, WeightOnlyLinear):
             grid = grid_of(module)
