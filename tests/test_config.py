@@ -9,7 +9,7 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from hf_optim.config import OptimConfig, config_class, config_from_dict, config_kinds
+from hf_optim.config import OptimConfig, config_class, config_from_dict
 from hf_optim.data.tasks import TaskSpec
 from hf_optim.errors import ConfigError
 from hf_optim.evaluation.config import EvalConfig

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from hf_optim.export import CompileConfig, compile_model, load_compiled
+from hf_optim.export import CompileConfig, compile_model
 
 TEXTS = ["a good and moving film", "bad", "the plot is thin but the actors are great"]
 

@@ -6,7 +6,7 @@ from datasets import Dataset
 from transformers import DataCollatorWithPadding, Trainer
 
 from hf_optim.finetune import training_arguments
-from hf_optim.prune import PruneConfig, PruningCallback
+from hf_optim.prune import PruningCallback
 from hf_optim.prune.structure import find_unit_groups, prune_structured_, pruned_units
 from hf_optim.testing import tiny_bert, tiny_bert_tokenizer
 
