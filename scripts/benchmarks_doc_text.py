@@ -96,6 +96,9 @@ other processes compete for the cores.
 | `make bench-classifier` | `bench_quant_kernels.py`, `bench_quant_minilm.py`, `bench_export.py` (2 and 1 threads; its OpenVINO rows need `make anchors-openvino` first), `bench_prune.py`, `bench_run.py` (1 and 2 threads), `bench_skip_layernorm.py`, `distill_movie_sentiment.py` (1 and 3 epochs), `hf-optim plan` | `bench_quant_kernels`, `bench_quant_minilm`, `bench_export`, `bench_export_threads1`, `bench_prune`, `bench_run_movie_sentiment` (+ `_threads2`), `bench_skip_layernorm`, `distill_movie_sentiment`, `distill_vs_label_only_3ep`, `plan_teacher` | `runs/movie-sentiment` (runs `make demo` first; a finished run is not redone); about two hours on two cores, most of it the two distillation runs |
 | `make bench-lm` | `bench_lm.py`, `distill_lm.py`, `recipes/smollm2-int4.yaml` (its generation table is in `runs/smollm2-int4/report.md`, see [causal LMs](llm.md)) | `bench_lm`, `distill_lm` | hours on two cores (the tuned GPTQ variants and the recipe's GPTQ stage about an hour each) |
 | `make bench-engine` | `bench_inference.py` | `bench_inference` | minutes |
+| `make bench-gguf` | `bench_gguf.py` (hf_optim's GGUF exports in llama.cpp; `make anchors-llamacpp` builds llama-cpp-python) | `bench_gguf` | half an hour |
+| `make bench-genai` | `bench_genai.py` (hf_optim's grids in onnxruntime-genai; `make anchors-genai` makes its venv) | `bench_genai` | half an hour |
+| `make bench-llm-cpu` | `bench_llm_cpu.py` (every CPU path for SmolLM2-135M side by side, with both anchors) | `bench_llm_cpu` | 40 minutes |
 | `make check-extras` | `check_extras.py` (the wheel with each extra, no constraints) | `check_extras` | minutes, network |
 | `make docs` | `scripts/make_benchmarks_doc.py` | this page and the measured table of the [README](../README.md) | seconds, standard library only |
 
