@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..quantize import kernels
 from ..quantize.modules import QuantEmbedding, QuantLinear, WeightOnlyLinear
 from .padding import plain_model
-from .weights import ExportReport, Grid, error_stats, grid_of, model_dir, source_of
+from .weights import ExportReport, Grid, error_stats, grid_of, model_dir, source_of, write_checkpoint
 
 __all__ = ["save_compressed_tensors", "pack_to_int32"]
 
@@ -147,8 +147,6 @@ def save_compressed_tensors(model_or_dir: Any, out_dir: str | Path, *, int8_form
     """
     if int8_format not in FORMATS:
         raise ValueError(f"int8_format={int8_format!r}; use one of {', '.join(FORMATS)}")
-    from safetensors.torch import save_file
-
     from .gguf_vocab import load_tokenizer
 
     source_dir = model_dir(model_or_dir)
@@ -191,15 +189,7 @@ def save_compressed_tensors(model_or_dir: Any, out_dir: str | Path, *, int8_form
     if any(not r["from_grid"] for r in report.values()):
         worst = max(r["max_abs_error"] for r in report.values() if not r["from_grid"])
         notes.append(f"asymmetric grids re-rounded to integer zero points (max abs weight error {worst:.3g})")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(out_dir)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(out_dir)
-    tok = load_tokenizer(source_dir)
-    if tok is not None:
-        tok.save_pretrained(out_dir)
+    out_dir = write_checkpoint(out_dir, tensors, config, model, load_tokenizer(source_dir))
     fmt = config.quantization_config["format"] if groups else "dense"
     return ExportReport(path=out_dir, format=f"compressed-tensors {fmt}", tensors=report, notes=notes,
                         padding=padding.to_dict() if padding else None)

@@ -34,7 +34,8 @@ import torch
 
 from ..quantize import kernels
 from .matmulnbits import decode_matmulnbits, matmulnbits_tensors
-from .weights import ExportReport, Grid, error_stats, grid_of, load_model, model_dir, plain_config, source_of
+from .weights import (ExportReport, Grid, error_stats, grid_of, load_model, model_dir, plain_config, source_of,
+                      write_checkpoint)
 
 __all__ = ["GenaiConfig", "save_genai", "write_prequantized", "check_genai_model", "GENAI_PYTHON_ENV"]
 
@@ -166,8 +167,6 @@ def write_prequantized(model_or_dir: Any, out_dir: str | Path) -> dict[str, Any]
         `dict`: ``bits``, ``grids`` (``{module name: Grid}``, what the built graph must hold), ``tensors`` (the
         per-layer report) and ``notes``.
     """
-    from safetensors.torch import save_file
-
     from ..errors import HfOptimError
     from ..quantize.modules import QuantEmbedding, QuantLinear
     from .gguf_vocab import load_tokenizer
@@ -224,13 +223,7 @@ def write_prequantized(model_or_dir: Any, out_dir: str | Path) -> dict[str, Any]
     config.quantization_config = {
         "quant_method": "olive", "bits": bits, "group_size": default_block,
         "overrides": {n: {"bits": bits, "group_size": b} for n, b in blocks.items() if b != default_block}}
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(out_dir)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    write_checkpoint(out_dir, tensors, config, model, tok)
     tied = bool(getattr(config, "tie_word_embeddings", False)) and head_grid is None
     return {"bits": bits, "grids": grids, "tensors": report, "notes": notes, "tied": tied}
 

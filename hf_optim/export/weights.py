@@ -147,6 +147,23 @@ def load_model(model_or_dir: Any) -> nn.Module:
     return getattr(transformers, auto).from_pretrained(path, dtype=torch.float32).eval()
 
 
+def write_checkpoint(out_dir: str | Path, tensors: dict[str, torch.Tensor], config, model: nn.Module,
+                     tokenizer: Any = None) -> Path:
+    """A checkpoint directory plain Transformers reads: ``model.safetensors`` from ``tensors``, ``config``, the
+    model's generation config and ``tokenizer`` (each when there is one)."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(out_dir)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 def _out_in(module: nn.Module) -> tuple[int, int]:
     if isinstance(module, QuantEmbedding):
         return module.num_embeddings, module.embedding_dim
