@@ -20,6 +20,8 @@ from hf_optim.errors import HfOptimError
 from hf_optim.export.genai import GENAI_PYTHON_ENV, GenaiConfig, builder_command, save_genai, write_prequantized
 from hf_optim.quantize import QuantizeConfig
 
+from .conftest import save_quantized_llama
+
 # hidden 64 and FFN 96: group 64 on the FFN's 96 inputs is a partial group (64 + 32), written as blocks of 32
 CASES = {
     "rtn-g32-sym": dict(group_size=32),
@@ -32,22 +34,11 @@ LAYERS = 2 * 7
 
 
 def _save_quantized(path, scheme="int4_weight_only", tied=False, **kwargs):
-    from hf_optim.quantize.apply import quantize_model_
-    from hf_optim.quantize.gptq import gptq_quantize_
-    from hf_optim.testing import tiny_llama, tiny_llama_tokenizer
+    from hf_optim.testing import tiny_llama
 
     model = tiny_llama(hidden_size=64, intermediate_size=96, tie_word_embeddings=tied)
     config = QuantizeConfig(model="tiny-llama", scheme=scheme, **kwargs) if scheme != "none" else None
-    if config is None:
-        pass
-    elif config.method == "gptq":
-        g = torch.Generator().manual_seed(1)
-        gptq_quantize_(model, [{"input_ids": torch.randint(0, 60, (4, 32), generator=g)} for _ in range(2)], config)
-    else:
-        quantize_model_(model, config)
-    model.save_pretrained(path)
-    tiny_llama_tokenizer().save_pretrained(path)
-    return path
+    return save_quantized_llama(path, model, config)
 
 
 def _unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:

@@ -13,6 +13,8 @@ from hf_optim.errors import ConfigError, HfOptimError
 from hf_optim.export import ExportConfig, export_model
 from hf_optim.quantize import QuantizeConfig
 
+from .conftest import save_quantized_llama
+
 CASES = {
     "rtn-g32-sym": dict(group_size=32),
     "rtn-g32-asym": dict(group_size=32, symmetric=False),
@@ -27,20 +29,11 @@ LAYERS = 2 * 7  # q, k, v, o, gate, up, down per layer; the head stays float
 
 
 def _save_quantized(path, case: str):
-    from hf_optim.quantize.apply import quantize_model_
-    from hf_optim.quantize.gptq import gptq_quantize_
-    from hf_optim.testing import tiny_llama, tiny_llama_tokenizer
+    from hf_optim.testing import tiny_llama
 
     model = tiny_llama(hidden_size=64, intermediate_size=128)
     config = QuantizeConfig(model="tiny-llama", scheme="int4_weight_only", **CASES[case])
-    if config.method == "gptq":
-        g = torch.Generator().manual_seed(1)
-        gptq_quantize_(model, [{"input_ids": torch.randint(0, 60, (4, 32), generator=g)} for _ in range(2)], config)
-    else:
-        quantize_model_(model, config)
-    model.save_pretrained(path)
-    tiny_llama_tokenizer().save_pretrained(path)
-    return path
+    return save_quantized_llama(path, model, config)
 
 
 @pytest.fixture(autouse=True, scope="module")
