@@ -75,12 +75,15 @@ def check_group_size(group_size: int | None, in_features: int, name: str = "", p
 
 
 def check_qparams(name: str, bits: int, scale: torch.Tensor, zero_point: torch.Tensor | None) -> None:
-    """Raise ``ValueError`` unless the scales are finite and positive, the zero points finite and on the integer
-    grid's range, and every dequantized weight fits the range of float16 (the narrowest dtype hf_optim loads a
-    model in): a scale of 1e30 is a tampered or corrupt checkpoint, never a trained one."""
-    if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
+    """Raise ``ValueError`` unless the scales are finite and positive (non-zero for a symmetric int4 grid, whose
+    scales are signed, see :func:`weight_qparams`), the zero points finite and on the integer grid's range, and
+    every dequantized weight fits the range of float16 (the narrowest dtype hf_optim loads a model in): a scale
+    of 1e30 is a tampered or corrupt checkpoint, never a trained one."""
+    signed = zero_point is None and bits <= 4
+    if not bool(torch.isfinite(scale).all()) or bool(((scale == 0) if signed else (scale <= 0)).any()):
         raise ValueError(f"hf_optim: {name}.weight_scale is missing from the checkpoint or invalid "
-                         "(non-finite or <= 0 scales)")
+                         f"(non-finite or {'zero' if signed else '<= 0'} scales)")
+    scale = scale.abs()
     levels = 2 ** bits
     if zero_point is not None and not (bool(torch.isfinite(zero_point).all())
                                        and float(zero_point.abs().max()) <= levels):
@@ -104,14 +107,25 @@ def _pad_to_groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
-    """Integer range of ``bits``-bit values: symmetric ``[-(2^(b-1)-1), 2^(b-1)-1]``, else ``[-2^(b-1), 2^(b-1)-1]``."""
+    """Integer range of ``bits``-bit values: ``[-2^(b-1), 2^(b-1)-1]``, except symmetric int8's ``[-127, 127]``.
+
+    Symmetric grids are the GGML block grids: int8 is Q8_0's (``d = absmax / 127``), int4 (and below) Q4_0's,
+    all 16 levels with a signed scale (see :func:`weight_qparams`). The 16th level is worth it at 4 bits: on
+    SmolLM2-135M, group 32, round-to-nearest perplexity is 35.87 with 15 levels and 31.88 with Q4_0's 16 (FP32 25.66).
+    """
     half = 2 ** (bits - 1)
-    return (-(half - 1), half - 1) if symmetric else (-half, half - 1)
+    return (-(half - 1), half - 1) if symmetric and bits > 4 else (-half, half - 1)
 
 
 def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool = True,
                    integer_zero_point: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(scale, zero_point)`` over the last dim of ``w`` (one pair per group); ``zero_point`` is ``None`` if symmetric.
+
+    Symmetric int8: ``scale = absmax / 127``. Symmetric int4: llama.cpp's Q4_0 rule, ``scale = x / -8`` for the
+    group's weight ``x`` of largest magnitude, so ``x`` lands exactly on level -8 and the scale is negative when ``x``
+    is positive; the other side keeps levels up to +7 (a weight beyond ``7 * |scale|`` clips there). A positive
+    ``absmax / 7.5`` (torchao's symmetric int4) rounds the extreme weight itself by up to half a step, and costs
+    perplexity: 34.01 against Q4_0's 31.88 in the measurement of :func:`qrange`.
 
     Asymmetric: ``scale = (max - min) / (2^b - 1)`` and a float zero point that maps ``min`` to the lowest level,
     so ``w = (q - zero_point) * scale`` spans the group's exact range (a Q4_1-style ``min + q * d`` grid).
@@ -121,7 +135,12 @@ def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool = True,
     w = w.float()
     qmin, qmax = qrange(bits, symmetric)
     if symmetric:
-        return (w.abs().amax(-1) / qmax).clamp(min=torch.finfo(torch.float32).tiny), None
+        tiny = torch.finfo(torch.float32).tiny
+        if qmin == -qmax:
+            return (w.abs().amax(-1) / qmax).clamp(min=tiny), None
+        extreme = w.gather(-1, w.abs().argmax(-1, keepdim=True))[..., 0]
+        scale = extreme / qmin
+        return torch.where(scale.abs() < tiny, torch.full_like(scale, tiny), scale), None
     lo, hi = w.amin(-1), w.amax(-1)
     if integer_zero_point:
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
@@ -194,7 +213,7 @@ def quantize_weight_affine(weight: torch.Tensor, bits: int, group_size: int | No
 def quantize_weight(weight: torch.Tensor, bits: int, group_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-channel (``group_size=None``) or group-wise quantization of a ``[out, in]`` weight.
 
-    Returns ``(q, scale)``: ``q`` int8 ``[out, in]`` in ``[-(2^(b-1)-1), 2^(b-1)-1]`` and float32 ``scale``
+    Returns ``(q, scale)``: ``q`` int8 ``[out, in]`` in :func:`qrange` ``(bits, True)`` and float32 ``scale``
     ``[out, in // group_size]`` (``[out, 1]`` per channel).
     """
     q, scale, _ = quantize_weight_affine(weight, bits, group_size, symmetric=True)
@@ -215,7 +234,7 @@ def dequantize_weight(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype =
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """Two signed 4-bit values per byte: ``[out, in]`` int8 in [-7, 7] -> flat uint8 ``[out * in // 2]``."""
+    """Two signed 4-bit values per byte: ``[out, in]`` int8 in [-8, 7] -> flat uint8 ``[out * in // 2]``."""
     u = (q.to(torch.int16) + 8).to(torch.uint8).reshape(-1, 2)
     return (u[:, 0] | (u[:, 1] << 4)).contiguous()
 

@@ -422,7 +422,7 @@ def test_refit_never_raises_a_rows_output_error_and_keeps_the_values(symmetric):
     for act in (False, True):  # partial groups: 160 = 64 + 64 + 32
         q, s, z = gptq_quantize_weight(w, h, 4, 64, symmetric=symmetric, act_order=act, partial=True)
         q2, s2, z2 = gptq_quantize_weight(w, h, 4, 64, symmetric=symmetric, act_order=act, partial=True, refit=True)
-        assert torch.equal(q, q2) and s2.shape == s.shape and bool((s2 > 0).all())
+        assert torch.equal(q, q2) and s2.shape == s.shape and bool((s2 * s > 0).all())  # signs kept (Q4_0's are signed)
         before, after = row_err(q, s, z), row_err(q2, s2, z2)
         assert bool((after <= before * (1 + 1e-4)).all()) and float(after.sum()) < 0.95 * float(before.sum())
         s3, z3 = refit_qparams(w, h, q2, s2, z2, 64)   # a fixed point: refitting again changes nothing
@@ -667,3 +667,41 @@ def test_calibration_threads_follow_the_caller_unless_asked(monkeypatch):
     with pytest.raises(ValueError, match=THREADS_ENV):
         with calibration_threads():
             pass
+
+
+def test_symmetric_int4_checkpoint_keeps_its_signed_q4_0_scales_and_refuses_a_zero_one(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    model = _llama()
+    quantize_model_(model, QuantizeConfig(model="tiny-llama", scheme="int4_weight_only", group_size=16))
+    mod = model.model.layers[0].mlp.down_proj
+    assert isinstance(mod, Int4WeightOnlyLinear) and mod.symmetric
+    scale = mod.weight_scale
+    assert bool((scale < 0).any()) and bool((scale > 0).any())  # Q4_0: the sign of each group's extreme weight
+    assert int(mod.int_weight().min()) == -8
+    model.save_pretrained(tmp_path / "ok")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "ok", attn_implementation="eager").eval()
+    assert torch.equal(again.model.layers[0].mlp.down_proj.weight_scale, scale)
+    ids = torch.tensor([[1, 5, 9, 13]])
+    with torch.inference_mode():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+    key = "model.layers.0.mlp.down_proj.weight_scale"
+    for i, value in enumerate((0.0, float("nan"))):
+        sd = load_file(tmp_path / "ok" / "model.safetensors")
+        sd[key][0, 0] = value
+        broken = tmp_path / f"broken-{i}"
+        model.save_pretrained(broken)
+        save_file(sd, broken / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(ValueError, match=r"down_proj.weight_scale .*invalid"):
+            AutoModelForCausalLM.from_pretrained(broken)
+    # an asymmetric grid's scales stay positive: a negative one is a tampered checkpoint
+    asym = _llama()
+    quantize_model_(asym, QuantizeConfig(model="tiny-llama", scheme="int4_weight_only", group_size=16,
+                                         symmetric=False))
+    asym.save_pretrained(tmp_path / "asym")
+    sd = load_file(tmp_path / "asym" / "model.safetensors")
+    sd[key][0, 0] = -sd[key][0, 0]
+    save_file(sd, tmp_path / "asym" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"<= 0 scales"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "asym")

@@ -54,9 +54,19 @@ def test_weight_quantization_error_bounds():
     for bits, gs in ((8, None), (8, 32), (4, 32), (4, 128)):
         q, scale = kernels.quantize_weight(w, bits, gs)
         err = (kernels.dequantize_weight(q, scale) - w).abs()
-        step = scale.repeat_interleave(128 // scale.shape[1], dim=1)
-        assert bool((err <= step / 2 + 1e-6).all()), (bits, gs)
-        assert int(q.abs().max()) <= 2 ** (bits - 1) - 1
+        step = scale.abs().repeat_interleave(128 // scale.shape[1], dim=1)
+        if bits == 8:  # Q8_0: d = absmax / 127, levels -127..127, every weight within half a step
+            assert bool((scale > 0).all()) and int(q.abs().max()) <= 127
+            assert bool((err <= step / 2 + 1e-6).all()), (bits, gs)
+            continue
+        # Q4_0: the largest-magnitude weight of each group lands exactly on -8 (its scale has the opposite sign),
+        # every weight on the -8 side of +7 is within half a step, and those beyond +7 steps clip to +7
+        groups = q.reshape(64, scale.shape[1], -1)
+        extreme = w.reshape_as(groups).abs().argmax(-1, keepdim=True)
+        assert bool((groups.gather(-1, extreme) == -8).all()) and int(q.min()) == -8 and int(q.max()) <= 7
+        negative = scale.repeat_interleave(128 // scale.shape[1], dim=1) < 0
+        inside = torch.where(negative, w / step >= -7.5, w / step <= 7.5)
+        assert bool((err[inside] <= step[inside] / 2 + 1e-6).all()) and bool((err <= step + 1e-6).all()), (bits, gs)
     q, _ = kernels.quantize_weight(w, 4, 32)
     packed = kernels.pack_int4(q)
     assert packed.dtype == torch.uint8 and packed.numel() == w.numel() // 2

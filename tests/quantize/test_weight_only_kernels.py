@@ -34,7 +34,7 @@ needs_int8 = pytest.mark.skipif(not kernels._op_works("int8pack"), reason="torch
 def _bound(mod: WeightOnlyLinear, x: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
     q = mod.int_weight().float()
     gs = mod.group_size or mod.in_features
-    scale = mod.weight_scale.repeat_interleave(gs, 1)[:, :mod.in_features]
+    scale = mod.weight_scale.abs().repeat_interleave(gs, 1)[:, :mod.in_features]
     zp = 0.0 if mod.symmetric else mod.weight_zero_point.repeat_interleave(gs, 1)[:, :mod.in_features].abs()
     a = x.abs() @ ((q.abs() + zp) * scale).T
     return (3 * U + mod.in_features * 2.0 ** -24) * a + U * (exact - mod.bias).abs() + 1e-6

@@ -118,9 +118,9 @@ def refit_qparams(weight: torch.Tensor, hessian: torch.Tensor, q: torch.Tensor, 
 
     Row ``w`` is approximated by ``a_g * q + b_g`` on each group ``g``; the ``a``/``b`` minimising
     ``(w - ŵ)ᵀ H (w - ŵ)`` (the squared error of the row's output on the calibration inputs) solve a small
-    linear system per row (2 unknowns per group; 1 when symmetric). A group whose solution is not a positive
-    scale (no input energy, all-zero weights) keeps its parameters, and a row takes the new ones only when they
-    lower its error, so the error never grows.
+    linear system per row (2 unknowns per group; 1 when symmetric). A group whose solution is not a scale of its
+    old scale's sign (no input energy, all-zero weights) keeps its parameters, and a row takes the new ones only
+    when they lower its error, so the error never grows.
     """
     W = weight.detach().double()
     H = hessian.detach().double()
@@ -146,8 +146,9 @@ def refit_qparams(weight: torch.Tensor, hessian: torch.Tensor, q: torch.Tensor, 
         thetas.append(torch.linalg.solve(lhs, MH @ W[r0:r0 + step, :, None])[..., 0])
     theta = torch.cat(thetas)
     a = theta[:, :G]
-    # per group: a group with no input energy or all-zero weights solves to a useless scale; it keeps its own
-    ok = torch.isfinite(a) & (a > 0)
+    # per group: a group with no input energy or all-zero weights solves to a useless scale (zero, or of the other
+    # sign: a symmetric int4 scale is signed, see kernels.weight_qparams); it keeps its own
+    ok = torch.isfinite(a) & (a * scale.double() > 0)
     if zero is not None:
         ok &= torch.isfinite(theta[:, G:])
     new_scale = torch.where(ok, a, scale.double()).float()
