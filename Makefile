@@ -130,7 +130,7 @@ bench-gguf: setup anchors-llamacpp
 # threads.
 bench-llm-cpu: setup anchors-llamacpp anchors-genai
 	$(BENCH_PY) scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --genai-python .venv-genai/bin/python \
-		--threads 1,2 --profile \
+		--threads 1,2 --calibration-samples 64 --clip-search --tune-steps 40 --e2e-steps 80 --profile \
 		-o $(RESULTS)/bench_llm_cpu.json
 
 # onnxruntime-genai (its model builder and runtime), in a venv of its own (never needed by make test): the builder

@@ -2,13 +2,17 @@
 runtimes LLM users pick, llama.cpp (through ``llama-cpp-python``), with perplexity, size and decode speed for each.
 
     python scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --genai-python .venv-genai/bin/python \\
-        --threads 1,2 --profile -o scripts/results/bench_llm_cpu.json                            # make bench-llm-cpu
+        --threads 1,2 --calibration-samples 64 --clip-search --tune-steps 40 --e2e-steps 80 --profile \\
+        -o scripts/results/bench_llm_cpu.json                                                     # make bench-llm-cpu
 
-Rows (``--rtn`` replaces GPTQ by round-to-nearest on the same grid, for a quick run):
+hf_optim's int4 grid is llama.cpp's Q4_0 grid (symmetric, group 32, 16 levels, signed scales), chosen by GPTQ
+(act-order, ``--clip-search``) on ``--calibration-samples`` chunks of BBC train text, then its scales tuned layer by
+layer (``--tune-steps``) and end to end on the float model's next-token distribution (``--e2e-steps``); the same
+grid is in every hf_optim row. Rows (``--rtn`` replaces GPTQ by round-to-nearest on the same grid, for a quick run):
 - ``hf_optim torch fp32``: the packaged float model, ``generate`` with the KV cache.
 - ``hf_optim torch int8``: int8 weight-only per output channel (``int8pack`` kernel).
-- ``hf_optim torch int4 GPTQ``: int4 weight-only, symmetric, group 32, GPTQ act-order on BBC train text
-  (``int4pack`` kernel); the lm_head stays tied to the float embeddings.
+- ``hf_optim torch int4 GPTQ``: that grid in torch (``int4pack`` kernel); the lm_head stays tied to the float
+  embeddings.
 - ``hf_optim torch int4 GPTQ + int8 head``: the same grid, the lm_head untied and int8 per channel (input
   embeddings int8 per row): the head is a 49,152 x 576 matrix, in fp32 the largest single read of every decode step.
 - ``hf_optim ORT int8``: Optimum's ONNX export with past key values, ``MatMulNBits`` int8 block 32 with int8 compute
@@ -21,7 +25,9 @@ Rows (``--rtn`` replaces GPTQ by round-to-nearest on the same grid, for a quick 
 - ``llama.cpp <- hf_optim GPTQ Q4_0``: hf_optim's GPTQ grid exported to GGUF (``save_gguf``) and run by llama.cpp.
 - ``genai <- hf_optim GPTQ`` (with ``--genai-python``): the same grid written by ``save_genai`` and run by
   onnxruntime-genai's own generation loop (``scripts/_genai_worker.py``); ``genai own int4``: its model builder's
-  int4 from the float model with its defaults (the anchor, as its docs build it).
+  int4 from the float model with its defaults (the anchor, as its docs build it); ``genai <- hf_optim GPTQ, int4
+  head``: hf_optim's grid with the output head in the builder's int4 (``GenaiConfig(lm_head="int4")``), the head
+  the anchor has, to compare like with like.
 
 Speed: the same 64-token prompts from the BBC test text, ``--new-tokens`` greedy tokens, decode tokens/s after the
 first token, medians over ``--rounds`` rounds, at each of ``--threads`` in turn; each round measures every hf_optim
@@ -147,10 +153,15 @@ def _profile(model, prompt, new_tokens: int) -> dict:
     return {"wall_s": round(wall, 4), "new_tokens": new_tokens, "by_family": out}
 
 
+def _label(args) -> str:
+    return "RTN" if args.rtn else "GPTQ"
+
+
 def build_hf_optim(args, src, tok, tmp: Path) -> tuple[dict, dict, dict]:
     """(torch/ORT models, rows, GGUF files) of the hf_optim rows."""
-    method = {} if args.rtn else {"method": "gptq", "gptq_act_order": True}
-    label = "RTN" if args.rtn else "GPTQ"
+    method = {} if args.rtn else {"method": "gptq", "gptq_act_order": True, "gptq_clip_search": args.clip_search,
+                                  "gptq_tune_steps": args.tune_steps, "gptq_e2e_steps": args.e2e_steps}
+    label = _label(args)
     ids = text_token_ids(tok, "bbc-news", "test", args.tokens)
     models, rows, gguf = {}, {}, {}
 
@@ -188,7 +199,8 @@ def build_hf_optim(args, src, tok, tmp: Path) -> tuple[dict, dict, dict]:
     gguf["hf_optim"] = tmp / "int4-q4_0.gguf"
     save_gguf(int4, gguf["hf_optim"], qtype="q4_0", tokenizer=tok)
     add(f"hf_optim torch int4 {label}", int4, tmp / "int4",
-        f"int4 weight-only, group 32, symmetric, {label}; int4pack kernel; lm_head tied to the float embeddings",
+        f"int4 weight-only, Q4_0 grid (group 32, symmetric, signed scales), {label}; int4pack kernel; lm_head tied "
+        "to the float embeddings",
         quantize_s=quantize_s)
 
     head = AutoModelForCausalLM.from_pretrained(tmp / "int4").eval()
@@ -280,6 +292,8 @@ def build_genai(args, src, tmp: Path, label: str) -> dict:
     python = os.path.abspath(args.genai_python)
     report = save_genai(tmp / "int4", tmp / "genai-int4", GenaiConfig(python=python))
     dirs = {f"genai <- hf_optim {label}": str(report.path)}
+    report = save_genai(tmp / "int4", tmp / "genai-int4-head", GenaiConfig(python=python, lm_head="int4"))
+    dirs[f"genai <- hf_optim {label}, int4 head"] = str(report.path)
     out = tmp / "genai-own-int4"
     subprocess.run([python, "-I", "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out), "-p",
                     "int4", "-e", "cpu", "-c", str(tmp / "genai-cache")], cwd=tmp, capture_output=True, text=True,
@@ -325,6 +339,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--stride", type=int, default=256)
     ap.add_argument("--rtn", action="store_true", help="round-to-nearest instead of GPTQ (a quick run)")
     ap.add_argument("--calibration-samples", type=int, default=32, help="GPTQ: chunks of 256 BBC train tokens")
+    ap.add_argument("--clip-search", action="store_true", help="GPTQ: each group's range shrunk to its least error")
+    ap.add_argument("--tune-steps", type=int, default=0, help="GPTQ: Adam steps tuning each layer's scales")
+    ap.add_argument("--e2e-steps", type=int, default=0, help="GPTQ: Adam steps tuning all scales end to end")
     ap.add_argument("--profile", action="store_true", help="profile one decode of the fastest torch int4 row")
     ap.add_argument("-o", "--output", help="result JSON")
     args = ap.parse_args(argv)
@@ -349,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
             llama_job.results = {}
             anchors.append(llama_job)
         if args.genai_python:
-            dirs = build_genai(args, src, tmp, "RTN" if args.rtn else "GPTQ")
+            dirs = build_genai(args, src, tmp, _label(args))
             anchors.append(genai_job(args, tmp, dirs, prompt_lists))
         for threads in thread_counts:
             for name in [n for n in models if " ORT " in n]:  # ONNX Runtime fixes its threads per session

@@ -4,6 +4,7 @@ save -> from_pretrained -> generate (tiny Llama from a config)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -705,3 +706,35 @@ def test_symmetric_int4_checkpoint_keeps_its_signed_q4_0_scales_and_refuses_a_ze
     save_file(sd, tmp_path / "asym" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"<= 0 scales"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "asym")
+
+
+def test_lm_recipe_ends_with_the_q4_0_grid_in_a_gguf(tiny_llama_dir, tmp_path):
+    """The smollm2-int4 recipe's last stages: the Q4_0 grid by GPTQ (range search, layer and end-to-end tuning),
+    evaluated, then written as a GGUF whose every decoder matmul is Q4_0 taken from that grid unchanged."""
+    pytest.importorskip("gguf")
+    from hf_optim.recipe import Recipe
+    from hf_optim.runner import run
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "smollm2-int4.yaml"
+    recipe = Recipe.from_yaml(path)
+    tail = {s.name: s for s in recipe.stages[-3:]}
+    assert list(tail) == ["int4-q4_0", "eval-int4-q4_0", "gguf-q4_0"]
+    q = tail["int4-q4_0"].config
+    assert (q.scheme, q.group_size, q.symmetric, q.method, q.gptq_clip_search) == (
+        "int4_weight_only", 32, True, "gptq", True)
+    assert q.gptq_tune_steps > 0 and q.gptq_e2e_steps > 0 and tail["gguf-q4_0"].config.gguf_type == "auto"
+    raw = yaml.safe_load(path.read_text())["stages"][-3]
+    small = {"gptq_tune_steps": 2, "gptq_e2e_steps": 2, "calibration_samples": 4, "max_length": 32, "batch_size": 2}
+    stages = [{**raw, "model": str(tiny_llama_dir), **small},
+              {"name": "eval-int4-q4_0", "kind": "evaluate", "model": "int4-q4_0", "lm_tokens": 256, "context": 64,
+               "stride": 32, "prompt_tokens": 8, "new_tokens": 4, "generate_batch_sizes": [1],
+               "generate_repeats": 1, "measure_memory": False},
+              {"name": "gguf-q4_0", "kind": "export", "model": "int4-q4_0", "format": "gguf", "gguf_type": "auto"}]
+    result = run(Recipe.from_dict({"name": "lm", "corpus": "bbc-news", "stages": stages}), tmp_path / "run",
+                 progress=False)
+    metrics = {s["name"]: s["metrics"] for s in result.report["stages"]}
+    assert metrics["int4-q4_0"]["method"] == "gptq" and metrics["eval-int4-q4_0"]["perplexity"] > 0
+    record = json.loads((tmp_path / "run" / "gguf-q4_0" / "hf_optim_export.json").read_text())
+    layers = {n: t for n, t in record["report"]["tensors"].items() if n.startswith("blk.") and n.endswith(".weight")
+              and t["type"] != "F32"}
+    assert len(layers) == 14 and all(t["type"] == "Q4_0" and t["from_grid"] for t in layers.values())
