@@ -107,12 +107,8 @@ def _pad_to_groups(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
-    """Integer range of ``bits``-bit values: ``[-2^(b-1), 2^(b-1)-1]``, except symmetric int8's ``[-127, 127]``.
-
-    Symmetric grids are the GGML block grids: int8 is Q8_0's (``d = absmax / 127``), int4 (and below) Q4_0's,
-    all 16 levels with a signed scale (see :func:`weight_qparams`). The 16th level is worth it at 4 bits: on
-    SmolLM2-135M, group 32, round-to-nearest perplexity is 35.87 with 15 levels and 31.88 with Q4_0's 16 (FP32 25.66).
-    """
+    """Integer range of ``bits``-bit values: ``[-2^(b-1), 2^(b-1)-1]``, except symmetric int8's ``[-127, 127]``:
+    symmetric grids are GGML's Q8_0 and Q4_0 (all 16 levels, signed scales; see :func:`weight_qparams`)."""
     half = 2 ** (bits - 1)
     return (-(half - 1), half - 1) if symmetric and bits > 4 else (-half, half - 1)
 
@@ -122,10 +118,9 @@ def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool = True,
     """``(scale, zero_point)`` over the last dim of ``w`` (one pair per group); ``zero_point`` is ``None`` if symmetric.
 
     Symmetric int8: ``scale = absmax / 127``. Symmetric int4: llama.cpp's Q4_0 rule, ``scale = x / -8`` for the
-    group's weight ``x`` of largest magnitude, so ``x`` lands exactly on level -8 and the scale is negative when ``x``
-    is positive; the other side keeps levels up to +7 (a weight beyond ``7 * |scale|`` clips there). A positive
-    ``absmax / 7.5`` (torchao's symmetric int4) rounds the extreme weight itself by up to half a step, and costs
-    perplexity: 34.01 against Q4_0's 31.88 in the measurement of :func:`qrange`.
+    group's largest-magnitude weight ``x``, which lands exactly on -8 (a weight past ``7 * |scale|`` on the other
+    side clips to +7). SmolLM2-135M, group 32, round to nearest: perplexity 31.88, against 35.87 with levels -7..7
+    and 34.01 with torchao's positive ``absmax / 7.5`` on -8..7 (FP32 25.66).
 
     Asymmetric: ``scale = (max - min) / (2^b - 1)`` and a float zero point that maps ``min`` to the lowest level,
     so ``w = (q - zero_point) * scale`` spans the group's exact range (a Q4_1-style ``min + q * d`` grid).
