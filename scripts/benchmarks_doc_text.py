@@ -591,10 +591,13 @@ SECTIONS = {
     "bench_llm_cpu": {
         "title": "SmolLM2-135M on the CPU: hf_optim's torch, ONNX Runtime and onnxruntime-genai paths next to "
                  "llama.cpp, in one run",
-        "what": "`scripts/bench_llm_cpu.py` (`make bench-llm-cpu`): hf_optim's int4 grid is symmetric, group 32, "
-                "GPTQ with act-order on 32 x 256 BBC train tokens, the same grid in every hf_optim row (torch's "
+        "what": "`scripts/bench_llm_cpu.py` (`make bench-llm-cpu`): hf_optim's int4 grid is llama.cpp's Q4_0 grid "
+                "(symmetric, group 32, 16 levels, signed scales), GPTQ with act-order and range search on 64 x 256 "
+                "BBC train tokens, its scales then tuned layer by layer (40 steps) and end to end on the float "
+                "model's next-token distribution (80 steps); the same grid in every hf_optim row (torch's "
                 "packed int4 kernel, ONNX Runtime `MatMulNBits` from the grid, GGUF Q4_0 for llama.cpp, "
-                "`save_genai` for onnxruntime-genai); `llama.cpp Q8_0 / Q4_0 / Q4_K_M` are llama.cpp's own "
+                "`save_genai` for onnxruntime-genai, with the output head int8 or, in the `int4 head` row, the "
+                "builder's int4); `llama.cpp Q8_0 / Q4_0 / Q4_K_M` are llama.cpp's own "
                 "quantizer on the F32 GGUF of the same float weights, `genai own int4` the onnxruntime-genai "
                 "builder's own int4 with its defaults. Batch 1 (and 8 for torch and ONNX Runtime), 2 prompts of 64 "
                 "BBC test tokens, 32 greedy tokens, decode tokens/s after the first token, medians of 5 rounds, "

@@ -304,7 +304,8 @@ def test_quantize_dir_gptq_calibrates_on_text(tiny_llama_dir, tmp_path):
     cost = metrics["calibration"]  # what the calibration took, per phase
     assert cost["threads"] == torch.get_num_threads() and cost["peak_rss_mb"] > 0
     assert all(cost[k] >= 0 for k in ("gptq_s", "layer_tuning_s", "e2e_tuning_s", "float_targets_s"))
-    assert cost["seconds"] >= cost["gptq_s"] + cost["layer_tuning_s"] + cost["e2e_tuning_s"]
+    # each figure is rounded to 10 ms: the sum of three may pass the total by up to 20 ms
+    assert cost["seconds"] + 0.02 >= cost["gptq_s"] + cost["layer_tuning_s"] + cost["e2e_tuning_s"]
     assert cost["teacher_batches_computed"] == 2  # the float model's logits once per calibration batch
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
     assert isinstance(model.model.layers[0].self_attn.q_proj, Int4WeightOnlyLinear)
