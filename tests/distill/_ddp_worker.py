@@ -1,5 +1,7 @@
 """Worker for test_ddp.py: run by `torchrun --nproc_per_node 2`; writes one JSON per rank to argv[1]."""
 
+import faulthandler
+import gc
 import hashlib
 import json
 import os
@@ -16,6 +18,7 @@ def digest(tensors) -> str:
 
 
 def main(out_dir: str) -> None:
+    faulthandler.dump_traceback_later(200, exit=True)  # a hung rank prints its stacks before the test's 240 s timeout
     from hf_optim.distill import DistillConfig, DistillationTrainer
     from hf_optim.finetune import training_arguments
     from hf_optim.testing import tiny_bert
@@ -46,6 +49,14 @@ def main(out_dir: str) -> None:
     }
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
+    # Tear down in order: the DDP wrapper (its reducer holds the gloo process group) first, then the group.
+    # Left to interpreter exit, the two are destroyed in no fixed order and a rank can abort ("terminate called
+    # without an active exception") or hang.
+    del trainer, student
+    gc.collect()
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
