@@ -69,7 +69,7 @@ class QuantizeConfig(StageConfig):
             took the perplexity rise from +5.8 % to +4.6 % (docs/benchmarks.md, "bench_lm").
         gptq_e2e_lr (`float`, *optional*, defaults to 0.001): ``gptq``: that tuning's Adam learning rate.
         lm_head (`bool`, *optional*, defaults to `False`): quantize the output head too; a head tied to the
-            input embeddings is untied (stored separately) first.
+            input embeddings is untied (stored separately) first. ``gptq`` solves it like the layers.
         embeddings (`str`, *optional*, defaults to ``"float"``): ``int8`` (one scale per row) or ``int4``
             (groups of ``group_size`` or 32) stores the input embedding table quantized; ``float`` keeps it.
         activations (`str`, *optional*, defaults to ``"tensor"``): ``int8_dynamic``: one activation scale per

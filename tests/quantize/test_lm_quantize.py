@@ -739,3 +739,24 @@ def test_lm_recipe_ends_with_the_q4_0_grid_in_a_gguf(tiny_llama_dir, tmp_path):
     layers = {n: t for n, t in record["report"]["tensors"].items() if n.startswith("blk.") and n.endswith(".weight")
               and t["type"] != "F32"}
     assert len(layers) == 14 and all(t["type"] == "Q4_0" and t["from_grid"] for t in layers.values())
+
+
+def test_gptq_solves_a_quantized_head_on_the_quantized_models_hidden_states():
+    """With ``lm_head`` the head is solved like the layers (not rounded to nearest): on the hidden states the
+    quantized model feeds it, its logits are closer to the float head's than the rounded head's are."""
+    from hf_optim.quantize.gptq.tune import inputs_of
+
+    cal = _calibration(n=4)
+    model = _llama(tie_word_embeddings=True)
+    float_head = torch.nn.Linear(*reversed(model.lm_head.weight.shape), bias=False)
+    float_head.weight.data.copy_(model.lm_head.weight)
+    info = gptq_quantize_(model, cal, _gptq(lm_head=True))
+    assert info["modules_gptq"] == 15 and info["modules_rtn"] == 0          # 14 decoder Linears + the head
+    head = model.get_output_embeddings()
+    assert isinstance(head, Int4WeightOnlyLinear) and model.config.tie_word_embeddings is False
+    x = torch.cat(inputs_of(model, head, cal)).reshape(-1, head.in_features)
+    rounded = Int4WeightOnlyLinear.from_linear(float_head, group_size=16, symmetric=True)
+    with torch.no_grad():
+        ref = float_head(x)
+        err_solved, err_rounded = (float((h(x) - ref).pow(2).mean()) for h in (head, rounded))
+    assert err_solved < 0.9 * err_rounded, (err_solved, err_rounded)
