@@ -21,7 +21,7 @@ QUANTIZE_RECORD = "hf_optim_quantize.json"
 QUANTIZE_OPTIONS = ["scheme", "group_size", "partial_groups", "symmetric", "method", "calibration_text", "lm_head",
                     "embeddings", "activations", "observer", "percentile", "calibration_split",
                     "calibration_samples", "batch_size", "max_length", "gptq_damp", "gptq_act_order",
-                    "gptq_tune_steps", "gptq_e2e_steps"]
+                    "gptq_clip_search", "gptq_tune_steps", "gptq_e2e_steps"]
 
 
 def quantize_parser(sub, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:

@@ -170,3 +170,20 @@ def test_a_cached_hub_id_is_used_offline(tmp_path, tiny_llama_dir, monkeypatch, 
     out = tmp_path / "q"
     assert main(["quantize", "org/tiny", "-o", str(out), *QUANTIZE]) == 0
     assert (out / "model.safetensors").is_file()
+
+
+def test_quantize_gptq_options_reach_the_config_and_the_head_is_solved(tmp_path, tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from hf_optim.quantize.modules import Int4WeightOnlyLinear
+
+    out = tmp_path / "q"
+    assert main(["quantize", str(tiny_llama_dir), "-o", str(out), "--scheme", "int4_weight_only", "--group-size", "16",
+                 "--method", "gptq", "--gptq-clip-search", "--lm-head", "--calibration-samples", "4",
+                 "--max-length", "32", "-q"]) == 0
+    record = json.loads((out / "hf_optim_quantize.json").read_text())
+    assert record["config"]["gptq_clip_search"] is True and record["config"]["lm_head"] is True
+    assert record["metrics"]["clip_search"] is True
+    assert record["metrics"]["modules_gptq"] == 15 and record["metrics"]["modules_rtn"] == 0  # 14 Linears + the head
+    head = AutoModelForCausalLM.from_pretrained(out).get_output_embeddings()
+    assert isinstance(head, Int4WeightOnlyLinear)
