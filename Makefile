@@ -21,7 +21,7 @@ RESULTS := scripts/results
 RUN := runs/movie-sentiment
 
 .PHONY: setup setup-tf5 demo test test-fast test-tf5 lock-optimum lock-tf5 clean
-.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs anchors-llamacpp bench-gguf bench-llm-cpu anchors-openvino \
+.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs anchors-llamacpp bench-gguf bench-llm-cpu bench-llm-cpu-head anchors-openvino \
 	anchors-genai bench-genai test-genai
 
 setup: .venv/.hf_optim-setup
@@ -132,6 +132,12 @@ bench-llm-cpu: setup anchors-llamacpp anchors-genai
 	$(BENCH_PY) scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --genai-python .venv-genai/bin/python \
 		--threads 1,2 --calibration-samples 64 --clip-search --tune-steps 40 --e2e-steps 80 --profile \
 		-o $(RESULTS)/bench_llm_cpu.json
+
+# The same with the output head in the int4 grid (GPTQ-solved, tuned): torch, llama.cpp and onnxruntime-genai rows.
+bench-llm-cpu-head: setup anchors-llamacpp anchors-genai
+	$(BENCH_PY) scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --genai-python .venv-genai/bin/python \
+		--threads 1,2 --calibration-samples 64 --clip-search --tune-steps 40 --e2e-steps 80 --lm-head \
+		-o $(RESULTS)/bench_llm_cpu_head.json
 
 # onnxruntime-genai (its model builder and runtime), in a venv of its own (never needed by make test): the builder
 # needs a transformers 5 release and onnx-ir, so it cannot share the primary stack's environment. hf_optim runs the

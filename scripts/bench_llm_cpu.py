@@ -29,6 +29,16 @@ grid is in every hf_optim row. Rows (``--rtn`` replaces GPTQ by round-to-nearest
   head``: hf_optim's grid with the output head in the builder's int4 (``GenaiConfig(lm_head="int4")``), the head
   the anchor has, to compare like with like.
 
+``--lm-head`` puts the output head in the grid too (GPTQ solves it on what the quantized model feeds it, then the
+end-to-end tuning tunes it with the rest; input embeddings int8 per row): the torch row, the GGUF (head Q4_0 and
+embeddings Q8_0, each from its grid) and the onnxruntime-genai model (head ``MatMulNBits`` from the grid) carry
+`` + GPTQ int4 head``; the rows that would differ from them only in the head (the int8-head torch row, the builder's
+int4 head) and the ONNX Runtime rows are left out.
+
+    python scripts/bench_llm_cpu.py --llama-python .venv-anchors/bin/python --genai-python .venv-genai/bin/python \
+        --threads 1,2 --calibration-samples 64 --clip-search --tune-steps 40 --e2e-steps 80 --lm-head \
+        -o scripts/results/bench_llm_cpu_head.json                                           # make bench-llm-cpu-head
+
 Speed: the same 64-token prompts from the BBC test text, ``--new-tokens`` greedy tokens, decode tokens/s after the
 first token, medians over ``--rounds`` rounds, at each of ``--threads`` in turn; each round measures every hf_optim
 model (rotated order) and then runs each anchor's worker for one round, so load drift on a shared machine reaches
@@ -157,11 +167,18 @@ def _label(args) -> str:
     return "RTN" if args.rtn else "GPTQ"
 
 
+def _head(args) -> str:
+    """The suffix of the rows whose output head is in hf_optim's int4 grid (``--lm-head``)."""
+    return f" + {_label(args)} int4 head" if args.lm_head else ""
+
+
 def build_hf_optim(args, src, tok, tmp: Path) -> tuple[dict, dict, dict]:
     """(torch/ORT models, rows, GGUF files) of the hf_optim rows."""
     method = {} if args.rtn else {"method": "gptq", "gptq_act_order": True, "gptq_clip_search": args.clip_search,
                                   "gptq_tune_steps": args.tune_steps, "gptq_e2e_steps": args.e2e_steps}
-    label = _label(args)
+    if args.lm_head:  # the head in the grid (GPTQ solves it after the last layer), input embeddings int8 per row
+        method.update(lm_head=True, embeddings="int8")
+    label, head = _label(args), _head(args)
     ids = text_token_ids(tok, "bbc-news", "test", args.tokens)
     models, rows, gguf = {}, {}, {}
 
@@ -197,11 +214,14 @@ def build_hf_optim(args, src, tok, tmp: Path) -> tuple[dict, dict, dict]:
     int4.save_pretrained(tmp / "int4")
     tok.save_pretrained(tmp / "int4")
     gguf["hf_optim"] = tmp / "int4-q4_0.gguf"
-    save_gguf(int4, gguf["hf_optim"], qtype="q4_0", tokenizer=tok)
-    add(f"hf_optim torch int4 {label}", int4, tmp / "int4",
-        f"int4 weight-only, Q4_0 grid (group 32, symmetric, signed scales), {label}; int4pack kernel; lm_head tied "
-        "to the float embeddings",
-        quantize_s=quantize_s)
+    # --lm-head: the head Q4_0 and the embeddings Q8_0, each straight from its grid
+    save_gguf(int4, gguf["hf_optim"], qtype="q4_0", head_qtype="auto" if args.lm_head else None, tokenizer=tok)
+    add(f"hf_optim torch int4 {label}{head}", int4, tmp / "int4",
+        f"int4 weight-only, Q4_0 grid (group 32, symmetric, signed scales), {label}; int4pack kernel; " +
+        ("lm_head untied and in the grid, input embeddings int8 per row" if args.lm_head else
+         "lm_head tied to the float embeddings"), quantize_s=quantize_s)
+    if args.lm_head:  # the rows below would repeat this one's grid with another head
+        return models, rows, gguf
 
     head = AutoModelForCausalLM.from_pretrained(tmp / "int4").eval()
     quantize_model_(head, QuantizeConfig(model=str(src), scheme="int8_weight_only", include=[r"^lm_head$"],
@@ -228,8 +248,7 @@ def llama_rows(args, tok, tmp: Path, gguf: dict, prompts: list, threads: int, fi
     quantize = [{"src": str(gguf["f32"]), "dst": str(tmp / f"llamacpp-{t}.gguf"), "type": t}
                 for t in LLAMA_CPP_TYPES]
     models = {f"llama.cpp {q['type'].upper()}": q["dst"] for q in quantize}
-    models["llama.cpp <- hf_optim GPTQ Q4_0" if not args.rtn else "llama.cpp <- hf_optim RTN Q4_0"] = \
-        str(gguf["hf_optim"])
+    models[f"llama.cpp <- hf_optim {_label(args)} Q4_0{_head(args)}"] = str(gguf["hf_optim"])
     packaged = bg._packaged_q41()
     if packaged:
         models["llama.cpp packaged Q4_1"] = str(packaged)
@@ -290,10 +309,11 @@ def build_genai(args, src, tmp: Path, label: str) -> dict:
     from hf_optim.export.genai import GenaiConfig, save_genai
 
     python = os.path.abspath(args.genai_python)
-    report = save_genai(tmp / "int4", tmp / "genai-int4", GenaiConfig(python=python))
-    dirs = {f"genai <- hf_optim {label}": str(report.path)}
-    report = save_genai(tmp / "int4", tmp / "genai-int4-head", GenaiConfig(python=python, lm_head="int4"))
-    dirs[f"genai <- hf_optim {label}, int4 head"] = str(report.path)
+    report = save_genai(tmp / "int4", tmp / "genai-int4", GenaiConfig(python=python))  # --lm-head: from the grid
+    dirs = {f"genai <- hf_optim {label}{_head(args)}": str(report.path)}
+    if not args.lm_head:
+        report = save_genai(tmp / "int4", tmp / "genai-int4-head", GenaiConfig(python=python, lm_head="int4"))
+        dirs[f"genai <- hf_optim {label}, int4 head"] = str(report.path)
     out = tmp / "genai-own-int4"
     subprocess.run([python, "-I", "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out), "-p",
                     "int4", "-e", "cpu", "-c", str(tmp / "genai-cache")], cwd=tmp, capture_output=True, text=True,
@@ -342,6 +362,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clip-search", action="store_true", help="GPTQ: each group's range shrunk to its least error")
     ap.add_argument("--tune-steps", type=int, default=0, help="GPTQ: Adam steps tuning each layer's scales")
     ap.add_argument("--e2e-steps", type=int, default=0, help="GPTQ: Adam steps tuning all scales end to end")
+    ap.add_argument("--lm-head", action="store_true", help="the output head in the int4 grid too (GPTQ solves and "
+                    "tunes it; input embeddings int8); without the int8-head, builder-head and ONNX Runtime rows")
     ap.add_argument("--profile", action="store_true", help="profile one decode of the fastest torch int4 row")
     ap.add_argument("-o", "--output", help="result JSON")
     args = ap.parse_args(argv)
