@@ -99,6 +99,7 @@ other processes compete for the cores.
 | `make bench-gguf` | `bench_gguf.py` (hf_optim's GGUF exports in llama.cpp; `make anchors-llamacpp` builds llama-cpp-python) | `bench_gguf` | half an hour |
 | `make bench-genai` | `bench_genai.py` (hf_optim's grids in onnxruntime-genai; `make anchors-genai` makes its venv) | `bench_genai` | half an hour |
 | `make bench-llm-cpu` | `bench_llm_cpu.py` (every CPU path for SmolLM2-135M side by side, with both anchors) | `bench_llm_cpu` | 40 minutes |
+| `make bench-llm-cpu-head` | `bench_llm_cpu.py --lm-head` (the same with the output head in the int4 grid) | `bench_llm_cpu_head` | 50 minutes |
 | `make check-extras` | `check_extras.py` (the wheel with each extra, no constraints) | `check_extras` | minutes, network |
 | `make docs` | `scripts/make_benchmarks_doc.py` | this page and the measured table of the [README](../README.md) | seconds, standard library only |
 
@@ -629,13 +630,26 @@ SECTIONS = {
                   ("transformers", "versions.transformers", ""), ("torch", "versions.torch", ""),
                   ("optimum-onnx", "versions.optimum-onnx", ""), ("onnxruntime", "versions.onnxruntime", "")]},
 }
+SECTIONS["bench_llm_cpu_head"] = {
+    **SECTIONS["bench_llm_cpu"],
+    "title": "SmolLM2-135M on the CPU with the output head in hf_optim's int4 grid, next to llama.cpp and "
+             "onnxruntime-genai, in one run",
+    "what": "`scripts/bench_llm_cpu.py --lm-head` (`make bench-llm-cpu-head`): the grid of `bench_llm_cpu` (Q4_0, "
+            "GPTQ with act-order and range search on 64 x 256 BBC train tokens, 40 layer-tuning and 80 end-to-end "
+            "steps) with the output head in it too: GPTQ solves the head after the last layer on what the quantized "
+            "model feeds it, and the end-to-end tuning tunes it with the rest; input embeddings int8 per row. The "
+            "same grid in torch, as a GGUF (head Q4_0, embeddings Q8_0, each from its grid) for llama.cpp and "
+            "through `save_genai` (head `MatMulNBits` from the grid) for onnxruntime-genai, next to llama.cpp's own "
+            "quantizer and onnxruntime-genai's own int4 builder on the same float weights. Measured as in "
+            "`bench_llm_cpu`.",
+    "notes": None}
 ALIASES = {"bench_run_movie_sentiment_threads2": "bench_run_movie_sentiment", "bench_export_threads1": "bench_export",
            "bench_ort_grid_gptq": "bench_ort_grid", "bench_calibration_threads2": "bench_calibration"}
 ORDER = ["bench_run_movie_sentiment", "bench_run_movie_sentiment_threads2", "bench_export", "bench_export_threads1",
          "bench_quant_minilm", "bench_quant_kernels", "plan_teacher", "bench_prune", "distill_movie_sentiment",
          "distill_vs_label_only_3ep", "bench_skip_layernorm", "bench_inference", "bench_serve", "bench_lm",
          "bench_lm_kernels", "bench_ort_grid", "bench_gguf", "bench_calibration", "bench_calibration_threads2",
-         "bench_genai", "bench_llm_cpu", "distill_lm",
+         "bench_genai", "bench_llm_cpu", "bench_llm_cpu_head", "distill_lm",
          "check_extras"]
 
 
@@ -677,9 +691,10 @@ def genai_table(results: dict[str, dict]) -> str:
             f"tokens. `{data['command']}`; every column: [benchmarks](benchmarks.md#bench_genai).")
 
 
-def llm_cpu_table(results: dict[str, dict]) -> str:
-    """docs/llm.md and the README: every CPU path for SmolLM2-135M side by side (bench_llm_cpu)."""
-    data = results["bench_llm_cpu"]
+def llm_cpu_table(results: dict[str, dict], stem: str = "bench_llm_cpu") -> str:
+    """docs/llm.md and the README: every CPU path for SmolLM2-135M side by side (``stem``: bench_llm_cpu, or
+    bench_llm_cpu_head with the output head in the grid)."""
+    data = results[stem]
     body = [[f"`{name}`", fmt(r.get("size_mb"), ".0f"), fmt(r.get("perplexity"), ".2f"),
              fmt(get(r, "threads_1.batch_1_decode_tok_s"), ".1f"), fmt(get(r, "threads_2.batch_1_decode_tok_s"), ".1f")]
             for name, r in rows_of(data)]
@@ -688,9 +703,10 @@ def llm_cpu_table(results: dict[str, dict]) -> str:
     fp32 = (data.get("rows") or {}).get("hf_optim torch fp32") or {}
     return (table(["SmolLM2-135M, batch 1", "MB", "perplexity", "decode tok/s, 1 thread", "2 threads"], body)
             + "\n\n" + f"One run, {cpu.get('model', 'x86')} with {cores} cores; perplexity on 4,096 BBC News test "
-            f"tokens (fp32 {fmt(fp32.get('perplexity'), '.2f')}). `{data['command']}`; every column and the decode "
-            f"profile: [benchmarks](benchmarks.md#bench_llm_cpu).")
+            f"tokens (fp32 {fmt(fp32.get('perplexity'), '.2f')}). `{data['command']}`; every column"
+            + (" and the decode profile" if data.get("profile") else "") + f": [benchmarks](benchmarks.md#{stem}).")
 
 
 SNIPPETS = {"optimum-comparison": optimum_comparison, "genai-table": genai_table, "serve-overhead": serve_overhead,
-            "llm-cpu-table": llm_cpu_table}
+            "llm-cpu-table": llm_cpu_table,
+            "llm-cpu-head-table": lambda results: llm_cpu_table(results, "bench_llm_cpu_head")}
