@@ -21,8 +21,8 @@ RESULTS := scripts/results
 RUN := runs/movie-sentiment
 
 .PHONY: setup setup-tf5 demo test test-fast test-tf5 lock-optimum lock-tf5 clean
-.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs anchors-llamacpp bench-gguf bench-llm-cpu bench-llm-cpu-head anchors-openvino \
-	anchors-genai bench-genai test-genai
+.PHONY: bench bench-classifier bench-lm bench-engine check-extras docs anchors-llamacpp bench-gguf bench-llm-cpu \
+	bench-llm-cpu-head anchors-openvino anchors-genai bench-genai test-genai
 
 setup: .venv/.hf_optim-setup
 setup-tf5: .venv-tf5/.hf_optim-setup

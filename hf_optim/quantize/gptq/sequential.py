@@ -176,10 +176,11 @@ class _Sequential:
         with self.timer("gptq"):
             # inputs_of stops the model at the head: no logits are computed
             x = torch.cat([t.reshape(-1, t.shape[-1]).float() for t in inputs_of(self.model, head, batches)])
+            hessian = x.t() @ x * (2.0 / x.shape[0])
             q, scale, zero = gptq_quantize_weight(
-                head.weight, x.t() @ x * (2.0 / x.shape[0]), self.scheme.weight_bits, cfg.effective_group_size, cfg.symmetric,
-                cfg.gptq_damp, partial=cfg.partial_groups, clip_search=cfg.gptq_clip_search,
-                act_order=cfg.gptq_act_order, refit=cfg.gptq_refit, integer_zero_points=cfg.integer_zero_points)
+                head.weight, hessian, self.scheme.weight_bits, cfg.effective_group_size, cfg.symmetric, cfg.gptq_damp,
+                partial=cfg.partial_groups, clip_search=cfg.gptq_clip_search, act_order=cfg.gptq_act_order,
+                refit=cfg.gptq_refit, integer_zero_points=cfg.integer_zero_points)
         cls = module_for_scheme(cfg.scheme)
         set_module(self.model, name, cls.from_quantized(q, scale, zero, head.bias, group_size=cfg.effective_group_size))
         self.done.append(name)
@@ -258,9 +259,9 @@ def gptq_quantize_(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]],
             group size, symmetry, include/exclude, partial groups and the ``gptq_*`` settings (damping,
             act-order, clip search, refit, layer and end-to-end tuning). With ``lm_head`` the head is solved after
             the last layer, on what the quantized model feeds it; ``embeddings`` are rounded to nearest. The
-            end-to-end tuning, last, tunes them too. A scheme name with the settings as keyword arguments (``group_size=128``,
-            ``act_order=True``, ``tune_steps=40`` ...; the form before this one) is deprecated and still read,
-            with a ``FutureWarning``, until the next release.
+            end-to-end tuning, last, tunes them too. A scheme name with the settings as keyword arguments
+            (``group_size=128``, ``act_order=True``, ``tune_steps=40`` ...; the form before this one) is
+            deprecated and still read, with a ``FutureWarning``, until the next release.
         progress (`bool`, *optional*, defaults to `False`): progress bars over the layers and the tuning steps.
         cost (`dict`, *optional*): filled with what the calibration took: wall seconds in all and per phase,
             threads, peak memory (see :mod:`~hf_optim.quantize.gptq.calibration` for the threads and what is
