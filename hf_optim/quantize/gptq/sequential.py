@@ -129,6 +129,20 @@ class _Sequential:
     def scheme(self):
         return SCHEMES[self.config.scheme]
 
+    def _solve(self, weight: torch.Tensor, hessian: torch.Tensor):
+        """GPTQ for one weight with this pass's settings: ``(q, scale, zero_point)``."""
+        cfg = self.config
+        return gptq_quantize_weight(
+            weight, hessian, self.scheme.weight_bits, cfg.effective_group_size, cfg.symmetric, cfg.gptq_damp,
+            partial=cfg.partial_groups, clip_search=cfg.gptq_clip_search, act_order=cfg.gptq_act_order,
+            refit=cfg.gptq_refit, integer_zero_points=cfg.integer_zero_points)
+
+    def _swap_in(self, name: str, qparams: tuple, bias: torch.Tensor | None) -> None:
+        """Replace the Linear ``name`` by the quantized module holding ``qparams`` (``(q, scale, zero_point)``)."""
+        cls = module_for_scheme(self.config.scheme)
+        set_module(self.model, name, cls.from_quantized(*qparams, bias, group_size=self.config.effective_group_size))
+        self.done.append(name)
+
     def quantize_layer(self, layer: nn.Module, prefix: str, linears: dict[str, nn.Linear], inputs: Inputs,
                        float_hidden: list[torch.Tensor] | None) -> Inputs:
         """Quantize ``linears`` (the target Linears of ``layer``) in place; the next layer's inputs."""
@@ -136,20 +150,14 @@ class _Sequential:
         with self.timer("gptq"):
             hessians, float_out = _run_collecting_hessians(layer, linears, inputs)
             param = {name: name[len(prefix) + 1:] + ".weight" for name in linears}  # the weight's name in the layer
-            weights = {param[name]: gptq_quantize_weight(
-                lin.weight, hessians[name], self.scheme.weight_bits, group_size, cfg.symmetric, cfg.gptq_damp,
-                partial=cfg.partial_groups, clip_search=cfg.gptq_clip_search, act_order=cfg.gptq_act_order,
-                refit=cfg.gptq_refit, integer_zero_points=cfg.integer_zero_points) for name, lin in linears.items()}
+            weights = {param[name]: self._solve(lin.weight, hessians[name]) for name, lin in linears.items()}
             hessians.clear()
         if cfg.gptq_tune_steps:
             with self.timer("layer_tuning"):
                 self.tuned.append(tune_layer_qparams(layer, weights, inputs, float_hidden, group_size,
                                                      cfg.gptq_tune_steps, cfg.gptq_tune_lr, cfg.integer_zero_points))
-        cls = module_for_scheme(self.config.scheme)
         for name, lin in linears.items():
-            q, scale, zero = weights[param[name]]
-            set_module(self.model, name, cls.from_quantized(q, scale, zero, lin.bias, group_size=group_size))
-            self.done.append(name)
+            self._swap_in(name, weights[param[name]], lin.bias)
         with self.timer("gptq"):
             return self._advance(layer, inputs, float_out)
 
@@ -169,21 +177,14 @@ class _Sequential:
         """GPTQ for the output head when it is a target: its Hessian comes from what the quantized model feeds it
         (the last layer's outputs through the final norm), as the layers' come from theirs."""
         head = self.model.get_output_embeddings()
-        name = next((n for n, m in targets.items() if m is head and n not in set(self.done)), None)
+        name = next((n for n, m in targets.items() if m is head and n not in self.done), None)
         if name is None:
             return
-        cfg = self.config
         with self.timer("gptq"):
             # inputs_of stops the model at the head: no logits are computed
             x = torch.cat([t.reshape(-1, t.shape[-1]).float() for t in inputs_of(self.model, head, batches)])
-            hessian = x.t() @ x * (2.0 / x.shape[0])
-            q, scale, zero = gptq_quantize_weight(
-                head.weight, hessian, self.scheme.weight_bits, cfg.effective_group_size, cfg.symmetric, cfg.gptq_damp,
-                partial=cfg.partial_groups, clip_search=cfg.gptq_clip_search, act_order=cfg.gptq_act_order,
-                refit=cfg.gptq_refit, integer_zero_points=cfg.integer_zero_points)
-        cls = module_for_scheme(cfg.scheme)
-        set_module(self.model, name, cls.from_quantized(q, scale, zero, head.bias, group_size=cfg.effective_group_size))
-        self.done.append(name)
+            qparams = self._solve(head.weight, x.t() @ x * (2.0 / x.shape[0]))
+        self._swap_in(name, qparams, head.bias)
 
     def round_the_rest(self, targets: dict[str, nn.Linear]) -> int:
         """Round to nearest what the layers did not cover (``lm_head``, after the last layer), and the input
